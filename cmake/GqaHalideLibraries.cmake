@@ -1,0 +1,47 @@
+# The generator executable and one AOT static library per pipeline, mode and
+# backend. Library names carry their dispatch key: gqa_<pipeline>_<mode>_<backend>.
+
+add_halide_generator(gqa_generators
+                     SOURCES
+                     ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
+                     ${PROJECT_SOURCE_DIR}/generators/attend_generator.cpp
+                     ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
+                     ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
+                     ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
+
+# Most specific first: the multitarget wrapper picks the first variant the CPU
+# runs. Spelled out, never `host`: on Zen 4 Halide 14 would pick sapphirerapids
+# and emit AVX512-FP16 (shared/HALIDE14.md §3.4).
+set(GQA_X86_TARGETS
+    x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41
+    x86-64-linux-avx-avx2-f16c-fma-sse41
+    x86-64-linux-sse41)
+
+# gqa_add_pipelines(<backend> TARGETS ...): every pipeline for one backend, all
+# sharing one Halide runtime (gqa_rope_<backend>.runtime).
+function(gqa_add_pipelines backend)
+    cmake_parse_arguments(ARG "" "" "TARGETS" ${ARGN})
+    set(runtime gqa_rope_${backend}.runtime)
+    add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
+                       TARGETS ${ARG_TARGETS})
+    set(libs gqa_rope_${backend})
+    foreach (mode IN ITEMS prefill decode)
+        foreach (pipeline IN ITEMS project attend output)
+            set(lib gqa_${pipeline}_${mode}_${backend})
+            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${pipeline}
+                               TARGETS ${ARG_TARGETS} PARAMS mode=${mode} USE_RUNTIME ${runtime})
+            list(APPEND libs ${lib})
+        endforeach ()
+    endforeach ()
+    # Attention weights for interpretability: one instance, any sequence length.
+    add_halide_library(gqa_attend_pattern_${backend} FROM gqa_generators GENERATOR gqa_attend
+                       TARGETS ${ARG_TARGETS} PARAMS with_pattern=true USE_RUNTIME ${runtime})
+    list(APPEND libs gqa_attend_pattern_${backend})
+
+    add_library(gqa_pipelines_${backend} INTERFACE)
+    target_link_libraries(gqa_pipelines_${backend} INTERFACE ${libs} ${runtime})
+endfunction()
+
+gqa_add_pipelines(x86 TARGETS ${GQA_X86_TARGETS})

@@ -1,0 +1,75 @@
+// Grouped scores, masked softmax and weighted values against the KV cache.
+#include "attention_algorithm.h"
+#include "knob_params.h"
+
+namespace gqa {
+
+using namespace Halide;
+
+class AttendGenerator : public Generator<AttendGenerator>, public KnobParams {
+public:
+    GeneratorParam<bool> with_pattern{"with_pattern", false};
+
+    Input<Buffer<float, 5>> q{"q"};              // (d, r, kv head, query, batch)
+    Input<Buffer<float, 4>> k_cache{"k_cache"};  // (d, slot, kv head, batch)
+    Input<Buffer<float, 4>> v_cache{"v_cache"};
+    Input<Buffer<uint8_t, 3>> mask{"mask"};      // (slot, query, batch), read when use_mask != 0
+    Input<int> kv_len{"kv_len"};
+    Input<int> use_mask{"use_mask"};
+    Input<int> causal{"causal"};
+    Input<int> window{"window"};
+    Input<float> scale{"scale"};
+    Input<float> softcap{"softcap"};
+    Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
+
+    void configure() {
+        if (with_pattern) pattern_ = add_output<Buffer<float, 5>>("pattern");  // (slot, query, r, kv head, batch)
+    }
+
+    void generate() {
+        algo::AttendInputs in{q,
+                              k_cache,
+                              v_cache,
+                              mask,
+                              q.dim(0).extent(),
+                              q.dim(1).extent(),
+                              q.dim(2).extent(),
+                              q.dim(3).extent(),
+                              kv_len,
+                              q.dim(4).extent(),
+                              use_mask,
+                              scale,
+                              softcap,
+                              causal,
+                              window};
+        Func pattern_func;
+        if (pattern_) pattern_func = *pattern_;
+        attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
+    }
+
+    void schedule() {
+        const int queries = mode == PipelineMode::decode ? 1 : 512;
+        q.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
+        k_cache.set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
+        v_cache.set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
+        mask.set_estimates({{0, 2048}, {0, queries}, {0, 1}});
+        kv_len.set_estimate(2048);
+        use_mask.set_estimate(0);
+        causal.set_estimate(1);
+        window.set_estimate(1 << 30);
+        scale.set_estimate(0.125f);
+        softcap.set_estimate(0.f);
+        z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
+        if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
+        if (get_auto_schedule()) return;
+        schedules::schedule_attend(attend_, get_target(), knobs());
+    }
+
+private:
+    Output<Buffer<float, 5>> *pattern_ = nullptr;
+    algo::Attend attend_;
+};
+
+}  // namespace gqa
+
+HALIDE_REGISTER_GENERATOR(gqa::AttendGenerator, gqa_attend)

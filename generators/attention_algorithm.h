@@ -1,0 +1,113 @@
+// The algorithm of a grouped-query attention layer, as Halide Funcs, with no
+// target and no schedule. Each stage is a struct holding its Funcs and Vars so
+// the per-target schedules in schedules/ can reach every loop.
+//
+// Halide dimension 0 is the innermost. Torch order -> Halide order:
+//   x [b, s, d]                  -> x(i, m)              (m = b*s + token, tokens flattened)
+//   W [out, in] packed in panels -> w(o % P, i, o / P)   (see layout.h)
+//   q [b, s, n_h, hd]            -> q(d, r, kvh, i, b)   (head h = kvh*g + r, g = n_h / n_kv)
+//   cache [b, n_kv, T, hd]       -> cache(d, t, kvh, b)
+//   mask [b, s, T] (1 = attend)  -> mask(t, i, b)
+//   z [b, s, n_h, hd]            -> z(d, r, kvh, i, b)
+//   pattern [b, n_h, s, T]       -> pattern(t, i, r, kvh, b)
+// Viewing q, z and pattern with the head split into (r, kvh) is free: h = kvh*g + r
+// with r fastest is the same memory, and it lets a schedule walk one kv head at a
+// time so that each K/V row is read once for all g query heads sharing it.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "Halide.h"
+
+namespace gqa::algo {
+
+// y(o, m) = sum_i x(i, m) * W[o][i] + bias(o), W packed in panels of `panel` rows.
+// The packed weights and the bias are zero-padded to whole panels, so a schedule
+// may compute whole panels of outputs.
+struct Linear {
+    Halide::Var o{"o"}, m{"m"};
+    Halide::RDom k;
+    Halide::Func product;  // the reduction over k
+    Halide::Func result;   // product + bias
+    Halide::Func weight;   // W[o][i] read from the packed panels
+    Halide::Expr out_dim, tokens;
+};
+
+Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
+                     const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &out_dim,
+                     const Halide::Expr &tokens, int panel);
+
+// Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
+//   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
+// The tables are per head dim, built by the runtime: for a rotated pair (a, b) at
+// angle p * base^(-2j/R), cos_table holds cos at both, sin_table holds -sin at a and
+// +sin at b; dims >= R (and style none) have cos 1, sin 0. `style` (layout::kRope*)
+// picks the partner: d^1 for interleaved pairs, d +- R/2 for rotate-half.
+Halide::Expr rotate(const std::function<Halide::Expr(Halide::Expr)> &at, const Halide::Expr &d,
+                    const Halide::Expr &head_dim, const Halide::Expr &pos, const Halide::Func &cos_table,
+                    const Halide::Func &sin_table, const Halide::Expr &style, const Halide::Expr &rotary_dim);
+
+// RoPE tables and positions shared by the pipelines that rotate.
+struct RopeInputs {
+    Halide::Func cos_table, sin_table;  // (d, p)
+    Halide::Expr table_len;             // number of positions p in the tables
+    Halide::Func positions;             // (m) absolute position of token m
+    Halide::Expr style, rotary_dim;
+};
+
+// Fused Q/K/V projection with RoPE; K and V land in a crop of the cache.
+struct Project {
+    Linear qkv;
+    Halide::Var d{"d"}, h{"h"}, m{"m"}, t{"t"}, kvh{"kvh"}, b{"b"};
+    Halide::Func q;  // q(d, h, m): rotated queries
+    Halide::Func k;  // k(d, t, kvh, b): rotated keys, t = token within the call
+    Halide::Func v;  // v(d, t, kvh, b)
+};
+
+struct ProjectShape {
+    Halide::Expr embed_dim, head_dim, num_heads, num_kv_heads, seq_len, tokens;
+};
+
+Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
+                       const RopeInputs &rope, const ProjectShape &shape, int panel, Halide::Func q_out,
+                       Halide::Func k_out, Halide::Func v_out);
+
+// Grouped scores, masked softmax and weighted values for the queries of one call
+// against the valid cache prefix [0, kv_len). Query i of the call sits in cache
+// slot kv_len - seq_len + i; it may see key slot t when
+//   row_begin(i) <= t < row_end(i)   (causal / sliding window / all), and mask(t, i, b) != 0.
+struct Attend {
+    Halide::Var d{"d"}, t{"t"}, r{"r"}, kvh{"kvh"}, i{"i"}, b{"b"};
+    Halide::RDom dot;                      // over head dims
+    Halide::RDom keys_max, keys_sum, keys_values;  // over visible key slots of a row
+    Halide::Func qk;         // qk(t, r, kvh, i, b): q . k
+    Halide::Func score;      // scaled, soft-capped, -inf where not visible
+    Halide::Func row_max;    // (r, kvh, i, b)
+    Halide::Func exp_score;  // (t, r, kvh, i, b): exp(score - row_max), 0 where not visible
+    Halide::Func row_sum;    // (r, kvh, i, b)
+    Halide::Func inv_sum;    // 1 / row_sum, 0 for a row that sees no key
+    Halide::Func weighted;   // weighted(d, r, kvh, i, b) = sum_t exp_score * v
+    Halide::Func z;          // z(d, r, kvh, i, b): the output
+    Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for
+    Halide::Func row_begin, row_end;  // (i)
+    Halide::Func q, k_cache, v_cache;  // the inputs, for schedules that stage them
+    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask;
+};
+
+struct AttendInputs {
+    Halide::Func q, k_cache, v_cache, mask;
+    // kv_len is the number of valid key slots; k_cache/v_cache may extend past it
+    // (up to kv_len rounded up to layout::kKeySlotPadding) and those slots are ignored.
+    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch;
+    Halide::Expr use_mask; // 0: mask is not read
+    Halide::Expr scale;    // multiplies q . k
+    Halide::Expr softcap;  // > 0: score = softcap * tanh(score / softcap)
+    Halide::Expr causal;   // 1: key slot <= query slot
+    Halide::Expr window;   // key slot > query slot - window (pass >= kv_len for none)
+};
+
+// pattern_out is null when the attention weights are not asked for.
+Attend define_attend(const AttendInputs &in, Halide::Func z_out, const Halide::Func *pattern_out);
+
+}  // namespace gqa::algo

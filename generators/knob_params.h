@@ -1,0 +1,37 @@
+// GeneratorParams shared by the generators: the pipeline mode and the schedule
+// knobs, so a variant is a CMake PARAMS line. Zero keeps the target's default.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include "../schedules/schedule.h"
+#include "Halide.h"
+
+namespace gqa {
+
+enum class PipelineMode { prefill, decode };
+
+inline const std::map<std::string, PipelineMode> kPipelineModes = {{"prefill", PipelineMode::prefill},
+                                                                   {"decode", PipelineMode::decode}};
+
+// Mixed into a Generator: Halide registers GeneratorParams found in the object.
+struct KnobParams {
+    Halide::GeneratorParam<PipelineMode> mode{"mode", PipelineMode::prefill, kPipelineModes};
+    Halide::GeneratorParam<int> gemm_tile_tokens{"gemm_tile_tokens", 0};
+    Halide::GeneratorParam<int> gemm_tile_outputs{"gemm_tile_outputs", 0};
+    Halide::GeneratorParam<int> query_block{"query_block", 0};
+    Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
+
+    schedules::Knobs knobs() const {
+        schedules::Knobs k;
+        k.decode = mode == PipelineMode::decode;
+        k.gemm_tile_tokens = gemm_tile_tokens;
+        k.gemm_tile_outputs = gemm_tile_outputs;
+        k.query_block = query_block;
+        k.key_chunk = key_chunk;
+        return k;
+    }
+};
+
+}  // namespace gqa

@@ -1,0 +1,24 @@
+// Memory layouts shared by the generated pipelines and the runtime that feeds them.
+// Plain constants, no Halide: the runtime includes this file too.
+#pragma once
+
+namespace gqa::layout {
+
+// Projection weights are packed once into panels of this many output features:
+// packed(o % kWeightPanel, i, o / kWeightPanel) = W[o][i] (torch nn.Linear [out, in]).
+// One panel row is 64 contiguous floats, so a GEMM register tile (or a GEMV
+// stream) reads each weight exactly once, contiguously. The last panel is
+// zero-padded.
+inline constexpr int kWeightPanel = 64;
+
+// The attention pipelines read K/V in whole chunks of key slots, up to the valid
+// length rounded up to this multiple (those extra slots are masked out). The
+// runtime pads every cache's capacity to a multiple of it so the reads stay inside.
+inline constexpr int kKeySlotPadding = 64;
+
+// Rotary-embedding style codes, passed to the pipelines as a scalar.
+inline constexpr int kRopeNone = 0;
+inline constexpr int kRopeInterleaved = 1;  // torchtune / GPT-J: pairs (2j, 2j+1)
+inline constexpr int kRopeRotateHalf = 2;   // GPT-NeoX / HF Llama: pairs (j, j + R/2)
+
+}  // namespace gqa::layout

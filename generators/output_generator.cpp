@@ -1,0 +1,39 @@
+// Output projection: out = z Wo^T + bo.
+#include "attention_algorithm.h"
+#include "knob_params.h"
+#include "layout.h"
+
+namespace gqa {
+
+using namespace Halide;
+
+class OutputGenerator : public Generator<OutputGenerator>, public KnobParams {
+public:
+    Input<Buffer<float, 2>> z{"z"};        // (n_h * hd, token)
+    Input<Buffer<float, 3>> w_o{"w_o"};    // packed Wo panels
+    Input<Buffer<float, 1>> b_o{"b_o"};    // (embed)
+    Output<Buffer<float, 2>> out{"out"};  // (embed, token)
+
+    void generate() {
+        linear_ = algo::define_linear("output_proj", z, w_o, b_o, z.dim(0).extent(), b_o.dim(0).extent(),
+                                      z.dim(1).extent(), layout::kWeightPanel);
+        out(linear_.o, linear_.m) = linear_.result(linear_.o, linear_.m);
+    }
+
+    void schedule() {
+        const int tokens = mode == PipelineMode::decode ? 1 : 512;
+        z.set_estimates({{0, 2048}, {0, tokens}});
+        w_o.set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 32}});
+        b_o.set_estimates({{0, 2048}});
+        out.set_estimates({{0, 2048}, {0, tokens}});
+        if (get_auto_schedule()) return;
+        schedules::schedule_output(linear_, out, get_target(), knobs());
+    }
+
+private:
+    algo::Linear linear_;
+};
+
+}  // namespace gqa
+
+HALIDE_REGISTER_GENERATOR(gqa::OutputGenerator, gqa_output)

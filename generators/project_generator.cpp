@@ -1,0 +1,62 @@
+// Fused Q/K/V projection + RoPE; K/V are written into a crop of the KV cache.
+#include "attention_algorithm.h"
+#include "knob_params.h"
+#include "layout.h"
+
+namespace gqa {
+
+using namespace Halide;
+
+class ProjectGenerator : public Generator<ProjectGenerator>, public KnobParams {
+public:
+    Input<Buffer<float, 2>> x{"x"};                    // (embed, token)
+    Input<Buffer<float, 3>> w_qkv{"w_qkv"};            // packed [Wq; Wk; Wv] panels
+    Input<Buffer<float, 1>> b_qkv{"b_qkv"};            // (n_h + 2 n_kv) * hd
+    Input<Buffer<int32_t, 1>> positions{"positions"};  // (token)
+    Input<Buffer<float, 2>> rope_cos{"rope_cos"};      // (d, position)
+    Input<Buffer<float, 2>> rope_sin{"rope_sin"};
+    Input<int> rope_style{"rope_style"};
+    Input<int> rotary_dim{"rotary_dim"};
+    Input<int> head_dim{"head_dim"};
+    Input<int> num_heads{"num_heads"};
+    Input<int> num_kv_heads{"num_kv_heads"};
+    Input<int> seq_len{"seq_len"};  // tokens per batch row; x holds batch * seq_len tokens
+    Output<Buffer<float, 3>> q{"q"};  // (d, head, token)
+    Output<Buffer<float, 4>> k{"k"};  // (d, token within the batch row, kv head, batch): a cache crop
+    Output<Buffer<float, 4>> v{"v"};
+
+    void generate() {
+        algo::RopeInputs rope{rope_cos, rope_sin, rope_cos.dim(1).extent(), positions, rope_style, rotary_dim};
+        // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
+        algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
+        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel, q, k, v);
+    }
+
+    void schedule() {
+        const int tokens = mode == PipelineMode::decode ? 1 : 512;
+        x.set_estimates({{0, 2048}, {0, tokens}});
+        w_qkv.set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 48}});
+        b_qkv.set_estimates({{0, 3072}});
+        positions.set_estimates({{0, tokens}});
+        rope_cos.set_estimates({{0, 64}, {0, 4096}});
+        rope_sin.set_estimates({{0, 64}, {0, 4096}});
+        rope_style.set_estimate(layout::kRopeInterleaved);
+        rotary_dim.set_estimate(64);
+        head_dim.set_estimate(64);
+        num_heads.set_estimate(32);
+        num_kv_heads.set_estimate(8);
+        seq_len.set_estimate(tokens);
+        q.set_estimates({{0, 64}, {0, 32}, {0, tokens}});
+        k.set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
+        v.set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
+        if (get_auto_schedule()) return;
+        schedules::schedule_project(project_, get_target(), knobs());
+    }
+
+private:
+    algo::Project project_;
+};
+
+}  // namespace gqa
+
+HALIDE_REGISTER_GENERATOR(gqa::ProjectGenerator, gqa_project)

@@ -1,0 +1,153 @@
+// gqa-halide public C++ API: one grouped-query attention layer with a KV cache.
+//
+// Semantics follow torchtune's MultiHeadAttention + KVCache and TransformerLens'
+// GroupedQueryAttention (see the README's feature table). All tensors are dense,
+// row-major, in torch order; shapes below are torch shapes.
+//
+// Thread-safety: an Attention object is not safe to use from two threads at once;
+// distinct objects are independent and may run concurrently.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gqa {
+
+// Every failure of this library: bad shapes or values, an unbuilt backend, a
+// pipeline error. The message names the offending value and what was expected.
+// A call that throws leaves the layer and its KV cache exactly as they were.
+class Error : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+enum class Backend {
+    reference,  // plain loops, double accumulation: the oracle of the tests
+    x86,        // Halide AOT, AVX-512 / AVX2 / SSE4.1 chosen at run time
+    arm,        // Halide AOT for aarch64 (not built in this configuration yet)
+    cuda,       // Halide AOT for CUDA (not built in this configuration yet)
+    best,       // the fastest backend built for this machine
+};
+
+std::string_view backend_name(Backend backend);
+// "reference", "x86", "arm", "cuda", "best"; throws Error for anything else.
+Backend backend_from_name(std::string_view name);
+// Backends compiled into this library that can run here, fastest last.
+std::vector<Backend> available_backends();
+
+enum class RopeStyle {
+    none,
+    interleaved,  // torchtune / GPT-J: pairs (2j, 2j+1)
+    rotate_half,  // GPT-NeoX / HF Llama / TransformerLens default: pairs (j, j + R/2)
+};
+
+struct Config {
+    int embed_dim = 0;     // d
+    int num_heads = 0;     // n_h (query heads)
+    int num_kv_heads = 0;  // n_kv; n_h % n_kv == 0. n_kv == n_h is MHA, 1 is MQA
+    int head_dim = 0;      // hd
+    int max_seq_len = 4096;  // positions must be < max_seq_len (the RoPE table length)
+
+    RopeStyle rope_style = RopeStyle::interleaved;
+    double rope_base = 10000.0;
+    int rotary_dim = 0;  // rotated dims [0, rotary_dim); 0 means head_dim
+
+    bool is_causal = true;  // without a mask: causal (true) or full attention (false)
+    int window = 0;         // > 0: sliding window, key slot in (q - window, q] (TL "local")
+    double scale = 0.0;     // multiplies q.k; 0 means 1/sqrt(head_dim)
+    int layer_id = -1;      // >= 0: TL scale_attn_by_inverse_layer_idx, scores / (layer_id + 1)
+    double softcap = 0.0;   // > 0: score = softcap * tanh(score / softcap) (Gemma-2)
+};
+
+// A read-only dense row-major tensor owned by the caller.
+template <typename T>
+struct TensorView {
+    const T *data = nullptr;
+    std::vector<int64_t> shape;
+
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t e : shape) n *= e;
+        return n;
+    }
+};
+
+// Projection weights in torch nn.Linear layout [out_features, in_features]:
+//   wq [n_h*hd, d], wk/wv [n_kv*hd, d], wo [d, n_h*hd].
+// Biases are optional (data == nullptr): bq [n_h*hd], bk/bv [n_kv*hd], bo [d].
+// The layer copies and packs them at construction; the caller's memory is not kept.
+struct Weights {
+    TensorView<float> wq, wk, wv, wo;
+    TensorView<float> bq, bk, bv, bo;
+};
+
+class Attention {
+public:
+    Attention(const Config &config, const Weights &weights, Backend backend = Backend::best);
+    ~Attention();
+    Attention(Attention &&) noexcept;
+    Attention &operator=(Attention &&) noexcept;
+    Attention(const Attention &) = delete;
+    Attention &operator=(const Attention &) = delete;
+
+    // torchtune KVCache(batch_size, max_seq_len): k/v caches [b, n_kv, max_seq_len, hd],
+    // zero-filled, size() == 0. Replaces any previous cache.
+    void setup_cache(int batch_size, int max_seq_len);
+    bool has_cache() const;
+    void remove_cache();
+    // Zeroes the caches and sets size() to 0.
+    void reset();
+    // Tokens written to the cache so far.
+    int size() const;
+
+    // out = attention(x) for x [b, s, d]; out [b, s, d] (b*s*d floats).
+    //
+    // With a cache, the new k/v go to cache slots [size(), size() + s) and the queries
+    // attend to slots [0, size() + s); query i sits in slot size() + i. Without one,
+    // each call attends within x only (slots 0..s-1).
+    //
+    // mask [b, s, L], 1 = may attend, L = size() + s or the cache's max_seq_len
+    // (torchtune generate() passes the latter). It replaces the causal/window rule.
+    // Without a mask: causal by slot, a sliding window if config.window > 0, or
+    // everything written if !config.is_causal. A query that may see no key gets 0.
+    //
+    // input_pos [s] or [b, s] (or [b] when s == 1): RoPE positions. Without it the
+    // positions are the slots, size() + i (0..s-1 on a fresh cache).
+    void forward(const TensorView<float> &x, std::span<float> out,
+                 const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
+                 const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
+    std::vector<float> forward(const TensorView<float> &x,
+                               const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
+                               const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
+
+    // Keep the attention weights of the next forwards (TransformerLens hook_pattern);
+    // slower: it uses the pipeline instance that writes them.
+    void set_record_pattern(bool record);
+    // Of the last forward: pattern [b, n_h, s, kv_len] (needs set_record_pattern),
+    // z [b, s, n_h, hd] (TransformerLens hook_z). Valid until the next call.
+    TensorView<float> pattern() const;
+    TensorView<float> z() const;
+    // The caches, [b, n_kv, max_seq_len, hd]; slots >= size() are zero.
+    TensorView<float> k_cache() const;
+    TensorView<float> v_cache() const;
+
+    const Config &config() const;
+    Backend backend() const;
+
+private:
+    struct State;
+    State *state_;
+};
+
+// Rotary embedding alone: x [b, s, n, hd] -> out (same shape), rotated at positions
+// input_pos ([s] or [b, s]) or, without it, position_offset + 0..s-1.
+void apply_rope(const Config &config, const TensorView<float> &x, std::span<float> out,
+                const std::optional<TensorView<int32_t>> &input_pos = std::nullopt, int position_offset = 0,
+                Backend backend = Backend::best);
+
+}  // namespace gqa

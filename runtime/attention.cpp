@@ -1,0 +1,426 @@
+// gqa::Attention: validates every input before anything is written, owns the KV
+// cache and the per-call scratch (grown, never shrunk, so a steady stream of calls
+// allocates nothing), and runs the three stages on the chosen backend.
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <utility>
+
+#include "../generators/layout.h"
+#include "backend.h"
+
+namespace gqa {
+
+using detail::KvStore;
+using detail::LayerDims;
+using detail::RopeTables;
+
+namespace {
+
+std::string shape_string(const std::vector<int64_t> &shape) {
+    std::ostringstream s;
+    s << '[';
+    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+    s << ']';
+    return s.str();
+}
+
+template <typename... Parts>
+[[noreturn]] void fail(const Parts &...parts) {
+    std::ostringstream s;
+    (s << ... << parts);
+    throw Error(s.str());
+}
+
+void require_positive(const char *name, double value) {
+    if (!(value > 0)) fail(name, " is ", value, "; expected > 0");
+}
+
+void require_finite(const char *name, double value) {
+    if (!std::isfinite(value)) fail(name, " is ", value, "; expected a finite number");
+}
+
+int effective_rotary_dim(const Config &c) {
+    return c.rope_style == RopeStyle::none ? 0 : (c.rotary_dim == 0 ? c.head_dim : c.rotary_dim);
+}
+
+void validate_rope(const Config &c) {
+    require_positive("head_dim", c.head_dim);
+    require_positive("max_seq_len", c.max_seq_len);
+    if (c.rope_style == RopeStyle::none) return;
+    require_finite("rope_base", c.rope_base);
+    require_positive("rope_base", c.rope_base);
+    const int rotary = effective_rotary_dim(c);
+    if (rotary <= 0 || rotary % 2 != 0 || rotary > c.head_dim) {
+        fail("rotary_dim is ", rotary, " (head_dim ", c.head_dim, "); expected an even number in [2, head_dim]");
+    }
+}
+
+void validate_config(const Config &c) {
+    require_positive("embed_dim", c.embed_dim);
+    require_positive("num_heads", c.num_heads);
+    require_positive("num_kv_heads", c.num_kv_heads);
+    if (c.num_heads % c.num_kv_heads != 0) {
+        fail("num_heads (", c.num_heads, ") must be a multiple of num_kv_heads (", c.num_kv_heads, ")");
+    }
+    validate_rope(c);
+    if (c.window < 0) fail("window is ", c.window, "; expected >= 0 (0 = no sliding window)");
+    require_finite("scale", c.scale);
+    if (c.scale < 0) fail("scale is ", c.scale, "; expected > 0, or 0 for 1/sqrt(head_dim)");
+    require_finite("softcap", c.softcap);
+    if (c.softcap < 0) fail("softcap is ", c.softcap, "; expected > 0, or 0 for none");
+    if (c.layer_id < -1) fail("layer_id is ", c.layer_id, "; expected >= 0, or -1 for no layer scaling");
+}
+
+void validate_tensor(const char *name, const TensorView<float> &t, std::vector<int64_t> expected, bool optional) {
+    if (optional && !t.data && t.shape.empty()) return;
+    if (!t.data) fail(name, " has no data");
+    if (t.shape != expected) fail(name, " has shape ", shape_string(t.shape), "; expected ", shape_string(expected));
+}
+
+void validate_weights(const Config &c, const Weights &w) {
+    const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
+    validate_tensor("wq", w.wq, {q, d}, false);
+    validate_tensor("wk", w.wk, {kv, d}, false);
+    validate_tensor("wv", w.wv, {kv, d}, false);
+    validate_tensor("wo", w.wo, {d, q}, false);
+    validate_tensor("bq", w.bq, {q}, true);
+    validate_tensor("bk", w.bk, {kv}, true);
+    validate_tensor("bv", w.bv, {kv}, true);
+    validate_tensor("bo", w.bo, {d}, true);
+}
+
+bool x86_built() {
+#ifdef GQA_HAVE_X86
+    return true;
+#else
+    return false;
+#endif
+}
+
+Backend resolve_backend(Backend backend) {
+    if (backend == Backend::best) return available_backends().back();
+    const auto available = available_backends();
+    if (std::find(available.begin(), available.end(), backend) == available.end()) {
+        fail("backend '", backend_name(backend), "' is not built into this library or cannot run here");
+    }
+    return backend;
+}
+
+// Positions for RoPE, one per token of x: input_pos [s], [b, s], [b] (s == 1), or
+// the cache slots first_slot + i.
+void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int batch, int seq_len, int first_slot,
+                    int max_seq_len, std::vector<int32_t> &positions) {
+    positions.resize(size_t(batch) * seq_len);
+    if (!input_pos) {
+        if (first_slot + seq_len > max_seq_len) {
+            fail("position ", first_slot + seq_len - 1, " is past max_seq_len (", max_seq_len, ")");
+        }
+        for (int b = 0; b < batch; ++b) {
+            for (int i = 0; i < seq_len; ++i) positions[size_t(b) * seq_len + i] = first_slot + i;
+        }
+        return;
+    }
+    const auto &shape = input_pos->shape;
+    const bool shared = shape == std::vector<int64_t>{seq_len};
+    const bool per_sample = shape == std::vector<int64_t>{batch, seq_len} || (seq_len == 1 && shape == std::vector<int64_t>{batch});
+    if (!input_pos->data || (!shared && !per_sample)) {
+        fail("input_pos has shape ", shape_string(shape), "; expected [", seq_len, "] or [", batch, ", ", seq_len, "]");
+    }
+    for (int b = 0; b < batch; ++b) {
+        for (int i = 0; i < seq_len; ++i) {
+            const int32_t p = input_pos->data[shared ? i : size_t(b) * seq_len + i];
+            if (p < 0 || p >= max_seq_len) {
+                fail("input_pos holds ", p, "; expected a position in [0, ", max_seq_len, ")");
+            }
+            positions[size_t(b) * seq_len + i] = p;
+        }
+    }
+}
+
+template <typename T>
+void grow(std::vector<T> &v, size_t n) {
+    if (v.size() < n) v.resize(n);
+}
+
+}  // namespace
+
+namespace detail {
+
+RopeTables make_rope_tables(const Config &c) {
+    RopeTables t;
+    t.head_dim = c.head_dim;
+    t.positions = c.max_seq_len;
+    t.rotary_dim = effective_rotary_dim(c);
+    t.base = c.rope_base;
+    t.style = c.rope_style == RopeStyle::interleaved   ? layout::kRopeInterleaved
+              : c.rope_style == RopeStyle::rotate_half ? layout::kRopeRotateHalf
+                                                       : layout::kRopeNone;
+    t.cos.assign(size_t(t.positions) * t.head_dim, 1.f);
+    t.sin.assign(size_t(t.positions) * t.head_dim, 0.f);
+    const int half = t.rotary_dim / 2;
+    for (int p = 0; p < t.positions; ++p) {
+        float *cos_row = &t.cos[size_t(p) * t.head_dim], *sin_row = &t.sin[size_t(p) * t.head_dim];
+        for (int j = 0; j < half; ++j) {
+            // In double, then rounded once: the fp64 math the conformance vectors use.
+            const double angle = p * std::pow(c.rope_base, -2.0 * j / t.rotary_dim);
+            const int a = t.style == layout::kRopeInterleaved ? 2 * j : j;
+            const int b = t.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;
+            cos_row[a] = cos_row[b] = float(std::cos(angle));
+            sin_row[a] = float(-std::sin(angle));
+            sin_row[b] = float(std::sin(angle));
+        }
+    }
+    return t;
+}
+
+}  // namespace detail
+
+std::string_view backend_name(Backend backend) {
+    switch (backend) {
+    case Backend::reference: return "reference";
+    case Backend::x86: return "x86";
+    case Backend::arm: return "arm";
+    case Backend::cuda: return "cuda";
+    case Backend::best: return "best";
+    }
+    return "unknown";
+}
+
+Backend backend_from_name(std::string_view name) {
+    for (Backend b : {Backend::reference, Backend::x86, Backend::arm, Backend::cuda, Backend::best}) {
+        if (backend_name(b) == name) return b;
+    }
+    fail("unknown backend '", name, "'; expected reference, x86, arm, cuda or best");
+}
+
+std::vector<Backend> available_backends() {
+    std::vector<Backend> backends{Backend::reference};
+    if (x86_built()) backends.push_back(Backend::x86);
+    return backends;
+}
+
+struct Attention::State {
+    Config config;
+    LayerDims dims;
+    Backend backend;
+    RopeTables rope;
+    std::unique_ptr<detail::Kernels> kernels;
+    double scale = 0;
+
+    // KV cache (when set up): [batch, n_kv, capacity, hd] + key-slot padding.
+    std::vector<float> k_cache, v_cache;
+    int cache_batch = 0, cache_capacity = 0, cache_size = 0;
+
+    // Per-call scratch.
+    std::vector<float> q, z, pattern, k_scratch, v_scratch;
+    std::vector<int32_t> positions;
+    bool record_pattern = false;
+    int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
+    bool has_pattern = false;
+
+    size_t kv_floats(int batch, int capacity) const {
+        return (size_t(batch) * dims.num_kv_heads * capacity + layout::kKeySlotPadding) * dims.head_dim;
+    }
+};
+
+Attention::Attention(const Config &config, const Weights &weights, Backend backend) : state_(nullptr) {
+    validate_config(config);
+    validate_weights(config, weights);
+    auto s = std::make_unique<State>();
+    s->config = config;
+    s->dims = {config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim};
+    s->backend = resolve_backend(backend);
+    s->rope = detail::make_rope_tables(config);
+    s->scale = (config.scale > 0 ? config.scale : 1.0 / std::sqrt(double(config.head_dim))) /
+               (config.layer_id >= 0 ? config.layer_id + 1 : 1);
+#ifdef GQA_HAVE_X86
+    if (s->backend == Backend::x86) s->kernels = detail::make_x86_kernels(s->dims, weights, s->rope);
+#endif
+    if (s->backend == Backend::reference) s->kernels = detail::make_reference_kernels(s->dims, weights, s->rope);
+    state_ = s.release();
+}
+
+Attention::~Attention() {
+    delete state_;
+}
+
+Attention::Attention(Attention &&other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+
+Attention &Attention::operator=(Attention &&other) noexcept {
+    std::swap(state_, other.state_);
+    return *this;
+}
+
+void Attention::setup_cache(int batch_size, int max_seq_len) {
+    require_positive("cache batch_size", batch_size);
+    require_positive("cache max_seq_len", max_seq_len);
+    State &s = *state_;
+    const size_t floats = s.kv_floats(batch_size, max_seq_len);
+    s.k_cache.assign(floats, 0.f);
+    s.v_cache.assign(floats, 0.f);
+    s.cache_batch = batch_size;
+    s.cache_capacity = max_seq_len;
+    s.cache_size = 0;
+}
+
+bool Attention::has_cache() const {
+    return state_->cache_capacity > 0;
+}
+
+void Attention::remove_cache() {
+    State &s = *state_;
+    s.k_cache = {};
+    s.v_cache = {};
+    s.cache_batch = s.cache_capacity = s.cache_size = 0;
+}
+
+void Attention::reset() {
+    State &s = *state_;
+    std::fill(s.k_cache.begin(), s.k_cache.end(), 0.f);
+    std::fill(s.v_cache.begin(), s.v_cache.end(), 0.f);
+    s.cache_size = 0;
+}
+
+int Attention::size() const {
+    return state_->cache_size;
+}
+
+void Attention::forward(const TensorView<float> &x, std::span<float> out,
+                        const std::optional<TensorView<uint8_t>> &mask,
+                        const std::optional<TensorView<int32_t>> &input_pos) {
+    State &s = *state_;
+    const Config &c = s.config;
+    if (!x.data || x.shape.size() != 3 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] != c.embed_dim) {
+        fail("x has shape ", shape_string(x.shape), "; expected [batch, seq_len, ", c.embed_dim, "]");
+    }
+    const int batch = int(x.shape[0]), seq_len = int(x.shape[1]);
+    if (seq_len > c.max_seq_len) fail("seq_len ", seq_len, " is larger than max_seq_len (", c.max_seq_len, ")");
+    const bool cached = has_cache();
+    if (cached && batch != s.cache_batch) {
+        fail("x has batch ", batch, " but the KV cache was set up for batch ", s.cache_batch);
+    }
+    if (cached && s.cache_size + seq_len > s.cache_capacity) {
+        fail("KV cache overflow: ", s.cache_size, " tokens cached + ", seq_len, " new > max_seq_len ",
+             s.cache_capacity);
+    }
+    const size_t tokens = size_t(batch) * seq_len;
+    if (out.size() != tokens * c.embed_dim) {
+        fail("out holds ", out.size(), " floats; expected ", tokens * c.embed_dim, " ([", batch, ", ", seq_len, ", ",
+             c.embed_dim, "])");
+    }
+    const int first_slot = cached ? s.cache_size : 0;
+    const int kv_len = first_slot + seq_len;
+    if (mask) {
+        const auto &m = mask->shape;
+        const bool len_ok = m.size() == 3 && (m[2] == kv_len || (cached && m[2] == s.cache_capacity));
+        if (!mask->data || m.size() != 3 || m[0] != batch || m[1] != seq_len || !len_ok) {
+            fail("mask has shape ", shape_string(m), "; expected [", batch, ", ", seq_len, ", ", kv_len, "]",
+                 cached ? " or [" + std::to_string(batch) + ", " + std::to_string(seq_len) + ", " +
+                              std::to_string(s.cache_capacity) + "]"
+                        : std::string());
+        }
+    }
+    fill_positions(input_pos, batch, seq_len, first_slot, c.max_seq_len, s.positions);
+
+    // Everything is valid: from here on the cache is written.
+    const LayerDims &d = s.dims;
+    grow(s.q, tokens * d.q_width());
+    grow(s.z, tokens * d.q_width());
+    KvStore kv;
+    if (cached) {
+        kv = {s.k_cache.data(), s.v_cache.data(), s.cache_batch, s.cache_capacity};
+    } else {
+        grow(s.k_scratch, s.kv_floats(batch, seq_len));
+        grow(s.v_scratch, s.kv_floats(batch, seq_len));
+        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len};
+    }
+    s.has_pattern = s.record_pattern;
+    if (s.record_pattern) grow(s.pattern, tokens * d.num_heads * kv_len);
+
+    s.kernels->project({x.data, batch, seq_len, s.positions.data(), s.q.data(), kv, first_slot});
+    detail::AttendCall attend{s.q.data(), batch, seq_len, kv, kv_len, nullptr, 0, false, 0,
+                              float(s.scale), float(c.softcap), s.z.data(), s.record_pattern ? s.pattern.data() : nullptr};
+    if (mask) {
+        attend.mask = mask->data;
+        attend.mask_len = int(mask->shape[2]);
+    } else {
+        attend.causal = c.is_causal || c.window > 0;
+        attend.window = c.window;
+    }
+    s.kernels->attend(attend);
+    s.kernels->output({s.z.data(), batch, seq_len, out.data()});
+
+    if (cached) s.cache_size += seq_len;
+    s.last_batch = batch;
+    s.last_seq_len = seq_len;
+    s.last_kv_len = kv_len;
+}
+
+std::vector<float> Attention::forward(const TensorView<float> &x, const std::optional<TensorView<uint8_t>> &mask,
+                                      const std::optional<TensorView<int32_t>> &input_pos) {
+    std::vector<float> out(x.numel() > 0 && x.shape.size() == 3 ? size_t(x.numel()) : 0);
+    forward(x, out, mask, input_pos);
+    return out;
+}
+
+void Attention::set_record_pattern(bool record) {
+    state_->record_pattern = record;
+}
+
+TensorView<float> Attention::pattern() const {
+    const State &s = *state_;
+    if (!s.has_pattern || s.last_batch == 0) {
+        fail("no attention pattern recorded: call set_record_pattern(true) before forward");
+    }
+    return {s.pattern.data(), {s.last_batch, s.dims.num_heads, s.last_seq_len, s.last_kv_len}};
+}
+
+TensorView<float> Attention::z() const {
+    const State &s = *state_;
+    if (s.last_batch == 0) fail("z() needs a forward call first");
+    return {s.z.data(), {s.last_batch, s.last_seq_len, s.dims.num_heads, s.dims.head_dim}};
+}
+
+TensorView<float> Attention::k_cache() const {
+    const State &s = *state_;
+    if (!has_cache()) fail("no KV cache: call setup_cache first");
+    return {s.k_cache.data(), {s.cache_batch, s.dims.num_kv_heads, s.cache_capacity, s.dims.head_dim}};
+}
+
+TensorView<float> Attention::v_cache() const {
+    const State &s = *state_;
+    if (!has_cache()) fail("no KV cache: call setup_cache first");
+    return {s.v_cache.data(), {s.cache_batch, s.dims.num_kv_heads, s.cache_capacity, s.dims.head_dim}};
+}
+
+const Config &Attention::config() const {
+    return state_->config;
+}
+
+Backend Attention::backend() const {
+    return state_->backend;
+}
+
+void apply_rope(const Config &config, const TensorView<float> &x, std::span<float> out,
+                const std::optional<TensorView<int32_t>> &input_pos, int position_offset, Backend backend) {
+    validate_rope(config);
+    if (!x.data || x.shape.size() != 4 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] < 1 ||
+        x.shape[3] != config.head_dim) {
+        fail("x has shape ", shape_string(x.shape), "; expected [batch, seq_len, heads, ", config.head_dim, "]");
+    }
+    if (out.size() != size_t(x.numel())) fail("out holds ", out.size(), " floats; expected ", x.numel());
+    if (position_offset < 0) fail("position_offset is ", position_offset, "; expected >= 0");
+    const int batch = int(x.shape[0]), seq_len = int(x.shape[1]), heads = int(x.shape[2]);
+    std::vector<int32_t> positions;
+    fill_positions(input_pos, batch, seq_len, position_offset, config.max_seq_len, positions);
+    const RopeTables rope = detail::make_rope_tables(config);
+    const detail::RopeCall call{x.data, batch * seq_len, heads, config.head_dim, positions.data(), out.data()};
+    const Backend chosen = resolve_backend(backend);
+#ifdef GQA_HAVE_X86
+    if (chosen == Backend::x86) return detail::x86_rope(rope, call);
+#endif
+    detail::reference_rope(rope, call);
+}
+
+}  // namespace gqa

@@ -1,0 +1,97 @@
+// The contract between the layer object (attention.cpp), which validates every
+// input and owns the KV cache, and the backends, which only compute. Calls reach a
+// backend already checked; a backend throws gqa::Error only for its own failures.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "gqa/attention.hpp"
+
+namespace gqa::detail {
+
+struct LayerDims {
+    int embed_dim, num_heads, num_kv_heads, head_dim;
+    int group() const { return num_heads / num_kv_heads; }
+    int q_width() const { return num_heads * head_dim; }
+    int kv_width() const { return num_kv_heads * head_dim; }
+};
+
+// RoPE as per-dim tables (see generators/attention_algorithm.h, rotate()):
+// cos/sin [positions, head_dim] row-major, sign folded into sin, pass-through
+// dims cos 1 sin 0.
+struct RopeTables {
+    int head_dim = 0, positions = 0, style = 0, rotary_dim = 0;
+    double base = 0;
+    std::vector<float> cos, sin;
+};
+RopeTables make_rope_tables(const Config &config);
+
+// A KV cache or the per-call scratch standing in for one: [batch, n_kv, capacity, hd]
+// row-major, followed by layout::kKeySlotPadding * hd floats of padding.
+struct KvStore {
+    float *k = nullptr, *v = nullptr;
+    int batch = 0, capacity = 0;
+};
+
+// x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
+// [write_slot, write_slot + s) of `kv`.
+struct ProjectCall {
+    const float *x;
+    int batch, seq_len;
+    const int32_t *positions;  // [b*s], each in [0, rope.positions)
+    float *q;
+    KvStore kv;
+    int write_slot;
+};
+
+// q [b, s, n_h, hd] against slots [0, kv_len) -> z [b, s, n_h, hd] (+ pattern
+// [b, n_h, s, kv_len] when non-null). Query i is in slot kv_len - s + i.
+struct AttendCall {
+    const float *q;
+    int batch, seq_len;
+    KvStore kv;
+    int kv_len;
+    const uint8_t *mask;     // [b, s, mask_len] or null
+    int mask_len;
+    bool causal;
+    int window;              // 0: none
+    float scale, softcap;    // softcap 0: none
+    float *z;
+    float *pattern;
+};
+
+// z [b*s, n_h*hd] -> out [b*s, d]
+struct OutputCall {
+    const float *z;
+    int batch, seq_len;
+    float *out;
+};
+
+// x [tokens, heads, hd] -> out, rotated at positions[tokens].
+struct RopeCall {
+    const float *x;
+    int tokens, heads, head_dim;
+    const int32_t *positions;
+    float *out;
+};
+
+class Kernels {
+public:
+    virtual ~Kernels() = default;
+    virtual void project(const ProjectCall &call) = 0;
+    virtual void attend(const AttendCall &call) = 0;
+    virtual void output(const OutputCall &call) = 0;
+};
+
+// weights/biases already validated; biases may be null. `rope` outlives the kernels.
+std::unique_ptr<Kernels> make_reference_kernels(const LayerDims &dims, const Weights &weights,
+                                                const RopeTables &rope);
+void reference_rope(const RopeTables &rope, const RopeCall &call);
+#ifdef GQA_HAVE_X86
+std::unique_ptr<Kernels> make_x86_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
+void x86_rope(const RopeTables &rope, const RopeCall &call);
+#endif
+
+}  // namespace gqa::detail

@@ -1,0 +1,158 @@
+// The reference backend: plain loops in double precision, written for reading,
+// not speed. It is the oracle of every test. RoPE is computed from its
+// definition here, not from the tables the pipelines use.
+#include <cmath>
+#include <limits>
+
+#include "../generators/layout.h"
+#include "backend.h"
+
+namespace gqa::detail {
+namespace {
+
+// Rotates the pairs of one head at position pos: interleaved (2j, 2j+1) or
+// rotate-half (j, j + R/2), by the angle pos * base^(-2j/R).
+void rotate(const RopeTables &rope, double *head, int pos) {
+    if (rope.style == layout::kRopeNone) return;
+    const int half = rope.rotary_dim / 2;
+    for (int j = 0; j < half; ++j) {
+        const double angle = pos * std::pow(rope.base, -2.0 * j / rope.rotary_dim);
+        const int a = rope.style == layout::kRopeInterleaved ? 2 * j : j;
+        const int b = rope.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;
+        const double xa = head[a], xb = head[b];
+        head[a] = xa * std::cos(angle) - xb * std::sin(angle);
+        head[b] = xb * std::cos(angle) + xa * std::sin(angle);
+    }
+}
+
+class ReferenceKernels final : public Kernels {
+public:
+    ReferenceKernels(const LayerDims &dims, const Weights &w, const RopeTables &rope) : dims_(dims), rope_(rope) {
+        auto copy = [](const TensorView<float> &t) {
+            return t.data ? std::vector<float>(t.data, t.data + t.numel()) : std::vector<float>();
+        };
+        wq_ = copy(w.wq), wk_ = copy(w.wk), wv_ = copy(w.wv), wo_ = copy(w.wo);
+        bq_ = copy(w.bq), bk_ = copy(w.bk), bv_ = copy(w.bv), bo_ = copy(w.bo);
+    }
+
+    void project(const ProjectCall &c) override {
+        const int d = dims_.embed_dim, hd = dims_.head_dim;
+        std::vector<double> q(dims_.q_width()), k(dims_.kv_width()), v(dims_.kv_width());
+        for (int b = 0; b < c.batch; ++b) {
+            for (int s = 0; s < c.seq_len; ++s) {
+                const int token = b * c.seq_len + s;
+                const float *x = c.x + static_cast<size_t>(token) * d;
+                linear(x, wq_, bq_, q);
+                linear(x, wk_, bk_, k);
+                linear(x, wv_, bv_, v);
+                const int pos = c.positions[token];
+                for (int h = 0; h < dims_.num_heads; ++h) {
+                    rotate(rope_, &q[h * hd], pos);
+                    for (int e = 0; e < hd; ++e) c.q[(static_cast<size_t>(token) * dims_.num_heads + h) * hd + e] = float(q[h * hd + e]);
+                }
+                for (int h = 0; h < dims_.num_kv_heads; ++h) {
+                    rotate(rope_, &k[h * hd], pos);
+                    const size_t slot = cache_index(c.kv, b, h, c.write_slot + s);
+                    for (int e = 0; e < hd; ++e) {
+                        c.kv.k[slot + e] = float(k[h * hd + e]);
+                        c.kv.v[slot + e] = float(v[h * hd + e]);
+                    }
+                }
+            }
+        }
+    }
+
+    void attend(const AttendCall &c) override {
+        const int hd = dims_.head_dim, g = dims_.group();
+        std::vector<double> scores(c.kv_len), z(hd);
+        std::vector<bool> visible(c.kv_len);
+        for (int b = 0; b < c.batch; ++b) {
+            for (int i = 0; i < c.seq_len; ++i) {
+                const int query_slot = c.kv_len - c.seq_len + i;
+                for (int h = 0; h < dims_.num_heads; ++h) {
+                    const int kvh = h / g;
+                    const float *q = c.q + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
+                    double max_score = -std::numeric_limits<double>::infinity();
+                    for (int t = 0; t < c.kv_len; ++t) {
+                        visible[t] = (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
+                                     (!c.causal || t <= query_slot) && (c.window <= 0 || t > query_slot - c.window);
+                        if (!visible[t]) continue;
+                        const float *k = c.kv.k + cache_index(c.kv, b, kvh, t);
+                        double dot = 0;
+                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * k[e];
+                        double score = dot * c.scale;
+                        if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
+                        scores[t] = score;
+                        max_score = std::max(max_score, score);
+                    }
+                    double sum = 0;
+                    for (int t = 0; t < c.kv_len; ++t) {
+                        scores[t] = visible[t] ? std::exp(scores[t] - max_score) : 0.0;
+                        sum += scores[t];
+                    }
+                    std::fill(z.begin(), z.end(), 0.0);
+                    for (int t = 0; t < c.kv_len; ++t) {
+                        const double p = sum > 0 ? scores[t] / sum : 0.0;
+                        if (c.pattern) {
+                            c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
+                        }
+                        if (p == 0) continue;
+                        const float *v = c.kv.v + cache_index(c.kv, b, kvh, t);
+                        for (int e = 0; e < hd; ++e) z[e] += p * v[e];
+                    }
+                    float *z_out = c.z + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
+                    for (int e = 0; e < hd; ++e) z_out[e] = float(z[e]);
+                }
+            }
+        }
+    }
+
+    void output(const OutputCall &c) override {
+        std::vector<double> out(dims_.embed_dim);
+        for (int m = 0; m < c.batch * c.seq_len; ++m) {
+            linear(c.z + static_cast<size_t>(m) * dims_.q_width(), wo_, bo_, out);
+            for (int e = 0; e < dims_.embed_dim; ++e) c.out[static_cast<size_t>(m) * dims_.embed_dim + e] = float(out[e]);
+        }
+    }
+
+private:
+    // out[o] = b[o] + sum_i x[i] * w[o][i]
+    void linear(const float *x, const std::vector<float> &w, const std::vector<float> &bias,
+                std::vector<double> &out) const {
+        const size_t in = w.size() / out.size();
+        for (size_t o = 0; o < out.size(); ++o) {
+            double acc = bias.empty() ? 0.0 : bias[o];
+            for (size_t i = 0; i < in; ++i) acc += double(x[i]) * w[o * in + i];
+            out[o] = acc;
+        }
+    }
+
+    size_t cache_index(const KvStore &kv, int b, int kvh, int slot) const {
+        return ((static_cast<size_t>(b) * dims_.num_kv_heads + kvh) * kv.capacity + slot) * dims_.head_dim;
+    }
+
+    LayerDims dims_;
+    const RopeTables &rope_;
+    std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_;
+};
+
+}  // namespace
+
+void reference_rope(const RopeTables &rope, const RopeCall &c) {
+    std::vector<double> head(c.head_dim);
+    for (int m = 0; m < c.tokens; ++m) {
+        for (int h = 0; h < c.heads; ++h) {
+            const size_t at = (static_cast<size_t>(m) * c.heads + h) * c.head_dim;
+            for (int e = 0; e < c.head_dim; ++e) head[e] = c.x[at + e];
+            rotate(rope, head.data(), c.positions[m]);
+            for (int e = 0; e < c.head_dim; ++e) c.out[at + e] = float(head[e]);
+        }
+    }
+}
+
+std::unique_ptr<Kernels> make_reference_kernels(const LayerDims &dims, const Weights &weights,
+                                                const RopeTables &rope) {
+    return std::make_unique<ReferenceKernels>(dims, weights, rope);
+}
+
+}  // namespace gqa::detail

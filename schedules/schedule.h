@@ -1,0 +1,37 @@
+// How each pipeline runs on a target. Schedules see only the algorithm's structs;
+// they never change what is computed. One definition per target family lives in
+// schedules/<target>/; the functions here dispatch on the Target.
+#pragma once
+
+#include "../generators/attention_algorithm.h"
+
+namespace gqa::schedules {
+
+// Tunable choices, filled from the generators' GeneratorParams. Zero means
+// "the target's default".
+struct Knobs {
+    bool decode = false;      // single-token instance: GEMV projections, no query blocks
+    int gemm_tile_tokens = 0;  // rows of x per register tile
+    int gemm_tile_outputs = 0; // output features per register tile (divides layout::kWeightPanel)
+    int query_block = 0;      // queries sharing one pass over a key block (prefill)
+    int key_chunk = 0;        // keys per transposed-K chunk; divides layout::kKeySlotPadding
+};
+
+void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+
+// Rejects a knob or target the schedules cannot honour, at generation time.
+inline void require(bool ok, const std::string &message) {
+    if (!ok) throw Halide::CompileError("gqa schedule: " + message);
+}
+
+namespace x86 {
+void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+}  // namespace x86
+
+}  // namespace gqa::schedules

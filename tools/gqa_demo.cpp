@@ -1,0 +1,149 @@
+// gqa-demo: one Llama-shaped attention layer, prefill then token-by-token decode
+// with the KV cache, on every built backend; prints time and the largest
+// difference from the reference backend.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gqa/attention.hpp"
+
+namespace {
+
+struct Options {
+    gqa::Config config{.embed_dim = 2048, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64, .max_seq_len = 4096,
+                       .rope_base = 500000.0};
+    int prefill = 512;
+    int decode_steps = 16;
+};
+
+void usage() {
+    std::puts(
+        "usage: gqa-demo [--embed D] [--heads H] [--kv-heads K] [--head-dim HD] [--prefill S] [--decode N]\n"
+        "Runs one attention layer (default: Llama-3.2-1B, embed 2048, 32 heads, 8 kv heads, head_dim 64)\n"
+        "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache.");
+}
+
+bool parse(int argc, char **argv, Options &o) {
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--help" || arg == "-h") return usage(), std::exit(0), true;
+        if (i + 1 >= argc) return false;
+        const int value = std::atoi(argv[++i]);
+        if (arg == "--embed") o.config.embed_dim = value;
+        else if (arg == "--heads") o.config.num_heads = value;
+        else if (arg == "--kv-heads") o.config.num_kv_heads = value;
+        else if (arg == "--head-dim") o.config.head_dim = value;
+        else if (arg == "--prefill") o.prefill = value;
+        else if (arg == "--decode") o.decode_steps = value;
+        else return false;
+    }
+    return o.prefill > 0 && o.decode_steps >= 0;
+}
+
+std::vector<float> random_vector(size_t n, float stddev, std::mt19937 &rng) {
+    std::normal_distribution<float> dist(0.f, stddev);
+    std::vector<float> v(n);
+    for (float &x : v) x = dist(rng);
+    return v;
+}
+
+struct Run {
+    double prefill_ms = 0, decode_ms_per_token = 0;
+    std::vector<float> outputs;  // prefill output, then each decode step's
+};
+
+double elapsed_ms(std::chrono::steady_clock::time_point since) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
+}
+
+Run run(gqa::Backend backend, const Options &o, const gqa::Weights &weights, const std::vector<float> &x) {
+    const gqa::Config &c = o.config;
+    gqa::Attention layer(c, weights, backend);
+    const int total = o.prefill + o.decode_steps;
+    layer.setup_cache(1, total);
+    Run r;
+    r.outputs.resize(size_t(total) * c.embed_dim);
+
+    auto start = std::chrono::steady_clock::now();
+    layer.forward({x.data(), {1, o.prefill, c.embed_dim}}, std::span(r.outputs).first(size_t(o.prefill) * c.embed_dim));
+    r.prefill_ms = elapsed_ms(start);
+
+    start = std::chrono::steady_clock::now();
+    for (int t = o.prefill; t < total; ++t) {
+        const size_t at = size_t(t) * c.embed_dim;
+        layer.forward({x.data() + at, {1, 1, c.embed_dim}}, std::span(r.outputs).subspan(at, c.embed_dim));
+    }
+    r.decode_ms_per_token = o.decode_steps ? elapsed_ms(start) / o.decode_steps : 0;
+    return r;
+}
+
+// Multiply-adds of the layer, times two.
+double layer_flops(const gqa::Config &c, double tokens, double avg_keys) {
+    const double d = c.embed_dim, q = double(c.num_heads) * c.head_dim, kv = double(c.num_kv_heads) * c.head_dim;
+    const double projections = 2 * tokens * d * (q + 2 * kv + q);
+    const double attention = 2 * 2 * tokens * avg_keys * q;
+    return projections + attention;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    Options o;
+    if (!parse(argc, argv, o)) {
+        usage();
+        return 2;
+    }
+    const gqa::Config &c = o.config;
+    try {
+        std::printf("gqa-demo: layer embed %d, heads %d/%d, head_dim %d; prefill %d tokens, %d decode steps\n",
+                    c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, o.prefill, o.decode_steps);
+        std::mt19937 rng(2024);
+        const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+        const float w_std = 1.f / std::sqrt(float(c.embed_dim));
+        const auto wq = random_vector(size_t(q_width) * c.embed_dim, w_std, rng);
+        const auto wk = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+        const auto wv = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+        const auto wo = random_vector(size_t(c.embed_dim) * q_width, 1.f / std::sqrt(float(q_width)), rng);
+        const auto x = random_vector(size_t(o.prefill + o.decode_steps) * c.embed_dim, 1.f, rng);
+        const gqa::Weights weights{{wq.data(), {q_width, c.embed_dim}},
+                                   {wk.data(), {kv_width, c.embed_dim}},
+                                   {wv.data(), {kv_width, c.embed_dim}},
+                                   {wo.data(), {c.embed_dim, q_width}}};
+
+        std::vector<gqa::Backend> backends = gqa::available_backends();
+        // The reference goes first: it is what every other backend is compared with.
+        std::vector<Run> runs;
+        for (gqa::Backend b : backends) {
+            std::printf("  running %-9s ...", std::string(gqa::backend_name(b)).c_str());
+            std::fflush(stdout);
+            runs.push_back(run(b, o, weights, x));
+            std::printf(" done\n");
+        }
+
+        const double prefill_gflop = layer_flops(c, o.prefill, (o.prefill + 1) / 2.0) * 1e-9;
+        const double decode_gflop = layer_flops(c, 1, o.prefill + o.decode_steps / 2.0) * 1e-9;
+        std::printf("\n%-10s %12s %10s %16s %10s %14s\n", "backend", "prefill ms", "GFLOP/s", "decode ms/token",
+                    "GFLOP/s", "max |diff|");
+        for (size_t i = 0; i < backends.size(); ++i) {
+            double max_diff = 0;
+            for (size_t e = 0; e < runs[i].outputs.size(); ++e) {
+                max_diff = std::max(max_diff, double(std::fabs(runs[i].outputs[e] - runs[0].outputs[e])));
+            }
+            const Run &r = runs[i];
+            std::printf("%-10s %12.2f %10.1f %16.3f %10.1f %14.3g\n", std::string(gqa::backend_name(backends[i])).c_str(),
+                        r.prefill_ms, prefill_gflop / (r.prefill_ms * 1e-3), r.decode_ms_per_token,
+                        r.decode_ms_per_token > 0 ? decode_gflop / (r.decode_ms_per_token * 1e-3) : 0.0, max_diff);
+        }
+        std::printf("\nmax |diff| is against the reference backend over every prefill and decode output.\n");
+    } catch (const gqa::Error &e) {
+        std::fprintf(stderr, "gqa-demo: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
