@@ -1,0 +1,305 @@
+// Every built backend against Backend::reference over a grid of head layouts, sequence
+// lengths, masks, RoPE layouts and options; plus prefill-then-decode against one full
+// forward, and fully masked rows.
+#include "test_util.h"
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using gqa_test::all_close;
+using gqa_test::ForwardInput;
+using gqa_test::HostTensor;
+
+struct HeadLayout {
+    const char *name;
+    int embed_dim, num_heads, num_kv_heads, head_dim;
+};
+
+// Group sizes 1, 2, 3, 4, 8 and head dims 32, 64, 80, 128; n_h * hd need not equal d.
+const HeadLayout head_layouts[] = {
+    {"mha_h4_hd32", 64, 4, 4, 32},        {"mha_h2_hd80", 160, 2, 2, 80},       {"gqa2_h4kv2_hd64", 128, 4, 2, 64},
+    {"gqa2_h2kv1_hd128", 256, 2, 1, 128}, {"gqa3_h6kv2_hd32", 96, 6, 2, 32},    {"gqa3_h3kv1_hd80", 80, 3, 1, 80},
+    {"gqa4_h8kv2_hd32", 256, 8, 2, 32},   {"gqa4_h4kv1_hd128", 128, 4, 1, 128}, {"mqa8_h8kv1_hd64", 128, 8, 1, 64},
+};
+
+enum class Positions { slots, shared, per_batch };
+
+struct Feature {
+    const char *name;
+    bool is_causal = true;
+    bool bool_mask = false;  // random [b, s, s] with some fully masked rows
+    int window = 0;
+    gqa::RopeStyle rope = gqa::RopeStyle::interleaved;
+    bool partial_rotary = false;  // rotary_dim = head_dim / 2
+    bool biases = false;
+    Positions positions = Positions::slots;
+    bool tl_scaling = false;  // soft-cap and layer_id, as TL Gemma-2 / stanford-gpt2
+    double scale = 0.0;
+};
+
+const Feature features[] = {
+    {.name = "causal"},
+    {.name = "bidirectional", .is_causal = false},
+    {.name = "bool_mask", .bool_mask = true},
+    {.name = "window4", .window = 4},
+    {.name = "tl_softcap_layer_id",
+     .rope = gqa::RopeStyle::rotate_half,
+     .partial_rotary = true,
+     .biases = true,
+     .tl_scaling = true},
+    {.name = "rotate_half", .rope = gqa::RopeStyle::rotate_half},
+    {.name = "interleaved_partial", .partial_rotary = true},
+    {.name = "no_rope", .rope = gqa::RopeStyle::none},
+    {.name = "biases", .biases = true},
+    {.name = "input_pos_shared", .positions = Positions::shared},
+    {.name = "input_pos_per_batch", .positions = Positions::per_batch},
+    {.name = "explicit_scale", .scale = 0.3},
+};
+
+const int sequence_lengths[] = {1, 3, 7, 13, 33, 65};
+
+struct GridCase {
+    HeadLayout heads;
+    Feature feature;
+    int batch, seq_len;
+    uint32_t seed;
+
+    std::string name() const {
+        return std::string(feature.name) + "_" + heads.name + "_b" + std::to_string(batch) + "_s" +
+               std::to_string(seq_len);
+    }
+
+    friend void PrintTo(const GridCase &c, std::ostream *os) { *os << c.name(); }
+
+    gqa::Config config() const {
+        gqa::Config config =
+            gqa_test::make_config(heads.embed_dim, heads.num_heads, heads.num_kv_heads, heads.head_dim);
+        config.is_causal = feature.is_causal;
+        config.window = feature.window;
+        config.rope_style = feature.rope;
+        config.rotary_dim = feature.partial_rotary ? heads.head_dim / 2 : 0;
+        config.scale = feature.scale;
+        if (feature.tl_scaling) {
+            config.softcap = 1.5;
+            config.layer_id = 2;
+        }
+        return config;
+    }
+
+    ForwardInput input(const gqa::Config &config) const {
+        ForwardInput input{gqa_test::random_input(config, batch, seq_len, seed)};
+        if (feature.bool_mask) input.mask = random_mask();
+        if (feature.positions == Positions::shared) {
+            // Unevenly spaced: scores see only position differences, so a plain shift of
+            // 0..s-1 would pass even if input_pos were ignored.
+            input.input_pos = HostTensor<int32_t>{{}, {seq_len}};
+            for (int i = 0; i < seq_len; ++i) input.input_pos->values.push_back((3 * i + 7) % 101);
+        } else if (feature.positions == Positions::per_batch) {
+            // Packed documents: positions restart every few tokens, differently per sample.
+            input.input_pos = HostTensor<int32_t>{{}, {batch, seq_len}};
+            for (int b = 0; b < batch; ++b) {
+                for (int i = 0; i < seq_len; ++i) input.input_pos->values.push_back(i % (3 + 2 * b));
+            }
+        }
+        return input;
+    }
+
+    HostTensor<uint8_t> random_mask() const {
+        std::mt19937 engine(seed + 100);
+        std::bernoulli_distribution attend(0.6);
+        HostTensor<uint8_t> mask{{}, {batch, seq_len, seq_len}};
+        for (int b = 0; b < batch; ++b) {
+            for (int q = 0; q < seq_len; ++q) {
+                const bool fully_masked = (q + b) % 4 == 1;
+                for (int k = 0; k < seq_len; ++k) mask.values.push_back(!fully_masked && attend(engine));
+            }
+        }
+        return mask;
+    }
+};
+
+// Every feature on every head layout; the sequence length and batch rotate with both
+// indices so that each feature and each layout meets every length.
+std::vector<GridCase> backend_grid() {
+    std::vector<GridCase> grid;
+    const int feature_count = std::size(features), layout_count = std::size(head_layouts);
+    for (int f = 0; f < feature_count; ++f) {
+        for (int h = 0; h < layout_count; ++h) {
+            const int seq_len = sequence_lengths[(f + h) % std::size(sequence_lengths)];
+            const int batch = (f + 2 * h) % 3 == 0 ? 3 : 1;
+            grid.push_back({head_layouts[h], features[f], batch, seq_len, uint32_t(1000 + 17 * grid.size())});
+        }
+    }
+    return grid;
+}
+
+class BackendMatchesReference : public testing::TestWithParam<GridCase> {};
+
+TEST_P(BackendMatchesReference, OutPatternAndZ) {
+    const std::vector<gqa::Backend> backends = gqa_test::backends_under_test();
+    if (backends.empty()) GTEST_SKIP() << "only the reference backend is built; nothing to compare with it";
+
+    const GridCase &grid_case = GetParam();
+    const gqa::Config config = grid_case.config();
+    const gqa_test::LayerWeights weights = gqa_test::random_weights(config, grid_case.feature.biases, grid_case.seed);
+    const ForwardInput input = grid_case.input(config);
+    const auto want = gqa_test::run_forward(config, weights, gqa::Backend::reference, input, true);
+
+    for (gqa::Backend backend : backends) {
+        SCOPED_TRACE(gqa::backend_name(backend));
+        // The plain pipeline and the one that records the pattern are different code.
+        for (bool record_pattern : {false, true}) {
+            SCOPED_TRACE(record_pattern ? "recording the pattern" : "not recording the pattern");
+            const auto got = gqa_test::run_forward(config, weights, backend, input, record_pattern);
+            EXPECT_TRUE(all_close(got.out, want.out)) << "out";
+            EXPECT_TRUE(all_close(got.z, want.z)) << "z";
+            if (record_pattern) {
+                EXPECT_TRUE(all_close(got.pattern, want.pattern)) << "pattern";
+            }
+        }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, BackendMatchesReference, testing::ValuesIn(backend_grid()),
+                         [](const testing::TestParamInfo<GridCase> &info) { return info.param.name(); });
+
+// ---------------------------------------------------------------------------------------
+// Prefill then decode steps through the cache equals one full causal forward.
+
+struct DecodeVariant {
+    const char *name;
+    bool tl_config;       // rotate_half partial RoPE, window, soft-cap, layer_id, biases
+    bool generate_masks;  // torchtune generate(): masks [b, s, max_seq_len] and input_pos
+
+    friend void PrintTo(const DecodeVariant &v, std::ostream *os) { *os << v.name; }
+};
+
+const DecodeVariant decode_variants[] = {
+    {"slot_positions", false, false},
+    {"torchtune_generate", false, true},
+    {"transformerlens_window", true, false},
+};
+
+class PrefillThenDecode : public testing::TestWithParam<std::tuple<gqa::Backend, DecodeVariant>> {};
+
+TEST_P(PrefillThenDecode, MatchesFullForward) {
+    const auto [backend, variant] = GetParam();
+    constexpr int batch = 2, cache_len = 20;
+    const int chunk_lengths[] = {7, 1, 1, 3, 1};  // prefill, then steps (one of three tokens)
+    const int total = 13;
+
+    gqa::Config config = gqa_test::make_config(128, 8, 2, 32, 32);
+    if (variant.tl_config) {
+        config.rope_style = gqa::RopeStyle::rotate_half;
+        config.rotary_dim = 16;
+        config.window = 4;
+        config.softcap = 2.0;
+        config.layer_id = 1;
+    }
+    const auto weights = gqa_test::random_weights(config, variant.tl_config, 42);
+    const auto x = gqa_test::random_input(config, batch, total, 43);
+    const auto full = gqa_test::run_forward(config, weights, gqa::Backend::reference, {x}, false).out;
+
+    gqa::Attention layer(config, weights.view(), backend);
+    layer.setup_cache(batch, cache_len);
+    const int d = config.embed_dim;
+    int start = 0;
+    for (int s : chunk_lengths) {
+        SCOPED_TRACE("tokens " + std::to_string(start) + ".." + std::to_string(start + s - 1));
+        ForwardInput chunk{HostTensor<float>{{}, {batch, s, d}}};
+        std::vector<float> want;
+        for (int b = 0; b < batch; ++b) {
+            const auto row = x.values.begin() + (int64_t(b) * total + start) * d;
+            chunk.x.values.insert(chunk.x.values.end(), row, row + int64_t(s) * d);
+            const auto full_row = full.begin() + (int64_t(b) * total + start) * d;
+            want.insert(want.end(), full_row, full_row + int64_t(s) * d);
+        }
+        if (variant.generate_masks) {
+            chunk.mask = HostTensor<uint8_t>{{}, {batch, s, cache_len}};
+            for (int b = 0; b < batch; ++b) {
+                for (int i = 0; i < s; ++i) {
+                    for (int slot = 0; slot < cache_len; ++slot) chunk.mask->values.push_back(slot <= start + i);
+                }
+            }
+            // generate() passes input_pos [b] for single tokens, [s] for the prefill.
+            if (s == 1) {
+                chunk.input_pos = HostTensor<int32_t>{std::vector<int32_t>(batch, start), {batch}};
+            } else {
+                chunk.input_pos = HostTensor<int32_t>{{}, {s}};
+                for (int i = 0; i < s; ++i) chunk.input_pos->values.push_back(start + i);
+            }
+        }
+        const std::vector<float> got = layer.forward(chunk.x.view(), gqa_test::optional_view(chunk.mask),
+                                                     gqa_test::optional_view(chunk.input_pos));
+        EXPECT_TRUE(all_close(got, want));
+        start += s;
+    }
+    EXPECT_EQ(layer.size(), total);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, PrefillThenDecode,
+                         testing::Combine(testing::ValuesIn(gqa_test::runnable_backends()),
+                                          testing::ValuesIn(decode_variants)),
+                         [](const auto &info) {
+                             return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" +
+                                    std::get<1>(info.param).name;
+                         });
+
+// ---------------------------------------------------------------------------------------
+// A query that may see no key gets exactly 0 (not NaN) in out, z and pattern.
+
+class FullyMaskedRow : public testing::TestWithParam<gqa::Backend> {};
+
+TEST_P(FullyMaskedRow, IsExactlyZero) {
+    constexpr int batch = 2, seq_len = 5, masked_query = 2;
+    const gqa::Config config = gqa_test::make_config(64, 4, 2, 16);
+    const auto weights = gqa_test::random_weights(config, false, 7);
+    ForwardInput input{gqa_test::random_input(config, batch, seq_len, 8),
+                       HostTensor<uint8_t>{{}, {batch, seq_len, seq_len}}};
+    for (int b = 0; b < batch; ++b) {
+        for (int q = 0; q < seq_len; ++q) {
+            for (int k = 0; k < seq_len; ++k) input.mask->values.push_back(q != masked_query && k <= q);
+        }
+    }
+    const auto got = gqa_test::run_forward(config, weights, GetParam(), input, true);
+
+    for (float value : got.out) ASSERT_FALSE(std::isnan(value));
+    const auto all_zero = [](std::vector<float>::const_iterator first, int64_t count) {
+        return std::all_of(first, first + count, [](float value) { return value == 0.0f; });
+    };
+    const int64_t d = config.embed_dim, heads = config.num_heads, hd = config.head_dim;
+    for (int64_t b = 0; b < batch; ++b) {
+        EXPECT_TRUE(all_zero(got.out.begin() + (b * seq_len + masked_query) * d, d)) << "out of sample " << b;
+        EXPECT_TRUE(all_zero(got.z.begin() + (b * seq_len + masked_query) * heads * hd, heads * hd))
+            << "z of sample " << b;
+        for (int64_t h = 0; h < heads; ++h) {
+            EXPECT_TRUE(all_zero(got.pattern.begin() + ((b * heads + h) * seq_len + masked_query) * seq_len, seq_len))
+                << "pattern of sample " << b << ", head " << h;
+        }
+    }
+}
+
+TEST_P(FullyMaskedRow, IsExactlyZeroInADecodeStep) {
+    constexpr int batch = 1, cache_len = 8;
+    const gqa::Config config = gqa_test::make_config(64, 4, 2, 16);
+    const auto weights = gqa_test::random_weights(config, false, 9);
+    gqa::Attention layer(config, weights.view(), GetParam());
+    layer.setup_cache(batch, cache_len);
+    layer.forward(gqa_test::random_input(config, batch, 3, 10).view());
+
+    const HostTensor<uint8_t> nothing_visible{std::vector<uint8_t>(cache_len, 0), {batch, 1, cache_len}};
+    const std::vector<float> out =
+        layer.forward(gqa_test::random_input(config, batch, 1, 11).view(), nothing_visible.view());
+    for (float value : out) ASSERT_EQ(value, 0.0f);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, FullyMaskedRow, testing::ValuesIn(gqa_test::runnable_backends()),
+                         gqa_test::backend_test_name);
+
+}  // namespace
