@@ -71,6 +71,7 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
 Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
     Attend a;
     a.use_mask = in.use_mask;
+    a.softcap = in.softcap;
     a.q = in.q;
     a.k_cache = in.k_cache;
     a.v_cache = in.v_cache;

@@ -92,7 +92,7 @@ struct Attend {
     Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for
     Halide::Func row_begin, row_end;  // (i)
     Halide::Func q, k_cache, v_cache;  // the inputs, for schedules that stage them
-    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask;
+    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
 };
 
 struct AttendInputs {

@@ -131,6 +131,8 @@ void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
             .reorder(kargs[1], kargs[0])
             .vectorize(kargs[1], vec);
     }
+    // Branches without the mask load and without tanh (a select evaluates both sides).
+    a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
 
     a.row_max.compute_at(block);
