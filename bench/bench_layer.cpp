@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "layer_flops.h"
 
 namespace {
 
@@ -54,11 +55,6 @@ struct Layer {
     Layer(const Shape &s, gqa::Backend backend) : attention(make(s, backend, *this)) {}
 };
 
-double layer_flops(const gqa::Config &c, double tokens, double avg_keys) {
-    const double d = c.embed_dim, q = double(c.num_heads) * c.head_dim, kv = double(c.num_kv_heads) * c.head_dim;
-    return 2 * tokens * d * (2 * q + 2 * kv) + 4 * tokens * avg_keys * q;
-}
-
 void prefill(benchmark::State &state, const Shape &s, gqa::Backend backend, int tokens) {
     Layer layer(s, backend);
     std::vector<float> x(size_t(tokens) * s.config.embed_dim, 0.5f), out(x.size());
@@ -66,7 +62,7 @@ void prefill(benchmark::State &state, const Shape &s, gqa::Backend backend, int 
         layer.attention.forward({x.data(), {1, tokens, s.config.embed_dim}}, out);
         benchmark::DoNotOptimize(out.data());
     }
-    state.counters["GFLOP/s"] = benchmark::Counter(layer_flops(s.config, tokens, (tokens + 1) / 2.0) * 1e-9,
+    state.counters["GFLOP/s"] = benchmark::Counter(gqa_tools::layer_flops(s.config, tokens, (tokens + 1) / 2.0) * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -84,7 +80,7 @@ void decode(benchmark::State &state, const Shape &s, gqa::Backend backend, int c
         layer.attention.forward({x.data(), {1, context, d}}, out);
         state.ResumeTiming();
     }
-    state.counters["GFLOP/s"] = benchmark::Counter(layer_flops(s.config, 1, context + 1) * 1e-9,
+    state.counters["GFLOP/s"] = benchmark::Counter(gqa_tools::layer_flops(s.config, 1, context + 1) * 1e-9,
                                                    benchmark::Counter::kIsIterationInvariantRate);
 }
 

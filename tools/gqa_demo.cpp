@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "layer_flops.h"
 
 namespace {
 
@@ -83,14 +84,6 @@ Run run(gqa::Backend backend, const Options &o, const gqa::Weights &weights, con
     return r;
 }
 
-// Multiply-adds of the layer, times two.
-double layer_flops(const gqa::Config &c, double tokens, double avg_keys) {
-    const double d = c.embed_dim, q = double(c.num_heads) * c.head_dim, kv = double(c.num_kv_heads) * c.head_dim;
-    const double projections = 2 * tokens * d * (q + 2 * kv + q);
-    const double attention = 2 * 2 * tokens * avg_keys * q;
-    return projections + attention;
-}
-
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -126,8 +119,8 @@ int main(int argc, char **argv) {
             std::printf(" done\n");
         }
 
-        const double prefill_gflop = layer_flops(c, o.prefill, (o.prefill + 1) / 2.0) * 1e-9;
-        const double decode_gflop = layer_flops(c, 1, o.prefill + o.decode_steps / 2.0) * 1e-9;
+        const double prefill_gflop = gqa_tools::layer_flops(c, o.prefill, (o.prefill + 1) / 2.0) * 1e-9;
+        const double decode_gflop = gqa_tools::layer_flops(c, 1, o.prefill + o.decode_steps / 2.0) * 1e-9;
         std::printf("\n%-10s %12s %10s %16s %10s %14s\n", "backend", "prefill ms", "GFLOP/s", "decode ms/token",
                     "GFLOP/s", "max |diff|");
         for (size_t i = 0; i < backends.size(); ++i) {
