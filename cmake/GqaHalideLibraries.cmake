@@ -9,6 +9,8 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
                      ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU
@@ -18,6 +20,13 @@ set(GQA_X86_TARGETS
     x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41
     x86-64-linux-avx-avx2-f16c-fma-sse41
     x86-64-linux-sse41)
+
+# FP16 arithmetic (ARMv8.2 FEAT_FP16) first, plain ARMv8.0 NEON last. Halide 14
+# detects no aarch64 features, so the runtime's own HWCAP check decides
+# (runtime/arm_backend.cpp).
+set(GQA_ARM_TARGETS
+    arm-64-linux-arm_fp16
+    arm-64-linux)
 
 # gqa_add_pipelines(<backend> TARGETS ...): every pipeline for one backend, all
 # sharing one Halide runtime (gqa_rope_<backend>.runtime).
@@ -44,4 +53,8 @@ function(gqa_add_pipelines backend)
     target_link_libraries(gqa_pipelines_${backend} INTERFACE ${libs} ${runtime})
 endfunction()
 
-gqa_add_pipelines(x86 TARGETS ${GQA_X86_TARGETS})
+if (GQA_BACKEND STREQUAL "arm")
+    gqa_add_pipelines(arm TARGETS ${GQA_ARM_TARGETS})
+else ()
+    gqa_add_pipelines(x86 TARGETS ${GQA_X86_TARGETS})
+endif ()

@@ -90,14 +90,6 @@ void validate_weights(const Config &c, const Weights &w) {
     validate_tensor("bo", w.bo, {d}, true);
 }
 
-bool x86_built() {
-#ifdef GQA_HAVE_X86
-    return true;
-#else
-    return false;
-#endif
-}
-
 Backend resolve_backend(Backend backend) {
     if (backend == Backend::best) return available_backends().back();
     const auto available = available_backends();
@@ -196,8 +188,18 @@ Backend backend_from_name(std::string_view name) {
 
 std::vector<Backend> available_backends() {
     std::vector<Backend> backends{Backend::reference};
-    if (x86_built()) backends.push_back(Backend::x86);
+#ifdef GQA_HALIDE_BACKEND
+    backends.push_back(detail::kHalideBackend);
+#endif
     return backends;
+}
+
+std::string backend_isa(Backend backend) {
+    backend = resolve_backend(backend);
+#ifdef GQA_HALIDE_BACKEND
+    if (backend == detail::kHalideBackend) return detail::halide_isa();
+#endif
+    return "";
 }
 
 struct Attention::State {
@@ -234,8 +236,8 @@ Attention::Attention(const Config &config, const Weights &weights, Backend backe
     s->rope = detail::make_rope_tables(config);
     s->scale = (config.scale > 0 ? config.scale : 1.0 / std::sqrt(double(config.head_dim))) /
                (config.layer_id >= 0 ? config.layer_id + 1 : 1);
-#ifdef GQA_HAVE_X86
-    if (s->backend == Backend::x86) s->kernels = detail::make_x86_kernels(s->dims, weights, s->rope);
+#ifdef GQA_HALIDE_BACKEND
+    if (s->backend == detail::kHalideBackend) s->kernels = detail::make_halide_kernels(s->dims, weights, s->rope);
 #endif
     if (s->backend == Backend::reference) s->kernels = detail::make_reference_kernels(s->dims, weights, s->rope);
     state_ = s.release();
@@ -417,8 +419,8 @@ void apply_rope(const Config &config, const TensorView<float> &x, std::span<floa
     const RopeTables rope = detail::make_rope_tables(config);
     const detail::RopeCall call{x.data, batch * seq_len, heads, config.head_dim, positions.data(), out.data()};
     const Backend chosen = resolve_backend(backend);
-#ifdef GQA_HAVE_X86
-    if (chosen == Backend::x86) return detail::x86_rope(rope, call);
+#ifdef GQA_HALIDE_BACKEND
+    if (chosen == detail::kHalideBackend) return detail::halide_rope(rope, call);
 #endif
     detail::reference_rope(rope, call);
 }

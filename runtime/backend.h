@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "gqa/attention.hpp"
@@ -89,9 +90,15 @@ public:
 std::unique_ptr<Kernels> make_reference_kernels(const LayerDims &dims, const Weights &weights,
                                                 const RopeTables &rope);
 void reference_rope(const RopeTables &rope, const RopeCall &call);
-#ifdef GQA_HAVE_X86
-std::unique_ptr<Kernels> make_x86_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
-void x86_rope(const RopeTables &rope, const RopeCall &call);
+
+// The Halide AOT backend of this build's architecture, Backend::GQA_HALIDE_BACKEND
+// (halide_backend.cpp).
+#ifdef GQA_HALIDE_BACKEND
+constexpr Backend kHalideBackend = Backend::GQA_HALIDE_BACKEND;
+std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
+void halide_rope(const RopeTables &rope, const RopeCall &call);
+// The instruction set of the variant its multitarget dispatch runs on this CPU.
+std::string halide_isa();
 #endif
 
 }  // namespace gqa::detail

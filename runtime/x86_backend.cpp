@@ -1,14 +1,9 @@
-// The x86 backend: wraps caller and layer memory in halide_buffer_t views (no
-// copies) and calls the AOT pipelines. Weights are packed once, here.
+// The x86 pipelines (AVX-512, AVX2+FMA, SSE4.1 variants in each library) for the
+// Halide backend. Halide's own cpuid check picks the variant; GQA_X86_ISA may cap it.
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
-#include <mutex>
 #include <string>
 
-#include "../generators/layout.h"
-#include "HalideRuntime.h"
-#include "backend.h"
 #include "gqa_attend_decode_x86.h"
 #include "gqa_attend_pattern_x86.h"
 #include "gqa_attend_prefill_x86.h"
@@ -17,15 +12,10 @@
 #include "gqa_project_decode_x86.h"
 #include "gqa_project_prefill_x86.h"
 #include "gqa_rope_x86.h"
+#include "halide_backend.h"
 
 namespace gqa::detail {
 namespace {
-
-thread_local std::string last_halide_error;
-
-extern "C" void record_halide_error(void *, const char *message) {
-    last_halide_error = message;
-}
 
 // GQA_X86_ISA=avx2|sse41 caps the ISA the multitarget wrappers may pick, so tests
 // can run every variant on one machine. Read once: the wrappers cache their choice.
@@ -37,190 +27,43 @@ int isa_cap_rank() {
     throw Error(std::string("GQA_X86_ISA is '") + cap + "'; expected avx512, avx2 or sse41");
 }
 
-bool has_feature(const uint64_t *features, int feature) {
-    return (features[feature / 64] >> (feature % 64)) & 1;
+int isa_rank(const uint64_t *features) {
+    if (has_target_feature(features, halide_target_feature_avx512)) return 2;
+    if (has_target_feature(features, halide_target_feature_avx2) ||
+        has_target_feature(features, halide_target_feature_avx)) {
+        return 1;
+    }
+    return 0;
 }
 
 int capped_can_use_target_features(int count, const uint64_t *features) {
-    static const int rank = isa_cap_rank();
-    const bool wants_avx512 = has_feature(features, halide_target_feature_avx512);
-    const bool wants_avx2 = has_feature(features, halide_target_feature_avx2) ||
-                            has_feature(features, halide_target_feature_avx);
-    if ((wants_avx512 && rank < 2) || (wants_avx2 && rank < 1)) return 0;
+    static const int cap = isa_cap_rank();
+    if (isa_rank(features) > cap) return 0;
     return halide_default_can_use_target_features(count, features);
 }
 
-void install_halide_hooks() {
-    static std::once_flag once;
-    std::call_once(once, [] {
-        isa_cap_rank();  // reject a bad GQA_X86_ISA before any pipeline runs
-        halide_set_error_handler(record_halide_error);
-        halide_set_custom_can_use_target_features(capped_can_use_target_features);
-    });
+const char *x86_isa_name(const uint64_t *features) {
+    static const char *const names[] = {"sse41", "avx2", "avx512"};
+    return names[isa_rank(features)];
 }
-
-void check(int status, const char *pipeline) {
-    if (status != 0) {
-        throw Error(std::string("x86 pipeline ") + pipeline + " failed (" + std::to_string(status) +
-                    "): " + last_halide_error);
-    }
-}
-
-// A halide_buffer_t over existing memory, dims innermost first as {extent, stride}.
-class View {
-public:
-    View(const void *host, halide_type_t type, std::initializer_list<std::pair<int, int64_t>> dims) {
-        int n = 0;
-        for (const auto &[extent, stride] : dims) dims_[n++] = {0, extent, static_cast<int32_t>(stride), 0};
-        buffer_.host = static_cast<uint8_t *>(const_cast<void *>(host));
-        buffer_.type = type;
-        buffer_.dimensions = n;
-        buffer_.dim = dims_;
-    }
-    View(const View &) = delete;
-    View &operator=(const View &) = delete;
-    halide_buffer_t *get() { return &buffer_; }
-
-private:
-    halide_dimension_t dims_[5] = {};
-    halide_buffer_t buffer_ = {};
-};
-
-const halide_type_t kF32{halide_type_float, 32, 1};
-const halide_type_t kI32{halide_type_int, 32, 1};
-const halide_type_t kU8{halide_type_uint, 8, 1};
-
-int round_up(int n, int multiple) {
-    return (n + multiple - 1) / multiple * multiple;
-}
-
-// Packs [rows of W1; rows of W2; ...] ([out, in] each) into kWeightPanel-wide
-// panels, zero-padded, and the matching biases (zeros where absent).
-struct PackedLinear {
-    std::vector<float> weights, bias;
-    int in = 0, panels = 0;
-
-    PackedLinear(std::initializer_list<std::pair<const TensorView<float> *, const TensorView<float> *>> parts,
-                 int in_features) {
-        constexpr int P = layout::kWeightPanel;
-        in = in_features;
-        int out = 0;
-        for (const auto &part : parts) out += static_cast<int>(part.first->shape[0]);
-        panels = (out + P - 1) / P;
-        weights.assign(static_cast<size_t>(panels) * P * in, 0.f);
-        bias.assign(static_cast<size_t>(panels) * P, 0.f);
-        int row = 0;
-        for (const auto &[w, b] : parts) {
-            for (int r = 0; r < w->shape[0]; ++r, ++row) {
-                const float *src = w->data + static_cast<size_t>(r) * in;
-                float *panel = weights.data() + static_cast<size_t>(row / P) * P * in + row % P;
-                for (int i = 0; i < in; ++i) panel[static_cast<size_t>(i) * P] = src[i];
-                if (b->data) bias[row] = b->data[r];
-            }
-        }
-    }
-
-    View weight_view() const {
-        return View(weights.data(), kF32, {{layout::kWeightPanel, 1}, {in, layout::kWeightPanel},
-                                           {panels, int64_t(layout::kWeightPanel) * in}});
-    }
-    View bias_view() const { return View(bias.data(), kF32, {{int(bias.size()), 1}}); }
-};
-
-View rope_table_view(const RopeTables &rope, const std::vector<float> &table) {
-    return View(table.data(), kF32, {{rope.head_dim, 1}, {rope.positions, rope.head_dim}});
-}
-
-class X86Kernels final : public Kernels {
-public:
-    X86Kernels(const LayerDims &dims, const Weights &w, const RopeTables &rope)
-        : dims_(dims),
-          rope_(rope),
-          qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
-          out_({{&w.wo, &w.bo}}, dims.q_width()) {
-        install_halide_hooks();
-    }
-
-    void project(const ProjectCall &c) override {
-        const int hd = dims_.head_dim, tokens = c.batch * c.seq_len;
-        View x(c.x, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
-        View w = qkv_.weight_view(), bias = qkv_.bias_view();
-        View positions(c.positions, kI32, {{tokens, 1}});
-        View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
-        View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
-        const size_t first = static_cast<size_t>(c.write_slot) * hd;
-        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        View k(c.kv.k + first, kF32,
-               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
-        View v(c.kv.v + first, kF32,
-               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
-        auto *pipeline = c.seq_len == 1 ? gqa_project_decode_x86 : gqa_project_prefill_x86;
-        check(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
-                       rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(),
-                       v.get()),
-              "gqa_project");
-    }
-
-    void attend(const AttendCall &c) override {
-        const int hd = dims_.head_dim, g = dims_.group(), n_kv = dims_.num_kv_heads;
-        const int64_t row = int64_t(dims_.num_heads) * hd;
-        View q(c.q, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
-        View z(c.z, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
-        // The pipelines read whole chunks of key slots; the store's padding covers them.
-        const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
-        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        View k(c.kv.k, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
-        View v(c.kv.v, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
-        if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
-        View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
-                           : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
-        const int window = c.window > 0 ? c.window : c.kv_len + 1;
-        const int causal = c.causal ? 1 : 0, use_mask = c.mask ? 1 : 0;
-        if (c.pattern) {
-            const int64_t plane = int64_t(c.seq_len) * c.kv_len;
-            View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
-                                           {c.batch, plane * dims_.num_heads}});
-            check(gqa_attend_pattern_x86(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window,
-                                         c.scale, c.softcap, z.get(), pattern.get()),
-                  "gqa_attend_pattern");
-            return;
-        }
-        auto *pipeline = c.seq_len == 1 ? gqa_attend_decode_x86 : gqa_attend_prefill_x86;
-        check(pipeline(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
-                       z.get()),
-              "gqa_attend");
-    }
-
-    void output(const OutputCall &c) override {
-        const int tokens = c.batch * c.seq_len;
-        View z(c.z, kF32, {{dims_.q_width(), 1}, {tokens, dims_.q_width()}});
-        View w = out_.weight_view(), bias = out_.bias_view();
-        View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
-        auto *pipeline = c.seq_len == 1 ? gqa_output_decode_x86 : gqa_output_prefill_x86;
-        check(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
-    }
-
-private:
-    LayerDims dims_;
-    const RopeTables &rope_;
-    PackedLinear qkv_, out_;
-    std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
-};
 
 }  // namespace
 
-std::unique_ptr<Kernels> make_x86_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-    return std::make_unique<X86Kernels>(dims, weights, rope);
-}
-
-void x86_rope(const RopeTables &rope, const RopeCall &c) {
-    install_halide_hooks();
-    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View positions(c.positions, kI32, {{c.tokens, 1}});
-    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
-    check(gqa_rope_x86(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
-          "gqa_rope");
+const HalidePlatform &halide_platform() {
+    static const int checked_cap = isa_cap_rank();  // a bad GQA_X86_ISA throws here, before any pipeline runs
+    (void)checked_cap;
+    static const HalidePlatform platform{Backend::x86,
+                                         gqa_project_prefill_x86,
+                                         gqa_project_decode_x86,
+                                         gqa_attend_prefill_x86,
+                                         gqa_attend_decode_x86,
+                                         gqa_attend_pattern_x86,
+                                         gqa_output_prefill_x86,
+                                         gqa_output_decode_x86,
+                                         gqa_rope_x86,
+                                         capped_can_use_target_features,
+                                         x86_isa_name};
+    return platform;
 }
 
 }  // namespace gqa::detail

@@ -27,6 +27,13 @@ inline void require(bool ok, const std::string &message) {
     if (!ok) throw Halide::CompileError("gqa schedule: " + message);
 }
 
+namespace arm {
+void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+}  // namespace arm
+
 namespace x86 {
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);

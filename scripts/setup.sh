@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project builds with, from Debian 12 packages.
 set -euo pipefail
-packages=(cmake ninja-build g++ libhalide14-0-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev)
+packages=(cmake ninja-build g++ libhalide14-0-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
+          g++-aarch64-linux-gnu qemu-user)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

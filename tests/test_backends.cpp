@@ -1,10 +1,11 @@
 // Every built backend against Backend::reference over a grid of head layouts, sequence
 // lengths, masks, RoPE layouts and options; plus prefill-then-decode against one full
-// forward, and fully masked rows.
+// forward, fully masked rows, and which CPU variant each backend dispatches to.
 #include "test_util.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <tuple>
@@ -301,5 +302,38 @@ TEST_P(FullyMaskedRow, IsExactlyZeroInADecodeStep) {
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, FullyMaskedRow, testing::ValuesIn(gqa_test::runnable_backends()),
                          gqa_test::backend_test_name);
+
+// The variant a run must reach, from the environment tests/CMakeLists.txt gives it:
+// the x86 ISA cap, or the CPU qemu-user emulates. Null where the CPU decides alone.
+const char *expected_isa() {
+    struct Expectation {
+        const char *variable, *value, *isa;
+    };
+    static const Expectation expectations[] = {
+        {"GQA_X86_ISA", "avx2", "avx2"},           {"GQA_X86_ISA", "sse41", "sse41"},
+        {"QEMU_CPU", "cortex-a72", "armv8-a"},     // ARMv8.0: no FP16
+        {"QEMU_CPU", "cortex-a76", "armv8.2-a+fp16"}, {"QEMU_CPU", "max", "armv8.2-a+fp16"},
+    };
+    for (const Expectation &e : expectations) {
+        const char *value = std::getenv(e.variable);
+        if (value && std::string(value) == e.value) return e.isa;
+    }
+    return nullptr;
+}
+
+TEST(Dispatch, RunsTheVariantThisCpuCanExecute) {
+    const char *expected = expected_isa();
+    const std::vector<gqa::Backend> backends = gqa_test::backends_under_test();
+    ASSERT_FALSE(backends.empty()) << "no compiled backend besides the reference";
+    for (gqa::Backend backend : backends) {
+        const std::string isa = gqa::backend_isa(backend);
+        if (expected) {
+            EXPECT_EQ(isa, expected) << gqa::backend_name(backend);
+        } else {
+            EXPECT_FALSE(isa.empty()) << gqa::backend_name(backend);
+        }
+    }
+    EXPECT_EQ(gqa::backend_isa(gqa::Backend::reference), "");
+}
 
 }  // namespace

@@ -1,0 +1,225 @@
+// The Halide backend: wraps caller and layer memory in halide_buffer_t views (no
+// copies) and calls the AOT pipelines of this build's architecture. Weights are
+// packed once, here.
+#include <atomic>
+#include <initializer_list>
+#include <mutex>
+#include <string>
+
+#include "../generators/layout.h"
+#include "halide_backend.h"
+
+namespace gqa::detail {
+namespace {
+
+thread_local std::string last_halide_error;
+
+extern "C" void record_halide_error(void *, const char *message) {
+    last_halide_error = message;
+}
+
+// The instruction set the multitarget wrappers settled on, as they report it
+// through the hook: every wrapper asks about its variants in order and runs the
+// first one accepted, and the answer is the same for all of them. The last
+// variant, the baseline, is run without asking; null then.
+std::atomic<const char *> chosen_isa{nullptr};
+
+int can_use_target_features(int count, const uint64_t *features) {
+    const HalidePlatform &platform = halide_platform();
+    const int usable = platform.can_use_target_features(count, features);
+    if (usable) chosen_isa.store(platform.isa_name(features));
+    return usable;
+}
+
+void install_halide_hooks() {
+    halide_platform();  // throws on a bad setting before any hook can run
+    static std::once_flag once;
+    std::call_once(once, [] {
+        halide_set_error_handler(record_halide_error);
+        halide_set_custom_can_use_target_features(can_use_target_features);
+    });
+}
+
+void check(int status, const char *pipeline) {
+    if (status != 0) {
+        throw Error(std::string(backend_name(halide_platform().backend)) + " pipeline " + pipeline + " failed (" +
+                    std::to_string(status) + "): " + last_halide_error);
+    }
+}
+
+// A halide_buffer_t over existing memory, dims innermost first as {extent, stride}.
+class View {
+public:
+    View(const void *host, halide_type_t type, std::initializer_list<std::pair<int, int64_t>> dims) {
+        int n = 0;
+        for (const auto &[extent, stride] : dims) dims_[n++] = {0, extent, static_cast<int32_t>(stride), 0};
+        buffer_.host = static_cast<uint8_t *>(const_cast<void *>(host));
+        buffer_.type = type;
+        buffer_.dimensions = n;
+        buffer_.dim = dims_;
+    }
+    View(const View &) = delete;
+    View &operator=(const View &) = delete;
+    halide_buffer_t *get() { return &buffer_; }
+
+private:
+    halide_dimension_t dims_[5] = {};
+    halide_buffer_t buffer_ = {};
+};
+
+const halide_type_t kF32{halide_type_float, 32, 1};
+const halide_type_t kI32{halide_type_int, 32, 1};
+const halide_type_t kU8{halide_type_uint, 8, 1};
+
+int round_up(int n, int multiple) {
+    return (n + multiple - 1) / multiple * multiple;
+}
+
+// Packs [rows of W1; rows of W2; ...] ([out, in] each) into kWeightPanel-wide
+// panels, zero-padded, and the matching biases (zeros where absent).
+struct PackedLinear {
+    std::vector<float> weights, bias;
+    int in = 0, panels = 0;
+
+    PackedLinear(std::initializer_list<std::pair<const TensorView<float> *, const TensorView<float> *>> parts,
+                 int in_features) {
+        constexpr int P = layout::kWeightPanel;
+        in = in_features;
+        int out = 0;
+        for (const auto &part : parts) out += static_cast<int>(part.first->shape[0]);
+        panels = (out + P - 1) / P;
+        weights.assign(static_cast<size_t>(panels) * P * in, 0.f);
+        bias.assign(static_cast<size_t>(panels) * P, 0.f);
+        int row = 0;
+        for (const auto &[w, b] : parts) {
+            for (int r = 0; r < w->shape[0]; ++r, ++row) {
+                const float *src = w->data + static_cast<size_t>(r) * in;
+                float *panel = weights.data() + static_cast<size_t>(row / P) * P * in + row % P;
+                for (int i = 0; i < in; ++i) panel[static_cast<size_t>(i) * P] = src[i];
+                if (b->data) bias[row] = b->data[r];
+            }
+        }
+    }
+
+    View weight_view() const {
+        return View(weights.data(), kF32, {{layout::kWeightPanel, 1}, {in, layout::kWeightPanel},
+                                           {panels, int64_t(layout::kWeightPanel) * in}});
+    }
+    View bias_view() const { return View(bias.data(), kF32, {{int(bias.size()), 1}}); }
+};
+
+View rope_table_view(const RopeTables &rope, const std::vector<float> &table) {
+    return View(table.data(), kF32, {{rope.head_dim, 1}, {rope.positions, rope.head_dim}});
+}
+
+class HalideKernels final : public Kernels {
+public:
+    HalideKernels(const LayerDims &dims, const Weights &w, const RopeTables &rope)
+        : dims_(dims),
+          rope_(rope),
+          qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
+          out_({{&w.wo, &w.bo}}, dims.q_width()) {
+        install_halide_hooks();
+    }
+
+    void project(const ProjectCall &c) override {
+        const int hd = dims_.head_dim, tokens = c.batch * c.seq_len;
+        View x(c.x, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
+        View w = qkv_.weight_view(), bias = qkv_.bias_view();
+        View positions(c.positions, kI32, {{tokens, 1}});
+        View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
+        View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
+        const size_t first = static_cast<size_t>(c.write_slot) * hd;
+        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
+        View k(c.kv.k + first, kF32,
+               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
+        View v(c.kv.v + first, kF32,
+               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
+        auto *pipeline = c.seq_len == 1 ? platform_.project_decode : platform_.project_prefill;
+        check(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
+                       rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(),
+                       v.get()),
+              "gqa_project");
+    }
+
+    void attend(const AttendCall &c) override {
+        const int hd = dims_.head_dim, g = dims_.group(), n_kv = dims_.num_kv_heads;
+        const int64_t row = int64_t(dims_.num_heads) * hd;
+        View q(c.q, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
+        View z(c.z, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
+        // The pipelines read whole chunks of key slots; the store's padding covers them.
+        const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
+        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
+        View k(c.kv.k, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
+        View v(c.kv.v, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
+        if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
+        View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
+                           : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
+        const int window = c.window > 0 ? c.window : c.kv_len + 1;
+        const int causal = c.causal ? 1 : 0, use_mask = c.mask ? 1 : 0;
+        if (c.pattern) {
+            const int64_t plane = int64_t(c.seq_len) * c.kv_len;
+            View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
+                                           {c.batch, plane * dims_.num_heads}});
+            check(platform_.attend_pattern(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window,
+                                         c.scale, c.softcap, z.get(), pattern.get()),
+                  "gqa_attend_pattern");
+            return;
+        }
+        auto *pipeline = c.seq_len == 1 ? platform_.attend_decode : platform_.attend_prefill;
+        check(pipeline(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
+                       z.get()),
+              "gqa_attend");
+    }
+
+    void output(const OutputCall &c) override {
+        const int tokens = c.batch * c.seq_len;
+        View z(c.z, kF32, {{dims_.q_width(), 1}, {tokens, dims_.q_width()}});
+        View w = out_.weight_view(), bias = out_.bias_view();
+        View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
+        auto *pipeline = c.seq_len == 1 ? platform_.output_decode : platform_.output_prefill;
+        check(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
+    }
+
+private:
+    const HalidePlatform &platform_ = halide_platform();
+    LayerDims dims_;
+    const RopeTables &rope_;
+    PackedLinear qkv_, out_;
+    std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
+};
+
+}  // namespace
+
+std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+    return std::make_unique<HalideKernels>(dims, weights, rope);
+}
+
+void halide_rope(const RopeTables &rope, const RopeCall &c) {
+    install_halide_hooks();
+    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View positions(c.positions, kI32, {{c.tokens, 1}});
+    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
+    check(halide_platform().rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim,
+                                 out.get()),
+          "gqa_rope");
+}
+
+std::string halide_isa() {
+    if (const char *isa = chosen_isa.load()) return isa;
+    // Either no pipeline has run yet or the baseline did: a one-token RoPE makes
+    // the dispatch decide, then no answer means the baseline.
+    RopeTables rope;
+    rope.head_dim = 2, rope.positions = 1, rope.rotary_dim = 2;
+    rope.cos = {1.f, 1.f}, rope.sin = {0.f, 0.f};
+    const float x[2] = {0.f, 0.f};
+    float out[2];
+    const int32_t position = 0;
+    halide_rope(rope, {x, 1, 1, 2, &position, out});
+    if (const char *isa = chosen_isa.load()) return isa;
+    const uint64_t no_features[(halide_target_feature_end + 63) / 64] = {};
+    return halide_platform().isa_name(no_features);
+}
+
+}  // namespace gqa::detail

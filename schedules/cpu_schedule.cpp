@@ -1,0 +1,115 @@
+#include "cpu_schedule.h"
+
+#include <string>
+
+#include "../generators/layout.h"
+
+namespace gqa::schedules::cpu {
+
+using namespace Halide;
+
+// The reduction runs innermost-outside the tile, so each packed weight vector and
+// each x element is loaded once per tile. Tails round up: x reads are clamped and
+// the panels zero-padded.
+void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
+    require(layout::kWeightPanel % tile.outputs == 0 && tile.outputs % tile.lanes == 0,
+            "gemm_tile_outputs must be a multiple of the vector width (" + std::to_string(tile.lanes) +
+                ") dividing " + std::to_string(layout::kWeightPanel));
+    require(tile.tokens >= 1, "gemm_tile_tokens must be positive");
+
+    Var o = l.o, m = l.m, oo("oo"), oi("oi"), mo("mo"), mi("mi");
+    // Aligned to the panel, o / panel and o % panel fold into contiguous loads.
+    l.result.compute_root()
+        .align_bounds(o, layout::kWeightPanel)
+        .split(o, oo, oi, tile.outputs, TailStrategy::RoundUp)
+        .split(m, mo, mi, tile.tokens, TailStrategy::RoundUp)
+        .reorder(oi, mi, mo, oo)
+        .vectorize(oi, tile.lanes)
+        .unroll(oi)
+        .unroll(mi)
+        .parallel(oo);
+    l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
+    l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
+}
+
+void schedule_project_epilogue(algo::Project &p, int lanes, bool decode) {
+    for (Func f : {p.q, p.k, p.v}) f.vectorize(p.d, lanes, TailStrategy::GuardWithIf);
+    if (!decode) {
+        p.q.parallel(p.m);
+        p.k.parallel(p.t);
+        p.v.parallel(p.t);
+    }
+}
+
+void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {
+    out.vectorize(l.o, lanes, TailStrategy::GuardWithIf);
+    if (!decode) out.parallel(l.m);
+}
+
+void schedule_rope(Func out, int lanes) {
+    const std::vector<Var> args = out.args();  // (d, head, token)
+    out.vectorize(args[0], lanes, TailStrategy::GuardWithIf).parallel(args[2]);
+}
+
+void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
+    const int vec = blocking.lanes, key_chunk = blocking.key_chunk;
+    const int query_block = blocking.decode ? 1 : blocking.query_block;
+    require(layout::kKeySlotPadding % key_chunk == 0 && key_chunk % vec == 0,
+            "key_chunk must be a multiple of the vector width (" + std::to_string(vec) + ") dividing " +
+                std::to_string(layout::kKeySlotPadding));
+    require(query_block >= 1, "query_block must be positive");
+
+    Var d = a.d, tk = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
+    Var io("io"), ii("ii"), task("task"), to("to"), ti("ti");
+    const bool with_pattern = a.pattern.defined();
+
+    a.z.split(i, io, ii, query_block, TailStrategy::GuardWithIf)
+        .reorder(d, r, ii, io, kvh, b)
+        .fuse(io, kvh, task)
+        .fuse(task, b, task)
+        .parallel(task)
+        .vectorize(d, vec, TailStrategy::GuardWithIf);
+    const LoopLevel block = with_pattern ? LoopLevel::root() : LoopLevel(a.z, task);
+
+    // Scores over whole key chunks (the cache is padded for it).
+    a.score.compute_at(block)
+        .align_bounds(tk, key_chunk)
+        .split(tk, to, ti, key_chunk, TailStrategy::RoundUp)
+        .reorder(ti, r, i, to)
+        .vectorize(ti, vec)
+        .unroll(ti);
+    a.qk.compute_at(a.score, r);
+    if (blocking.decode) {
+        a.qk.update().atomic().vectorize(a.dot.x, vec, TailStrategy::GuardWithIf);
+    } else {
+        a.qk.vectorize(tk, vec).unroll(tk);
+        a.qk.update().reorder(tk, a.dot.x).vectorize(tk, vec).unroll(tk);
+        Func k_transposed = a.k_cache.in(a.qk);
+        const std::vector<Var> kargs = k_transposed.args();  // (d, t, kvh, b)
+        k_transposed.compute_at(a.score, to)
+            .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
+            .reorder(kargs[1], kargs[0])
+            .vectorize(kargs[1], vec);
+    }
+    // Branches without the mask load and without tanh (a select evaluates both sides).
+    a.score.specialize(a.softcap > 0.f);
+    a.score.specialize(a.use_mask == 0);
+
+    a.row_max.compute_at(block);
+    a.row_max.update().atomic().vectorize(a.keys_max.x, vec, TailStrategy::GuardWithIf);
+    a.exp_score.compute_at(block).align_bounds(tk, key_chunk).vectorize(tk, vec, TailStrategy::RoundUp);
+    a.row_sum.compute_at(block);
+    a.row_sum.update().atomic().vectorize(a.keys_sum.x, vec, TailStrategy::GuardWithIf);
+
+    // Per query, all g rows of the group together: each V row feeds g accumulators.
+    a.weighted.compute_at(a.z, ii).vectorize(d, vec, TailStrategy::GuardWithIf);
+    a.weighted.update().reorder(d, r, a.keys_values.x).vectorize(d, vec, TailStrategy::GuardWithIf);
+
+    if (with_pattern) {
+        for (Func f : {a.score, a.row_max, a.exp_score, a.row_sum}) f.parallel(i);
+        const std::vector<Var> pargs = a.pattern.args();  // (t, i, r, kvh, b)
+        a.pattern.vectorize(pargs[0], vec, TailStrategy::GuardWithIf).parallel(pargs[1]);
+    }
+}
+
+}  // namespace gqa::schedules::cpu

@@ -1,0 +1,37 @@
+// The loop structures the CPU targets (x86, arm) share. Each target's file picks
+// the sizes for its vector width, register file and caches; these functions only
+// lay the loops out. None of them changes what is computed.
+#pragma once
+
+#include "schedule.h"
+
+namespace gqa::schedules::cpu {
+
+// A register-blocked GEMM over the packed weight panels: `outputs` x `tokens`
+// accumulators, `lanes` floats per vector.
+struct GemmTile {
+    int lanes, outputs, tokens;
+};
+void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile);
+
+// The projection's epilogue (RoPE and the scatter into q and the cache crops) and
+// the output projection's copy-out: light passes over a GEMM result. A decode
+// step has too little of them to pay for waking a thread.
+void schedule_project_epilogue(algo::Project &p, int lanes, bool decode);
+void schedule_output_copy(algo::Linear &l, Halide::Func out, int lanes, bool decode);
+void schedule_rope(Halide::Func out, int lanes);
+
+// Three-pass attention per (batch, kv head, block of queries), blocks in parallel:
+//   scores of the block's g*query_block rows, one chunk of key_chunk keys at a
+//   time, so that chunk of K serves all g heads of the group; row max, exp, row
+//   sum; then z, each V row read once for all g heads of a query.
+// Prefill stages each K chunk transposed and vectorizes q.k over keys; decode (one
+// query, g rows) vectorizes each q.k over head dims and needs no transpose. With
+// the pattern output the softmax stages serve two consumers and run at root.
+struct AttendBlocking {
+    int lanes, key_chunk, query_block;
+    bool decode;
+};
+void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking);
+
+}  // namespace gqa::schedules::cpu
