@@ -29,7 +29,9 @@ set(GQA_ARM_TARGETS
     arm-64-linux)
 
 # gqa_add_pipelines(<backend> TARGETS ...): every pipeline for one backend, all
-# sharing one Halide runtime (gqa_rope_<backend>.runtime).
+# sharing one Halide runtime (gqa_rope_<backend>.runtime). The pipelines that
+# touch the KV cache come once per cache element type: gqa_<pipeline>_<mode>_<backend>
+# for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16.
 function(gqa_add_pipelines backend)
     cmake_parse_arguments(ARG "" "" "TARGETS" ${ARGN})
     set(runtime gqa_rope_${backend}.runtime)
@@ -37,17 +39,35 @@ function(gqa_add_pipelines backend)
                        TARGETS ${ARG_TARGETS})
     set(libs gqa_rope_${backend})
     foreach (mode IN ITEMS prefill decode)
-        foreach (pipeline IN ITEMS project attend output)
-            set(lib gqa_${pipeline}_${mode}_${backend})
-            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${pipeline}
-                               TARGETS ${ARG_TARGETS} PARAMS mode=${mode} USE_RUNTIME ${runtime})
-            list(APPEND libs ${lib})
-        endforeach ()
+        set(lib gqa_output_${mode}_${backend})
+        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_output
+                           TARGETS ${ARG_TARGETS} PARAMS mode=${mode} USE_RUNTIME ${runtime})
+        list(APPEND libs ${lib})
     endforeach ()
-    # Attention weights for interpretability: one instance, any sequence length.
-    add_halide_library(gqa_attend_pattern_${backend} FROM gqa_generators GENERATOR gqa_attend
-                       TARGETS ${ARG_TARGETS} PARAMS with_pattern=true USE_RUNTIME ${runtime})
-    list(APPEND libs gqa_attend_pattern_${backend})
+    foreach (cache IN ITEMS f32 f16)
+        if (cache STREQUAL "f32")
+            set(cache_suffix "")
+            set(cache_type float32)
+        else ()
+            set(cache_suffix _f16)
+            set(cache_type float16)
+        endif ()
+        foreach (mode IN ITEMS prefill decode)
+            foreach (pipeline IN ITEMS project attend)
+                set(lib gqa_${pipeline}_${mode}${cache_suffix}_${backend})
+                add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${pipeline}
+                                   TARGETS ${ARG_TARGETS} PARAMS mode=${mode} cache_type=${cache_type}
+                                   USE_RUNTIME ${runtime})
+                list(APPEND libs ${lib})
+            endforeach ()
+        endforeach ()
+        # Attention weights for interpretability: one instance, any sequence length.
+        set(lib gqa_attend_pattern${cache_suffix}_${backend})
+        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
+                           TARGETS ${ARG_TARGETS} PARAMS with_pattern=true cache_type=${cache_type}
+                           USE_RUNTIME ${runtime})
+        list(APPEND libs ${lib})
+    endforeach ()
 
     add_library(gqa_pipelines_${backend} INTERFACE)
     target_link_libraries(gqa_pipelines_${backend} INTERFACE ${libs} ${runtime})

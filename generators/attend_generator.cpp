@@ -11,8 +11,6 @@ public:
     GeneratorParam<bool> with_pattern{"with_pattern", false};
 
     Input<Buffer<float, 5>> q{"q"};              // (d, r, kv head, query, batch)
-    Input<Buffer<float, 4>> k_cache{"k_cache"};  // (d, slot, kv head, batch)
-    Input<Buffer<float, 4>> v_cache{"v_cache"};
     Input<Buffer<uint8_t, 3>> mask{"mask"};      // (slot, query, batch), read when use_mask != 0
     Input<int> kv_len{"kv_len"};
     Input<int> use_mask{"use_mask"};
@@ -22,15 +20,19 @@ public:
     Input<float> softcap{"softcap"};
     Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
 
+    // Added here for their cache_type; they come after the inputs above.
     void configure() {
+        require_cache_type();
+        k_cache_ = add_input<Buffer<>>("k_cache", cache_type, 4);  // (d, slot, kv head, batch)
+        v_cache_ = add_input<Buffer<>>("v_cache", cache_type, 4);
         if (with_pattern) pattern_ = add_output<Buffer<float, 5>>("pattern");  // (slot, query, r, kv head, batch)
     }
 
     void generate() {
         algo::AttendInputs in{q,
-                              k_cache,
-                              v_cache,
                               mask,
+                              *k_cache_,
+                              *v_cache_,
                               q.dim(0).extent(),
                               q.dim(1).extent(),
                               q.dim(2).extent(),
@@ -50,8 +52,8 @@ public:
     void schedule() {
         const int queries = mode == PipelineMode::decode ? 1 : 512;
         q.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
-        k_cache.set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
-        v_cache.set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
+        k_cache_->set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
+        v_cache_->set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
         mask.set_estimates({{0, 2048}, {0, queries}, {0, 1}});
         kv_len.set_estimate(2048);
         use_mask.set_estimate(0);
@@ -66,6 +68,7 @@ public:
     }
 
 private:
+    Input<Buffer<>> *k_cache_ = nullptr, *v_cache_ = nullptr;
     Output<Buffer<float, 5>> *pattern_ = nullptr;
     algo::Attend attend_;
 };

@@ -46,7 +46,8 @@ Expr clamped_position(const RopeInputs &rope, const Expr &m) {
 }  // namespace
 
 Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const RopeInputs &rope,
-                       const ProjectShape &shape, int panel, Func q_out, Func k_out, Func v_out) {
+                       const ProjectShape &shape, int panel, Func q_out, Func k_out, Func v_out,
+                       const Type &cache_type) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
@@ -58,10 +59,10 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     q_out(d, h, m) = rotate([&](Expr dd) { return qkv(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
                             rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
     const Expr token = b * shape.seq_len + t;
-    k_out(d, t, kvh, b) =
-        rotate([&](Expr dd) { return qkv(q_width + kvh * hd + dd, token); }, d, hd, clamped_position(rope, token),
-               rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
-    v_out(d, t, kvh, b) = qkv(q_width + kv_width + kvh * hd + d, token);
+    k_out(d, t, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return qkv(q_width + kvh * hd + dd, token); }, d,
+                                                  hd, clamped_position(rope, token), rope.cos_table, rope.sin_table,
+                                                  rope.style, rope.rotary_dim));
+    v_out(d, t, kvh, b) = cast(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
     p.q = q_out;
     p.k = k_out;
     p.v = v_out;
@@ -73,8 +74,8 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
     a.q = in.q;
-    a.k_cache = in.k_cache;
-    a.v_cache = in.v_cache;
+    a.k_cache = Func("k_f32");
+    a.v_cache = Func("v_f32");
     a.head_dim = in.head_dim;
     a.group = in.group;
     a.num_kv_heads = in.num_kv_heads;
@@ -93,13 +94,16 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
+    a.k_cache(d, t, kvh, b) = cast<float>(in.k_cache(d, t, kvh, b));
+    a.v_cache(d, t, kvh, b) = cast<float>(in.v_cache(d, t, kvh, b));
+
     const Expr query_slot = in.kv_len - in.seq_len + i;
     a.row_begin(i) = max(0, query_slot - in.window + 1);
     a.row_end(i) = select(in.causal != 0, min(query_slot + 1, in.kv_len), in.kv_len);
 
     a.dot = RDom(0, in.head_dim, "dot");
     a.qk(t, r, kvh, i, b) = 0.f;
-    a.qk(t, r, kvh, i, b) += in.q(a.dot, r, kvh, i, b) * in.k_cache(a.dot, t, kvh, b);
+    a.qk(t, r, kvh, i, b) += in.q(a.dot, r, kvh, i, b) * a.k_cache(a.dot, t, kvh, b);
 
     // The clamp keeps the mask read inside [0, kv_len) for the padded slots, which
     // the row range already hides.
@@ -134,7 +138,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
 
     a.keys_values = visible_keys("keys_values");
     a.weighted(d, r, kvh, i, b) = 0.f;
-    a.weighted(d, r, kvh, i, b) += a.exp_score(a.keys_values, r, kvh, i, b) * in.v_cache(d, a.keys_values, kvh, b);
+    a.weighted(d, r, kvh, i, b) += a.exp_score(a.keys_values, r, kvh, i, b) * a.v_cache(d, a.keys_values, kvh, b);
 
     z_out(d, r, kvh, i, b) = a.weighted(d, r, kvh, i, b) * a.inv_sum(r, kvh, i, b);
     a.z = z_out;

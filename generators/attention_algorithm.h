@@ -69,9 +69,10 @@ struct ProjectShape {
     Halide::Expr embed_dim, head_dim, num_heads, num_kv_heads, seq_len, tokens;
 };
 
+// k_out and v_out hold cache_type elements (fp32, or fp16 rounded to nearest even).
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
                        const RopeInputs &rope, const ProjectShape &shape, int panel, Halide::Func q_out,
-                       Halide::Func k_out, Halide::Func v_out);
+                       Halide::Func k_out, Halide::Func v_out, const Halide::Type &cache_type);
 
 // Grouped scores, masked softmax and weighted values for the queries of one call
 // against the valid cache prefix [0, kv_len). Query i of the call sits in cache
@@ -91,12 +92,14 @@ struct Attend {
     Halide::Func z;          // z(d, r, kvh, i, b): the output
     Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for
     Halide::Func row_begin, row_end;  // (i)
-    Halide::Func q, k_cache, v_cache;  // the inputs, for schedules that stage them
+    Halide::Func q;                    // the input, for schedules that stage it
+    Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
 };
 
 struct AttendInputs {
-    Halide::Func q, k_cache, v_cache, mask;
+    Halide::Func q, mask;
+    Halide::Func k_cache, v_cache;  // fp32 or fp16 elements; widened to fp32 as read
     // kv_len is the number of valid key slots; k_cache/v_cache may extend past it
     // (up to kv_len rounded up to layout::kKeySlotPadding) and those slots are ignored.
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch;

@@ -22,6 +22,14 @@ struct KnobParams {
     Halide::GeneratorParam<int> gemm_tile_outputs{"gemm_tile_outputs", 0};
     Halide::GeneratorParam<int> query_block{"query_block", 0};
     Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
+    // Element type of the KV cache the pipeline writes or reads: float32 or float16.
+    Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
+
+    void require_cache_type() const {
+        const Halide::Type type = cache_type;
+        schedules::require(type == Halide::Float(32) || type == Halide::Float(16),
+                           "cache_type must be float32 or float16");
+    }
 
     schedules::Knobs knobs() const {
         schedules::Knobs k;

@@ -22,14 +22,20 @@ public:
     Input<int> num_kv_heads{"num_kv_heads"};
     Input<int> seq_len{"seq_len"};  // tokens per batch row; x holds batch * seq_len tokens
     Output<Buffer<float, 3>> q{"q"};  // (d, head, token)
-    Output<Buffer<float, 4>> k{"k"};  // (d, token within the batch row, kv head, batch): a cache crop
-    Output<Buffer<float, 4>> v{"v"};
+
+    // k, v: (d, token within the batch row, kv head, batch), crops of the cache, of
+    // cache_type; added here for that type, after q.
+    void configure() {
+        require_cache_type();
+        k_ = add_output<Buffer<>>("k", cache_type, 4);
+        v_ = add_output<Buffer<>>("v", cache_type, 4);
+    }
 
     void generate() {
         algo::RopeInputs rope{rope_cos, rope_sin, rope_cos.dim(1).extent(), positions, rope_style, rotary_dim};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
-        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel, q, k, v);
+        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel, q, *k_, *v_, cache_type);
     }
 
     void schedule() {
@@ -47,13 +53,14 @@ public:
         num_kv_heads.set_estimate(8);
         seq_len.set_estimate(tokens);
         q.set_estimates({{0, 64}, {0, 32}, {0, tokens}});
-        k.set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
-        v.set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
+        k_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
+        v_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
         schedules::schedule_project(project_, get_target(), knobs());
     }
 
 private:
+    Output<Buffer<>> *k_ = nullptr, *v_ = nullptr;
     algo::Project project_;
 };
 

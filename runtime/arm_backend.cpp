@@ -7,12 +7,17 @@
 #include <asm/hwcap.h>
 
 #include "gqa_attend_decode_arm.h"
+#include "gqa_attend_decode_f16_arm.h"
 #include "gqa_attend_pattern_arm.h"
+#include "gqa_attend_pattern_f16_arm.h"
 #include "gqa_attend_prefill_arm.h"
+#include "gqa_attend_prefill_f16_arm.h"
 #include "gqa_output_decode_arm.h"
 #include "gqa_output_prefill_arm.h"
 #include "gqa_project_decode_arm.h"
+#include "gqa_project_decode_f16_arm.h"
 #include "gqa_project_prefill_arm.h"
+#include "gqa_project_prefill_f16_arm.h"
 #include "gqa_rope_arm.h"
 #include "halide_backend.h"
 
@@ -46,11 +51,11 @@ const char *arm_isa_name(const uint64_t *features) {
 
 const HalidePlatform &halide_platform() {
     static const HalidePlatform platform{Backend::arm,
-                                         gqa_project_prefill_arm,
-                                         gqa_project_decode_arm,
-                                         gqa_attend_prefill_arm,
-                                         gqa_attend_decode_arm,
-                                         gqa_attend_pattern_arm,
+                                         {gqa_project_prefill_arm, gqa_project_decode_arm, gqa_attend_prefill_arm,
+                                          gqa_attend_decode_arm, gqa_attend_pattern_arm},
+                                         {gqa_project_prefill_f16_arm, gqa_project_decode_f16_arm,
+                                          gqa_attend_prefill_f16_arm, gqa_attend_decode_f16_arm,
+                                          gqa_attend_pattern_f16_arm},
                                          gqa_output_prefill_arm,
                                          gqa_output_decode_arm,
                                          gqa_rope_arm,

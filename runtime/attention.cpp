@@ -210,9 +210,17 @@ struct Attention::State {
     std::unique_ptr<detail::Kernels> kernels;
     double scale = 0;
 
-    // KV cache (when set up): [batch, n_kv, capacity, hd] + key-slot padding.
+    // KV cache (when set up): [batch, n_kv, capacity, hd] + key-slot padding, in the
+    // pair of vectors of its element type (the other pair stays empty).
     std::vector<float> k_cache, v_cache;
+    std::vector<uint16_t> k_half, v_half;
+    CacheType cache_type = CacheType::f32;
     int cache_batch = 0, cache_capacity = 0, cache_size = 0;
+
+    KvStore cache_store() {
+        if (cache_type == CacheType::f16) return {k_half.data(), v_half.data(), cache_batch, cache_capacity, true};
+        return {k_cache.data(), v_cache.data(), cache_batch, cache_capacity, false};
+    }
 
     // Per-call scratch.
     std::vector<float> q, z, pattern, k_scratch, v_scratch;
@@ -254,13 +262,21 @@ Attention &Attention::operator=(Attention &&other) noexcept {
     return *this;
 }
 
-void Attention::setup_cache(int batch_size, int max_seq_len) {
+void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     require_positive("cache batch_size", batch_size);
     require_positive("cache max_seq_len", max_seq_len);
+    if (type != CacheType::f32 && type != CacheType::f16) {
+        fail("cache type is ", int(type), "; expected CacheType::f32 or CacheType::f16");
+    }
     State &s = *state_;
-    const size_t floats = s.kv_floats(batch_size, max_seq_len);
-    s.k_cache.assign(floats, 0.f);
-    s.v_cache.assign(floats, 0.f);
+    const size_t elements = s.kv_floats(batch_size, max_seq_len);
+    const bool half = type == CacheType::f16;
+    s.k_cache.assign(half ? 0 : elements, 0.f);
+    s.v_cache.assign(half ? 0 : elements, 0.f);
+    s.k_half.assign(half ? elements : 0, 0);
+    s.v_half.assign(half ? elements : 0, 0);
+    s.k_cache.shrink_to_fit(), s.v_cache.shrink_to_fit(), s.k_half.shrink_to_fit(), s.v_half.shrink_to_fit();
+    s.cache_type = type;
     s.cache_batch = batch_size;
     s.cache_capacity = max_seq_len;
     s.cache_size = 0;
@@ -272,8 +288,9 @@ bool Attention::has_cache() const {
 
 void Attention::remove_cache() {
     State &s = *state_;
-    s.k_cache = {};
-    s.v_cache = {};
+    s.k_cache = {}, s.v_cache = {};
+    s.k_half = {}, s.v_half = {};
+    s.cache_type = CacheType::f32;
     s.cache_batch = s.cache_capacity = s.cache_size = 0;
 }
 
@@ -281,6 +298,8 @@ void Attention::reset() {
     State &s = *state_;
     std::fill(s.k_cache.begin(), s.k_cache.end(), 0.f);
     std::fill(s.v_cache.begin(), s.v_cache.end(), 0.f);
+    std::fill(s.k_half.begin(), s.k_half.end(), 0);
+    std::fill(s.v_half.begin(), s.v_half.end(), 0);
     s.cache_size = 0;
 }
 
@@ -331,11 +350,11 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     grow(s.z, tokens * d.q_width());
     KvStore kv;
     if (cached) {
-        kv = {s.k_cache.data(), s.v_cache.data(), s.cache_batch, s.cache_capacity};
+        kv = s.cache_store();
     } else {
         grow(s.k_scratch, s.kv_floats(batch, seq_len));
         grow(s.v_scratch, s.kv_floats(batch, seq_len));
-        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len};
+        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false};
     }
     s.has_pattern = s.record_pattern;
     if (s.record_pattern) grow(s.pattern, tokens * d.num_heads * kv_len);
@@ -384,16 +403,47 @@ TensorView<float> Attention::z() const {
     return {s.z.data(), {s.last_batch, s.last_seq_len, s.dims.num_heads, s.dims.head_dim}};
 }
 
+namespace {
+
+// A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
+template <typename T>
+TensorView<T> cache_view(const Attention &layer, const std::vector<T> &store, CacheType type, const char *accessor,
+                         const char *other) {
+    if (!layer.has_cache()) fail("no KV cache: call setup_cache first");
+    if (layer.cache_type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
+                                         " elements; read it with ", other, "(), not ", accessor, "()");
+    const Config &c = layer.config();
+    return {store.data(), {layer.cache_batch(), c.num_kv_heads, layer.cache_max_seq_len(), c.head_dim}};
+}
+
+}  // namespace
+
 TensorView<float> Attention::k_cache() const {
-    const State &s = *state_;
-    if (!has_cache()) fail("no KV cache: call setup_cache first");
-    return {s.k_cache.data(), {s.cache_batch, s.dims.num_kv_heads, s.cache_capacity, s.dims.head_dim}};
+    return cache_view(*this, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
 }
 
 TensorView<float> Attention::v_cache() const {
-    const State &s = *state_;
-    if (!has_cache()) fail("no KV cache: call setup_cache first");
-    return {s.v_cache.data(), {s.cache_batch, s.dims.num_kv_heads, s.cache_capacity, s.dims.head_dim}};
+    return cache_view(*this, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
+}
+
+TensorView<uint16_t> Attention::k_cache_f16() const {
+    return cache_view(*this, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
+}
+
+TensorView<uint16_t> Attention::v_cache_f16() const {
+    return cache_view(*this, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
+}
+
+CacheType Attention::cache_type() const {
+    return state_->cache_type;
+}
+
+int Attention::cache_batch() const {
+    return state_->cache_batch;
+}
+
+int Attention::cache_max_seq_len() const {
+    return state_->cache_capacity;
 }
 
 const Config &Attention::config() const {

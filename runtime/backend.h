@@ -30,10 +30,12 @@ struct RopeTables {
 RopeTables make_rope_tables(const Config &config);
 
 // A KV cache or the per-call scratch standing in for one: [batch, n_kv, capacity, hd]
-// row-major, followed by layout::kKeySlotPadding * hd floats of padding.
+// row-major, followed by layout::kKeySlotPadding * hd elements of padding. Elements
+// are fp32, or IEEE fp16 bits when `half`.
 struct KvStore {
-    float *k = nullptr, *v = nullptr;
+    void *k = nullptr, *v = nullptr;
     int batch = 0, capacity = 0;
+    bool half = false;
 };
 
 // x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots

@@ -68,6 +68,7 @@ private:
 };
 
 const halide_type_t kF32{halide_type_float, 32, 1};
+const halide_type_t kF16{halide_type_float, 16, 1};
 const halide_type_t kI32{halide_type_int, 32, 1};
 const halide_type_t kU8{halide_type_uint, 8, 1};
 
@@ -131,11 +132,14 @@ public:
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
         const size_t first = static_cast<size_t>(c.write_slot) * hd;
         const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        View k(c.kv.k + first, kF32,
+        const CachePipelines &cache = pipelines(c.kv);
+        const halide_type_t type = element_type(c.kv);
+        const size_t offset = first * (type.bits / 8);
+        View k(static_cast<uint8_t *>(c.kv.k) + offset, type,
                {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
-        View v(c.kv.v + first, kF32,
+        View v(static_cast<uint8_t *>(c.kv.v) + offset, type,
                {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
-        auto *pipeline = c.seq_len == 1 ? platform_.project_decode : platform_.project_prefill;
+        auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
         check(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
                        rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(),
                        v.get()),
@@ -150,8 +154,10 @@ public:
         // The pipelines read whole chunks of key slots; the store's padding covers them.
         const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
         const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        View k(c.kv.k, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
-        View v(c.kv.v, kF32, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
+        const CachePipelines &cache = pipelines(c.kv);
+        const halide_type_t type = element_type(c.kv);
+        View k(c.kv.k, type, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
+        View v(c.kv.v, type, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
         if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
         View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
@@ -161,13 +167,13 @@ public:
             const int64_t plane = int64_t(c.seq_len) * c.kv_len;
             View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
                                            {c.batch, plane * dims_.num_heads}});
-            check(platform_.attend_pattern(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window,
-                                         c.scale, c.softcap, z.get(), pattern.get()),
+            check(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
+                                       k.get(), v.get(), z.get(), pattern.get()),
                   "gqa_attend_pattern");
             return;
         }
-        auto *pipeline = c.seq_len == 1 ? platform_.attend_decode : platform_.attend_prefill;
-        check(pipeline(q.get(), k.get(), v.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
+        auto *pipeline = c.seq_len == 1 ? cache.attend_decode : cache.attend_prefill;
+        check(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, k.get(), v.get(),
                        z.get()),
               "gqa_attend");
     }
@@ -182,6 +188,13 @@ public:
     }
 
 private:
+    const CachePipelines &pipelines(const KvStore &kv) const {
+        return kv.half ? platform_.f16 : platform_.f32;
+    }
+    static halide_type_t element_type(const KvStore &kv) {
+        return kv.half ? kF16 : kF32;
+    }
+
     const HalidePlatform &platform_ = halide_platform();
     LayerDims dims_;
     const RopeTables &rope_;

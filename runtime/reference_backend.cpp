@@ -25,6 +25,19 @@ void rotate(const RopeTables &rope, double *head, int pos) {
     }
 }
 
+// Cache elements as the pipelines store them: fp32, or fp16 rounded to nearest even.
+void store(const KvStore &kv, void *base, size_t index, double value) {
+    if (kv.half) {
+        static_cast<uint16_t *>(base)[index] = float_to_half(float(value));
+    } else {
+        static_cast<float *>(base)[index] = float(value);
+    }
+}
+
+double load(const KvStore &kv, const void *base, size_t index) {
+    return kv.half ? half_to_float(static_cast<const uint16_t *>(base)[index]) : static_cast<const float *>(base)[index];
+}
+
 class ReferenceKernels final : public Kernels {
 public:
     ReferenceKernels(const LayerDims &dims, const Weights &w, const RopeTables &rope) : dims_(dims), rope_(rope) {
@@ -54,8 +67,8 @@ public:
                     rotate(rope_, &k[h * hd], pos);
                     const size_t slot = cache_index(c.kv, b, h, c.write_slot + s);
                     for (int e = 0; e < hd; ++e) {
-                        c.kv.k[slot + e] = float(k[h * hd + e]);
-                        c.kv.v[slot + e] = float(v[h * hd + e]);
+                        store(c.kv, c.kv.k, slot + e, k[h * hd + e]);
+                        store(c.kv, c.kv.v, slot + e, v[h * hd + e]);
                     }
                 }
             }
@@ -77,9 +90,9 @@ public:
                         visible[t] = (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
                                      (!c.causal || t <= query_slot) && (c.window <= 0 || t > query_slot - c.window);
                         if (!visible[t]) continue;
-                        const float *k = c.kv.k + cache_index(c.kv, b, kvh, t);
+                        const size_t k = cache_index(c.kv, b, kvh, t);
                         double dot = 0;
-                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * k[e];
+                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * load(c.kv, c.kv.k, k + e);
                         double score = dot * c.scale;
                         if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
                         scores[t] = score;
@@ -97,8 +110,8 @@ public:
                             c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
                         }
                         if (p == 0) continue;
-                        const float *v = c.kv.v + cache_index(c.kv, b, kvh, t);
-                        for (int e = 0; e < hd; ++e) z[e] += p * v[e];
+                        const size_t v = cache_index(c.kv, b, kvh, t);
+                        for (int e = 0; e < hd; ++e) z[e] += p * load(c.kv, c.kv.v, v + e);
                     }
                     float *z_out = c.z + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     for (int e = 0; e < hd; ++e) z_out[e] = float(z[e]);

@@ -4,12 +4,17 @@
 #include <cstring>
 #include <string>
 
+#include "gqa_attend_decode_f16_x86.h"
 #include "gqa_attend_decode_x86.h"
+#include "gqa_attend_pattern_f16_x86.h"
 #include "gqa_attend_pattern_x86.h"
+#include "gqa_attend_prefill_f16_x86.h"
 #include "gqa_attend_prefill_x86.h"
 #include "gqa_output_decode_x86.h"
 #include "gqa_output_prefill_x86.h"
+#include "gqa_project_decode_f16_x86.h"
 #include "gqa_project_decode_x86.h"
+#include "gqa_project_prefill_f16_x86.h"
 #include "gqa_project_prefill_x86.h"
 #include "gqa_rope_x86.h"
 #include "halide_backend.h"
@@ -53,11 +58,11 @@ const HalidePlatform &halide_platform() {
     static const int checked_cap = isa_cap_rank();  // a bad GQA_X86_ISA throws here, before any pipeline runs
     (void)checked_cap;
     static const HalidePlatform platform{Backend::x86,
-                                         gqa_project_prefill_x86,
-                                         gqa_project_decode_x86,
-                                         gqa_attend_prefill_x86,
-                                         gqa_attend_decode_x86,
-                                         gqa_attend_pattern_x86,
+                                         {gqa_project_prefill_x86, gqa_project_decode_x86, gqa_attend_prefill_x86,
+                                          gqa_attend_decode_x86, gqa_attend_pattern_x86},
+                                         {gqa_project_prefill_f16_x86, gqa_project_decode_f16_x86,
+                                          gqa_attend_prefill_f16_x86, gqa_attend_decode_f16_x86,
+                                          gqa_attend_pattern_f16_x86},
                                          gqa_output_prefill_x86,
                                          gqa_output_decode_x86,
                                          gqa_rope_x86,

@@ -44,6 +44,16 @@ std::vector<Backend> available_backends();
 // "armv8-a" for arm, "" for reference. Throws Error if the backend is unavailable.
 std::string backend_isa(Backend backend);
 
+// Element type of the KV cache. f16 halves its memory and what a decode step reads;
+// k and v are rounded to the nearest fp16 as they are written, and all arithmetic
+// stays fp32.
+enum class CacheType { f32, f16 };
+
+// IEEE 754 binary16 bits <-> float, rounding to nearest even: how an f16 cache
+// stores values.
+uint16_t float_to_half(float value);
+float half_to_float(uint16_t bits);
+
 enum class RopeStyle {
     none,
     interleaved,  // torchtune / GPT-J: pairs (2j, 2j+1)
@@ -99,10 +109,13 @@ public:
     Attention(const Attention &) = delete;
     Attention &operator=(const Attention &) = delete;
 
-    // torchtune KVCache(batch_size, max_seq_len): k/v caches [b, n_kv, max_seq_len, hd],
-    // zero-filled, size() == 0. Replaces any previous cache.
-    void setup_cache(int batch_size, int max_seq_len);
+    // torchtune KVCache(batch_size, max_seq_len, dtype): k/v caches
+    // [b, n_kv, max_seq_len, hd], zero-filled, size() == 0. Replaces any previous cache.
+    void setup_cache(int batch_size, int max_seq_len, CacheType type = CacheType::f32);
     bool has_cache() const;
+    CacheType cache_type() const;
+    int cache_batch() const;        // 0 without a cache
+    int cache_max_seq_len() const;  // 0 without a cache
     void remove_cache();
     // Zeroes the caches and sets size() to 0.
     void reset();
@@ -136,9 +149,13 @@ public:
     // z [b, s, n_h, hd] (TransformerLens hook_z). Valid until the next call.
     TensorView<float> pattern() const;
     TensorView<float> z() const;
-    // The caches, [b, n_kv, max_seq_len, hd]; slots >= size() are zero.
+    // The caches, [b, n_kv, max_seq_len, hd]; slots >= size() are zero. An f32 cache
+    // is read with k_cache/v_cache, an f16 one with k_cache_f16/v_cache_f16 (binary16
+    // bits); the other pair throws Error.
     TensorView<float> k_cache() const;
     TensorView<float> v_cache() const;
+    TensorView<uint16_t> k_cache_f16() const;
+    TensorView<uint16_t> v_cache_f16() const;
 
     const Config &config() const;
     Backend backend() const;
