@@ -1,6 +1,6 @@
 // gqa-demo: one Llama-shaped attention layer, prefill then token-by-token decode
-// with the KV cache, on every built backend; prints time and the largest
-// difference from the reference backend.
+// with the KV cache, on every built backend (the compiled ones with an fp32 and an
+// fp16 cache); prints time and the largest difference from the reference backend.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -27,7 +27,8 @@ void usage() {
     std::puts(
         "usage: gqa-demo [--embed D] [--heads H] [--kv-heads K] [--head-dim HD] [--prefill S] [--decode N]\n"
         "Runs one attention layer (default: Llama-3.2-1B, embed 2048, 32 heads, 8 kv heads, head_dim 64)\n"
-        "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache.");
+        "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache\n"
+        "(fp32, and fp16 for the compiled backends).");
 }
 
 bool parse(int argc, char **argv, Options &o) {
@@ -63,11 +64,16 @@ double elapsed_ms(std::chrono::steady_clock::time_point since) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
 }
 
-Run run(gqa::Backend backend, const Options &o, const gqa::Weights &weights, const std::vector<float> &x) {
+struct Variant {
+    gqa::Backend backend;
+    gqa::CacheType cache;
+};
+
+Run run(const Variant &variant, const Options &o, const gqa::Weights &weights, const std::vector<float> &x) {
     const gqa::Config &c = o.config;
-    gqa::Attention layer(c, weights, backend);
+    gqa::Attention layer(c, weights, variant.backend);
     const int total = o.prefill + o.decode_steps;
-    layer.setup_cache(1, total);
+    layer.setup_cache(1, total, variant.cache);
     Run r;
     r.outputs.resize(size_t(total) * c.embed_dim);
 
@@ -109,31 +115,41 @@ int main(int argc, char **argv) {
                                    {wv.data(), {kv_width, c.embed_dim}},
                                    {wo.data(), {c.embed_dim, q_width}}};
 
-        std::vector<gqa::Backend> backends = gqa::available_backends();
-        // The reference goes first: it is what every other backend is compared with.
+        // The reference goes first: it is what every other run is compared with.
+        std::vector<Variant> variants;
+        for (gqa::Backend b : gqa::available_backends()) {
+            if (b == gqa::Backend::best) continue;
+            variants.push_back({b, gqa::CacheType::f32});
+            if (b != gqa::Backend::reference) variants.push_back({b, gqa::CacheType::f16});
+        }
+        auto label = [](const Variant &v) {
+            const std::string isa = gqa::backend_isa(v.backend);
+            return std::string(gqa::backend_name(v.backend)) + (isa.empty() ? "" : " (" + isa + ")");
+        };
         std::vector<Run> runs;
-        for (gqa::Backend b : backends) {
-            std::printf("  running %-9s ...", std::string(gqa::backend_name(b)).c_str());
+        for (const Variant &v : variants) {
+            std::printf("  running %s, %s cache ...", label(v).c_str(), v.cache == gqa::CacheType::f16 ? "fp16" : "fp32");
             std::fflush(stdout);
-            runs.push_back(run(b, o, weights, x));
+            runs.push_back(run(v, o, weights, x));
             std::printf(" done\n");
         }
 
         const double prefill_gflop = gqa_tools::layer_flops(c, o.prefill, (o.prefill + 1) / 2.0) * 1e-9;
         const double decode_gflop = gqa_tools::layer_flops(c, 1, o.prefill + o.decode_steps / 2.0) * 1e-9;
-        std::printf("\n%-10s %12s %10s %16s %10s %14s\n", "backend", "prefill ms", "GFLOP/s", "decode ms/token",
-                    "GFLOP/s", "max |diff|");
-        for (size_t i = 0; i < backends.size(); ++i) {
+        std::printf("\n%-26s %6s %12s %10s %16s %10s %12s\n", "backend", "cache", "prefill ms", "GFLOP/s",
+                    "decode ms/token", "GFLOP/s", "max |diff|");
+        for (size_t i = 0; i < variants.size(); ++i) {
             double max_diff = 0;
             for (size_t e = 0; e < runs[i].outputs.size(); ++e) {
                 max_diff = std::max(max_diff, double(std::fabs(runs[i].outputs[e] - runs[0].outputs[e])));
             }
             const Run &r = runs[i];
-            std::printf("%-10s %12.2f %10.1f %16.3f %10.1f %14.3g\n", std::string(gqa::backend_name(backends[i])).c_str(),
-                        r.prefill_ms, prefill_gflop / (r.prefill_ms * 1e-3), r.decode_ms_per_token,
+            std::printf("%-26s %6s %12.2f %10.1f %16.3f %10.1f %12.3g\n", label(variants[i]).c_str(),
+                        variants[i].cache == gqa::CacheType::f16 ? "fp16" : "fp32", r.prefill_ms, prefill_gflop / (r.prefill_ms * 1e-3), r.decode_ms_per_token,
                         r.decode_ms_per_token > 0 ? decode_gflop / (r.decode_ms_per_token * 1e-3) : 0.0, max_diff);
         }
-        std::printf("\nmax |diff| is against the reference backend over every prefill and decode output.\n");
+        std::printf("\nmax |diff| is against the reference backend (fp32 cache) over every prefill and decode\n"
+                    "output; with an fp16 cache it includes the rounding of k and v to fp16.\n");
     } catch (const gqa::Error &e) {
         std::fprintf(stderr, "gqa-demo: %s\n", e.what());
         return 1;
