@@ -11,6 +11,7 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/cuda/cuda_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU
@@ -28,15 +29,22 @@ set(GQA_ARM_TARGETS
     arm-64-linux-arm_fp16
     arm-64-linux)
 
-# gqa_add_pipelines(<backend> TARGETS ...): every pipeline for one backend, all
-# sharing one Halide runtime (gqa_rope_<backend>.runtime). The pipelines that
+# gqa_add_pipelines(<backend> TARGETS ... [RUNTIME <runtime>]): every pipeline for
+# one backend, all sharing one Halide runtime: gqa_rope_<backend>.runtime, or the
+# given one (one runtime per host architecture serves its CPU and GPU backends). The pipelines that
 # touch the KV cache come once per cache element type: gqa_<pipeline>_<mode>_<backend>
 # for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16.
 function(gqa_add_pipelines backend)
-    cmake_parse_arguments(ARG "" "" "TARGETS" ${ARGN})
-    set(runtime gqa_rope_${backend}.runtime)
-    add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
-                       TARGETS ${ARG_TARGETS})
+    cmake_parse_arguments(ARG "" "RUNTIME" "TARGETS" ${ARGN})
+    if (ARG_RUNTIME)
+        set(runtime ${ARG_RUNTIME})
+        add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
+                           TARGETS ${ARG_TARGETS} USE_RUNTIME ${runtime})
+    else ()
+        set(runtime gqa_rope_${backend}.runtime)
+        add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
+                           TARGETS ${ARG_TARGETS})
+    endif ()
     set(libs gqa_rope_${backend})
     foreach (mode IN ITEMS prefill decode)
         set(lib gqa_output_${mode}_${backend})
@@ -77,4 +85,9 @@ if (GQA_BACKEND STREQUAL "arm")
     gqa_add_pipelines(arm TARGETS ${GQA_ARM_TARGETS})
 else ()
     gqa_add_pipelines(x86 TARGETS ${GQA_X86_TARGETS})
+    # CUDA: PTX for compute capability 7.0+ (the driver JIT-compiles it for newer
+    # GPUs), with an AVX2 host side; it shares the x86 runtime, which gains the
+    # CUDA module and loads the driver at run time.
+    gqa_add_pipelines(cuda TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-cuda-cuda_capability_70
+                      RUNTIME gqa_rope_x86.runtime)
 endif ()

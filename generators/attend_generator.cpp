@@ -6,9 +6,17 @@ namespace gqa {
 
 using namespace Halide;
 
+// The formulation of the softmax: "auto" lets the schedules pick the target's best.
+enum class SoftmaxChoice { automatic, three_pass, online, split };
+const std::map<std::string, SoftmaxChoice> kSoftmaxChoices = {{"auto", SoftmaxChoice::automatic},
+                                                              {"three_pass", SoftmaxChoice::three_pass},
+                                                              {"online", SoftmaxChoice::online},
+                                                              {"split", SoftmaxChoice::split}};
+
 class AttendGenerator : public Generator<AttendGenerator>, public KnobParams {
 public:
     GeneratorParam<bool> with_pattern{"with_pattern", false};
+    GeneratorParam<SoftmaxChoice> softmax{"softmax", SoftmaxChoice::automatic, kSoftmaxChoices};
 
     Input<Buffer<float, 5>> q{"q"};              // (d, r, kv head, query, batch)
     Input<Buffer<uint8_t, 3>> mask{"mask"};      // (slot, query, batch), read when use_mask != 0
@@ -44,9 +52,16 @@ public:
                               softcap,
                               causal,
                               window};
-        Func pattern_func;
-        if (pattern_) pattern_func = *pattern_;
-        attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
+        if (formulation() == schedules::Softmax::three_pass) {
+            Func pattern_func;
+            if (pattern_) pattern_func = *pattern_;
+            attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
+        } else {
+            schedules::require(!with_pattern, "the pattern output needs softmax=three_pass");
+            const int split_blocks =
+                formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), knobs()) : 0;
+            blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), knobs()), split_blocks);
+        }
     }
 
     void schedule() {
@@ -64,13 +79,30 @@ public:
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
-        schedules::schedule_attend(attend_, get_target(), knobs());
+        if (formulation() == schedules::Softmax::three_pass) {
+            schedules::schedule_attend(attend_, get_target(), knobs());
+        } else {
+            schedules::schedule_attend(blocked_, get_target(), knobs());
+        }
     }
 
 private:
     Input<Buffer<>> *k_cache_ = nullptr, *v_cache_ = nullptr;
     Output<Buffer<float, 5>> *pattern_ = nullptr;
     algo::Attend attend_;
+    algo::AttendBlocked blocked_;
+
+    schedules::Softmax formulation() const {
+        switch (SoftmaxChoice(softmax)) {
+        case SoftmaxChoice::three_pass: return schedules::Softmax::three_pass;
+        case SoftmaxChoice::online: return schedules::Softmax::online;
+        case SoftmaxChoice::split: return schedules::Softmax::split;
+        case SoftmaxChoice::automatic: break;
+        }
+        // The pattern output exists only in the three-pass formulation.
+        if (with_pattern) return schedules::Softmax::three_pass;
+        return schedules::preferred_softmax(get_target(), knobs());
+    }
 };
 
 }  // namespace gqa

@@ -14,6 +14,7 @@ Linear define_linear(const std::string &name, const Func &x, const Func &packed_
     l.product = Func(name + "_product");
     l.result = Func(name);
     l.weight = Func(name + "_weight");
+    l.input = x;
     l.k = RDom(0, in_dim, name + "_k");
     l.out_dim = out_dim;
     l.tokens = tokens;
@@ -69,13 +70,14 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     return p;
 }
 
-Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
-    Attend a;
+namespace {
+
+const float kNegInf = -std::numeric_limits<float>::infinity();
+
+void define_scores(const AttendInputs &in, AttendScores &a) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
     a.q = in.q;
-    a.k_cache = Func("k_f32");
-    a.v_cache = Func("v_f32");
     a.head_dim = in.head_dim;
     a.group = in.group;
     a.num_kv_heads = in.num_kv_heads;
@@ -84,13 +86,10 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     a.batch = in.batch;
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
 
+    a.k_cache = Func("k_f32");
+    a.v_cache = Func("v_f32");
     a.qk = Func("qk");
     a.score = Func("score");
-    a.row_max = Func("row_max");
-    a.exp_score = Func("exp_score");
-    a.row_sum = Func("row_sum");
-    a.inv_sum = Func("inv_sum");
-    a.weighted = Func("weighted");
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
@@ -111,8 +110,21 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     const Expr visible = t >= a.row_begin(i) && t < a.row_end(i) && allowed;
     const Expr scaled = a.qk(t, r, kvh, i, b) * in.scale;
     const Expr capped = select(in.softcap > 0.f, in.softcap * tanh(scaled / in.softcap), scaled);
-    const float neg_inf = -std::numeric_limits<float>::infinity();
-    a.score(t, r, kvh, i, b) = select(visible, capped, neg_inf);
+    a.score(t, r, kvh, i, b) = select(visible, capped, kNegInf);
+}
+
+}  // namespace
+
+Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
+    Attend a;
+    define_scores(in, a);
+    Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
+
+    a.row_max = Func("row_max");
+    a.exp_score = Func("exp_score");
+    a.row_sum = Func("row_sum");
+    a.inv_sum = Func("inv_sum");
+    a.weighted = Func("weighted");
 
     // Each reduction walks only the row's visible range: the predicates compare the
     // key slot with expressions of the query, so Halide trims the loop bounds.
@@ -123,13 +135,13 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
         return keys;
     };
     a.keys_max = visible_keys("keys_max");
-    a.row_max(r, kvh, i, b) = neg_inf;
+    a.row_max(r, kvh, i, b) = kNegInf;
     a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(a.keys_max, r, kvh, i, b));
 
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
     // because the select never takes the exp branch for it.
     a.exp_score(t, r, kvh, i, b) =
-        select(a.score(t, r, kvh, i, b) == neg_inf, 0.f, exp(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
+        select(a.score(t, r, kvh, i, b) == kNegInf, 0.f, exp(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
 
     a.keys_sum = visible_keys("keys_sum");
     a.row_sum(r, kvh, i, b) = 0.f;
@@ -146,6 +158,81 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
         a.pattern = *pattern_out;
         a.pattern(t, i, r, kvh, b) = a.exp_score(t, r, kvh, i, b) * a.inv_sum(r, kvh, i, b);
     }
+    return a;
+}
+
+AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_block, int split_blocks) {
+    AttendBlocked a;
+    define_scores(in, a);
+    Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, kb = a.kb, sp = a.sp;
+    const int B = key_block;
+    a.key_block = B;
+    a.split_blocks = split_blocks;
+
+    a.block_max = Func("block_max");
+    a.block_exp = Func("block_exp");
+    a.block_sum = Func("block_sum");
+    a.block_acc = Func("block_acc");
+    a.state = Func("state");
+
+    // Every loop over keys, blocks or splits is trimmed to the row's visible range
+    // by Halide, from these predicates.
+    a.block_keys = RDom(0, B, "block_keys");
+    const Expr key = kb * B + a.block_keys;
+    a.block_keys.where(key >= a.row_begin(i));
+    a.block_keys.where(key < a.row_end(i));
+
+    a.block_max(r, kvh, i, b, kb) = kNegInf;
+    a.block_max(r, kvh, i, b, kb) = max(a.block_max(r, kvh, i, b, kb), a.score(key, r, kvh, i, b));
+    const Expr own_max = a.block_max(r, kvh, i, b, t / B);
+    a.block_exp(t, r, kvh, i, b) =
+        select(a.score(t, r, kvh, i, b) == kNegInf, 0.f, exp(a.score(t, r, kvh, i, b) - own_max));
+    a.block_sum(r, kvh, i, b, kb) = 0.f;
+    a.block_sum(r, kvh, i, b, kb) += a.block_exp(key, r, kvh, i, b);
+    a.block_acc(d, r, kvh, i, b, kb) = 0.f;
+    a.block_acc(d, r, kvh, i, b, kb) += a.block_exp(key, r, kvh, i, b) * a.v_cache(d, key, kvh, b);
+
+    // exp(from - to), 0 for an empty side (-inf), so -inf - -inf never meets exp.
+    auto rescale = [](const Expr &from, const Expr &to) { return select(from == kNegInf, 0.f, exp(from - to)); };
+
+    const Expr num_blocks = (in.kv_len + B - 1) / B;
+    a.blocks = RDom(0, split_blocks > 0 ? Expr(split_blocks) : num_blocks, "blocks");
+    const Expr block = split_blocks > 0 ? sp * split_blocks + a.blocks : Expr(a.blocks);
+    a.blocks.where(block >= a.row_begin(i) / B);
+    a.blocks.where(block * B < a.row_end(i));
+    a.state(d, r, kvh, i, b, sp) = Tuple(kNegInf, 0.f, 0.f);
+    {
+        const Tuple running = a.state(d, r, kvh, i, b, sp);
+        const Expr new_max = max(running[0], a.block_max(r, kvh, i, b, block));
+        const Expr keep = rescale(running[0], new_max), take = rescale(a.block_max(r, kvh, i, b, block), new_max);
+        a.state(d, r, kvh, i, b, sp) = Tuple(new_max, running[1] * keep + a.block_sum(r, kvh, i, b, block) * take,
+                                             running[2] * keep + a.block_acc(d, r, kvh, i, b, block) * take);
+    }
+
+    if (split_blocks == 0) {
+        const Tuple final_state = a.state(d, r, kvh, i, b, 0);
+        z_out(d, r, kvh, i, b) = select(final_state[1] > 0.f, final_state[2] / final_state[1], 0.f);
+    } else {
+        const int span = split_blocks * B;  // keys per split
+        a.splits = RDom(0, (in.kv_len + span - 1) / span, "splits");
+        a.splits.where(a.splits * span < a.row_end(i));
+        a.splits.where((a.splits + 1) * span > a.row_begin(i));
+        a.merged_max = Func("merged_max");
+        a.merged_sum = Func("merged_sum");
+        a.merged_acc = Func("merged_acc");
+        // A split's max and sum are the same at every d; d = 0 holds them.
+        const Expr split_max = a.state(0, r, kvh, i, b, a.splits)[0];
+        a.merged_max(r, kvh, i, b) = kNegInf;
+        a.merged_max(r, kvh, i, b) = max(a.merged_max(r, kvh, i, b), split_max);
+        const Expr take = rescale(split_max, a.merged_max(r, kvh, i, b));
+        a.merged_sum(r, kvh, i, b) = 0.f;
+        a.merged_sum(r, kvh, i, b) += a.state(0, r, kvh, i, b, a.splits)[1] * take;
+        a.merged_acc(d, r, kvh, i, b) = 0.f;
+        a.merged_acc(d, r, kvh, i, b) += a.state(d, r, kvh, i, b, a.splits)[2] * take;
+        const Expr sum = a.merged_sum(r, kvh, i, b);
+        z_out(d, r, kvh, i, b) = select(sum > 0.f, a.merged_acc(d, r, kvh, i, b) / sum, 0.f);
+    }
+    a.z = z_out;
     return a;
 }
 

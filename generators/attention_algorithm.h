@@ -31,6 +31,7 @@ struct Linear {
     Halide::Func product;  // the reduction over k
     Halide::Func result;   // product + bias
     Halide::Func weight;   // W[o][i] read from the packed panels
+    Halide::Func input;    // x(i, m), for schedules that stage it
     Halide::Expr out_dim, tokens;
 };
 
@@ -78,12 +79,24 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
 // against the valid cache prefix [0, kv_len). Query i of the call sits in cache
 // slot kv_len - seq_len + i; it may see key slot t when
 //   row_begin(i) <= t < row_end(i)   (causal / sliding window / all), and mask(t, i, b) != 0.
-struct Attend {
+// Query head r of kv head kvh is head kvh * group + r. Two formulations compute it:
+// define_attend (three passes over each row's scores) and define_attend_blocked
+// (per-block statistics merged by log-sum-exp); they differ only in rounding.
+
+// What both formulations share.
+struct AttendScores {
     Halide::Var d{"d"}, t{"t"}, r{"r"}, kvh{"kvh"}, i{"i"}, b{"b"};
-    Halide::RDom dot;                      // over head dims
+    Halide::RDom dot;                  // over head dims
+    Halide::Func qk;                   // qk(t, r, kvh, i, b): q . k
+    Halide::Func score;                // scaled, soft-capped, -inf where not visible
+    Halide::Func row_begin, row_end;   // (i)
+    Halide::Func q;                    // the input, for schedules that stage it
+    Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
+    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
+};
+
+struct Attend : AttendScores {
     Halide::RDom keys_max, keys_sum, keys_values;  // over visible key slots of a row
-    Halide::Func qk;         // qk(t, r, kvh, i, b): q . k
-    Halide::Func score;      // scaled, soft-capped, -inf where not visible
     Halide::Func row_max;    // (r, kvh, i, b)
     Halide::Func exp_score;  // (t, r, kvh, i, b): exp(score - row_max), 0 where not visible
     Halide::Func row_sum;    // (r, kvh, i, b)
@@ -91,10 +104,30 @@ struct Attend {
     Halide::Func weighted;   // weighted(d, r, kvh, i, b) = sum_t exp_score * v
     Halide::Func z;          // z(d, r, kvh, i, b): the output
     Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for
-    Halide::Func row_begin, row_end;  // (i)
-    Halide::Func q;                    // the input, for schedules that stage it
-    Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
-    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
+};
+
+// Keys in blocks of key_block slots (block kb holds slots [kb*key_block, (kb+1)*key_block)).
+// Per block, over its visible keys: block_max, block_sum = sum exp(score - block_max),
+// block_acc(d) = sum exp(score - block_max) * v; a block with no visible key has
+// block_max -inf and adds nothing. The blocks of each split (split_blocks consecutive
+// blocks, or all of them when split_blocks is 0) merge in key order into a running
+// (max, sum, acc) Tuple: flash attention's online softmax. With several splits
+// (split-K), the splits' states then merge by log-sum-exp. Scores live for one
+// block only.
+struct AttendBlocked : AttendScores {
+    Halide::Var kb{"kb"}, sp{"sp"};
+    int key_block = 0, split_blocks = 0;
+    Halide::RDom block_keys;  // the visible keys of block kb: slot kb * key_block + block_keys
+    Halide::RDom blocks;      // the blocks of split sp that touch the row's visible range
+    Halide::Func block_max;   // (r, kvh, i, b, kb)
+    Halide::Func block_exp;   // (t, r, kvh, i, b): exp(score - block_max of t's block), 0 where not visible
+    Halide::Func block_sum;   // (r, kvh, i, b, kb)
+    Halide::Func block_acc;   // (d, r, kvh, i, b, kb)
+    Halide::Func state;       // (d, r, kvh, i, b, sp): Tuple (max, sum, acc) of split sp
+    // Split-K only: the splits touching the row, and their states merged.
+    Halide::RDom splits;
+    Halide::Func merged_max, merged_sum, merged_acc;  // (r, kvh, i, b); merged_acc also over d
+    Halide::Func z;           // z(d, r, kvh, i, b)
 };
 
 struct AttendInputs {
@@ -112,5 +145,7 @@ struct AttendInputs {
 
 // pattern_out is null when the attention weights are not asked for.
 Attend define_attend(const AttendInputs &in, Halide::Func z_out, const Halide::Func *pattern_out);
+
+AttendBlocked define_attend_blocked(const AttendInputs &in, Halide::Func z_out, int key_block, int split_blocks);
 
 }  // namespace gqa::algo

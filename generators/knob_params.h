@@ -22,6 +22,8 @@ struct KnobParams {
     Halide::GeneratorParam<int> gemm_tile_outputs{"gemm_tile_outputs", 0};
     Halide::GeneratorParam<int> query_block{"query_block", 0};
     Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
+    Halide::GeneratorParam<int> key_block{"key_block", 0};
+    Halide::GeneratorParam<int> split_blocks{"split_blocks", 0};
     // Element type of the KV cache the pipeline writes or reads: float32 or float16.
     Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
 
@@ -38,6 +40,8 @@ struct KnobParams {
         k.gemm_tile_outputs = gemm_tile_outputs;
         k.query_block = query_block;
         k.key_chunk = key_chunk;
+        k.key_block = key_block;
+        k.split_blocks = split_blocks;
         return k;
     }
 };

@@ -92,10 +92,8 @@ void validate_weights(const Config &c, const Weights &w) {
 
 Backend resolve_backend(Backend backend) {
     if (backend == Backend::best) return available_backends().back();
-    const auto available = available_backends();
-    if (std::find(available.begin(), available.end(), backend) == available.end()) {
-        fail("backend '", backend_name(backend), "' is not built into this library or cannot run here");
-    }
+    const std::string reason = backend_unavailable_reason(backend);
+    if (!reason.empty()) fail("backend '", backend_name(backend), "' cannot run here: ", reason);
     return backend;
 }
 
@@ -191,7 +189,39 @@ std::vector<Backend> available_backends() {
 #ifdef GQA_HALIDE_BACKEND
     backends.push_back(detail::kHalideBackend);
 #endif
+#ifdef GQA_HAVE_CUDA
+    if (detail::cuda_unavailable_reason().empty()) backends.push_back(Backend::cuda);
+#endif
     return backends;
+}
+
+bool backend_built(Backend backend) {
+    switch (backend) {
+    case Backend::reference: return true;
+    case Backend::cuda:
+#ifdef GQA_HAVE_CUDA
+        return true;
+#else
+        return false;
+#endif
+    case Backend::best: return true;
+    case Backend::x86:
+    case Backend::arm:
+#ifdef GQA_HALIDE_BACKEND
+        return backend == detail::kHalideBackend;
+#else
+        return false;
+#endif
+    }
+    return false;
+}
+
+std::string backend_unavailable_reason(Backend backend) {
+    if (!backend_built(backend)) return "it is not built into this library";
+#ifdef GQA_HAVE_CUDA
+    if (backend == Backend::cuda) return detail::cuda_unavailable_reason();
+#endif
+    return "";
 }
 
 std::string backend_isa(Backend backend) {
@@ -199,6 +229,8 @@ std::string backend_isa(Backend backend) {
 #ifdef GQA_HALIDE_BACKEND
     if (backend == detail::kHalideBackend) return detail::halide_isa();
 #endif
+    // The CUDA libraries carry PTX for this capability; the driver compiles it for the GPU.
+    if (backend == Backend::cuda) return "cuda_capability_70";
     return "";
 }
 
@@ -216,10 +248,13 @@ struct Attention::State {
     std::vector<uint16_t> k_half, v_half;
     CacheType cache_type = CacheType::f32;
     int cache_batch = 0, cache_capacity = 0, cache_size = 0;
+    uint64_t cache_version = 0;  // bumped whenever the host copy is rewritten here
 
     KvStore cache_store() {
-        if (cache_type == CacheType::f16) return {k_half.data(), v_half.data(), cache_batch, cache_capacity, true};
-        return {k_cache.data(), v_cache.data(), cache_batch, cache_capacity, false};
+        if (cache_type == CacheType::f16) {
+            return {k_half.data(), v_half.data(), cache_batch, cache_capacity, true, cache_version};
+        }
+        return {k_cache.data(), v_cache.data(), cache_batch, cache_capacity, false, cache_version};
     }
 
     // Per-call scratch.
@@ -246,6 +281,9 @@ Attention::Attention(const Config &config, const Weights &weights, Backend backe
                (config.layer_id >= 0 ? config.layer_id + 1 : 1);
 #ifdef GQA_HALIDE_BACKEND
     if (s->backend == detail::kHalideBackend) s->kernels = detail::make_halide_kernels(s->dims, weights, s->rope);
+#endif
+#ifdef GQA_HAVE_CUDA
+    if (s->backend == Backend::cuda) s->kernels = detail::make_cuda_kernels(s->dims, weights, s->rope);
 #endif
     if (s->backend == Backend::reference) s->kernels = detail::make_reference_kernels(s->dims, weights, s->rope);
     state_ = s.release();
@@ -277,6 +315,7 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     s.v_half.assign(half ? elements : 0, 0);
     s.k_cache.shrink_to_fit(), s.v_cache.shrink_to_fit(), s.k_half.shrink_to_fit(), s.v_half.shrink_to_fit();
     s.cache_type = type;
+    ++s.cache_version;
     s.cache_batch = batch_size;
     s.cache_capacity = max_seq_len;
     s.cache_size = 0;
@@ -300,6 +339,7 @@ void Attention::reset() {
     std::fill(s.v_cache.begin(), s.v_cache.end(), 0.f);
     std::fill(s.k_half.begin(), s.k_half.end(), 0);
     std::fill(s.v_half.begin(), s.v_half.end(), 0);
+    ++s.cache_version;
     s.cache_size = 0;
 }
 
@@ -354,7 +394,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     } else {
         grow(s.k_scratch, s.kv_floats(batch, seq_len));
         grow(s.v_scratch, s.kv_floats(batch, seq_len));
-        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false};
+        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false, 0};
     }
     s.has_pattern = s.record_pattern;
     if (s.record_pattern) grow(s.pattern, tokens * d.num_heads * kv_len);
@@ -394,12 +434,14 @@ TensorView<float> Attention::pattern() const {
     if (!s.has_pattern || s.last_batch == 0) {
         fail("no attention pattern recorded: call set_record_pattern(true) before forward");
     }
+    s.kernels->copy_to_host(detail::HostArray::pattern);
     return {s.pattern.data(), {s.last_batch, s.dims.num_heads, s.last_seq_len, s.last_kv_len}};
 }
 
 TensorView<float> Attention::z() const {
     const State &s = *state_;
     if (s.last_batch == 0) fail("z() needs a forward call first");
+    s.kernels->copy_to_host(detail::HostArray::z);
     return {s.z.data(), {s.last_batch, s.last_seq_len, s.dims.num_heads, s.dims.head_dim}};
 }
 
@@ -407,11 +449,12 @@ namespace {
 
 // A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
 template <typename T>
-TensorView<T> cache_view(const Attention &layer, const std::vector<T> &store, CacheType type, const char *accessor,
-                         const char *other) {
+TensorView<T> cache_view(const Attention &layer, detail::Kernels &kernels, const std::vector<T> &store,
+                         CacheType type, const char *accessor, const char *other) {
     if (!layer.has_cache()) fail("no KV cache: call setup_cache first");
     if (layer.cache_type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
                                          " elements; read it with ", other, "(), not ", accessor, "()");
+    kernels.copy_to_host(detail::HostArray::kv_cache);
     const Config &c = layer.config();
     return {store.data(), {layer.cache_batch(), c.num_kv_heads, layer.cache_max_seq_len(), c.head_dim}};
 }
@@ -419,19 +462,19 @@ TensorView<T> cache_view(const Attention &layer, const std::vector<T> &store, Ca
 }  // namespace
 
 TensorView<float> Attention::k_cache() const {
-    return cache_view(*this, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
+    return cache_view(*this, *state_->kernels, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
 }
 
 TensorView<float> Attention::v_cache() const {
-    return cache_view(*this, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
+    return cache_view(*this, *state_->kernels, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
 }
 
 TensorView<uint16_t> Attention::k_cache_f16() const {
-    return cache_view(*this, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
+    return cache_view(*this, *state_->kernels, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
 }
 
 TensorView<uint16_t> Attention::v_cache_f16() const {
-    return cache_view(*this, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
+    return cache_view(*this, *state_->kernels, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
 }
 
 CacheType Attention::cache_type() const {
@@ -471,6 +514,9 @@ void apply_rope(const Config &config, const TensorView<float> &x, std::span<floa
     const Backend chosen = resolve_backend(backend);
 #ifdef GQA_HALIDE_BACKEND
     if (chosen == detail::kHalideBackend) return detail::halide_rope(rope, call);
+#endif
+#ifdef GQA_HAVE_CUDA
+    if (chosen == Backend::cuda) return detail::cuda_rope(rope, call);
 #endif
     detail::reference_rope(rope, call);
 }

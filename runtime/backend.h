@@ -31,11 +31,14 @@ RopeTables make_rope_tables(const Config &config);
 
 // A KV cache or the per-call scratch standing in for one: [batch, n_kv, capacity, hd]
 // row-major, followed by layout::kKeySlotPadding * hd elements of padding. Elements
-// are fp32, or IEEE fp16 bits when `half`.
+// are fp32, or IEEE fp16 bits when `half`. `version` changes whenever the layer
+// rewrites the cache on the host (set up, reset), so backends holding a device copy
+// know to refresh it; 0 marks per-call scratch, whose contents need not be kept.
 struct KvStore {
     void *k = nullptr, *v = nullptr;
     int batch = 0, capacity = 0;
     bool half = false;
+    uint64_t version = 0;
 };
 
 // x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
@@ -80,12 +83,18 @@ struct RopeCall {
     float *out;
 };
 
+// Arrays a backend may hold in device memory, newer than the layer's host copy.
+enum class HostArray { kv_cache, z, pattern };
+
 class Kernels {
 public:
     virtual ~Kernels() = default;
     virtual void project(const ProjectCall &call) = 0;
     virtual void attend(const AttendCall &call) = 0;
     virtual void output(const OutputCall &call) = 0;
+    // Brings the layer's host copy of `array` up to date before the caller reads it
+    // (the KV cache, or z / pattern of the last attend). Host backends hold it already.
+    virtual void copy_to_host(HostArray) {}
 };
 
 // weights/biases already validated; biases may be null. `rope` outlives the kernels.
@@ -101,6 +110,14 @@ std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weight
 void halide_rope(const RopeTables &rope, const RopeCall &call);
 // The instruction set of the variant its multitarget dispatch runs on this CPU.
 std::string halide_isa();
+#endif
+
+// The CUDA backend (x86-64 hosts): the same Halide backend over the CUDA pipelines.
+#ifdef GQA_HAVE_CUDA
+// Empty when a CUDA driver and device are usable, else why not.
+const std::string &cuda_unavailable_reason();
+std::unique_ptr<Kernels> make_cuda_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
+void cuda_rope(const RopeTables &rope, const RopeCall &call);
 #endif
 
 }  // namespace gqa::detail

@@ -1,9 +1,14 @@
-// The Halide backend: wraps caller and layer memory in halide_buffer_t views (no
-// copies) and calls the AOT pipelines of this build's architecture. Weights are
-// packed once, here.
+// The Halide backends: wrap caller and layer memory in halide_buffer_t views and
+// call AOT pipelines, those of this build's CPU (views over host memory, no copies)
+// or of a GPU. On a GPU each array has a grow-only device allocation that the views
+// point at: weights and rope tables go up once, the KV cache stays there, and a
+// forward uploads x (positions, mask) and downloads out; the cache, z and the
+// pattern come down only when the layer asks. Weights are packed once, here.
 #include <atomic>
+#include <climits>
 #include <initializer_list>
 #include <mutex>
+#include <set>
 #include <string>
 
 #include "../generators/layout.h"
@@ -35,15 +40,16 @@ void install_halide_hooks() {
     halide_platform();  // throws on a bad setting before any hook can run
     static std::once_flag once;
     std::call_once(once, [] {
+        // Halide's default handler aborts; this one keeps the message for check().
         halide_set_error_handler(record_halide_error);
         halide_set_custom_can_use_target_features(can_use_target_features);
     });
 }
 
-void check(int status, const char *pipeline) {
+void check(int status, Backend backend, const char *what) {
     if (status != 0) {
-        throw Error(std::string(backend_name(halide_platform().backend)) + " pipeline " + pipeline + " failed (" +
-                    std::to_string(status) + "): " + last_halide_error);
+        throw Error(std::string(backend_name(backend)) + " " + what + " failed (" + std::to_string(status) +
+                    "): " + last_halide_error);
     }
 }
 
@@ -60,11 +66,58 @@ public:
     }
     View(const View &) = delete;
     View &operator=(const View &) = delete;
+    ~View() {
+        if (device_) device_->detach_native(nullptr, &buffer_);
+    }
     halide_buffer_t *get() { return &buffer_; }
+
+    // Bytes from the first element to one past the last.
+    size_t bytes() const {
+        int64_t last = 0;
+        for (int d = 0; d < buffer_.dimensions; ++d) last += int64_t(dims_[d].extent - 1) * dims_[d].stride;
+        return size_t(last + 1) * buffer_.type.bytes();
+    }
+
+    // Also backs the view with device memory at `handle` (a raw device address).
+    void wrap_device(const halide_device_interface_t *device, uint64_t handle, Backend backend) {
+        check(device->wrap_native(nullptr, &buffer_, handle, device), backend, "wrapping device memory");
+        device_ = device;
+    }
 
 private:
     halide_dimension_t dims_[5] = {};
     halide_buffer_t buffer_ = {};
+    const halide_device_interface_t *device_ = nullptr;
+};
+
+// One array's device memory: a grow-only allocation.
+class DeviceArray {
+public:
+    DeviceArray() = default;
+    DeviceArray(const DeviceArray &) = delete;
+    DeviceArray &operator=(const DeviceArray &) = delete;
+    ~DeviceArray() {
+        if (buffer_.device) halide_device_free(nullptr, &buffer_);
+    }
+
+    uint64_t reserve(const halide_device_interface_t *device, size_t bytes, Backend backend) {
+        if (bytes > capacity_) {
+            if (bytes > size_t(INT32_MAX)) throw Error("a device array of " + std::to_string(bytes) + " bytes is over 2 GiB");
+            if (buffer_.device) check(halide_device_free(nullptr, &buffer_), backend, "freeing device memory");
+            extent_ = {0, int32_t(bytes), 1, 0};
+            buffer_.type = {halide_type_uint, 8, 1};
+            buffer_.dimensions = 1;
+            buffer_.dim = &extent_;
+            check(halide_device_malloc(nullptr, &buffer_, device), backend, "allocating device memory");
+            capacity_ = bytes;
+        }
+        return buffer_.device;
+    }
+
+private:
+    halide_dimension_t extent_ = {};
+    halide_buffer_t buffer_ = {};
+    size_t capacity_ = 0;
 };
 
 const halide_type_t kF32{halide_type_float, 32, 1};
@@ -113,10 +166,16 @@ View rope_table_view(const RopeTables &rope, const std::vector<float> &table) {
     return View(table.data(), kF32, {{rope.head_dim, 1}, {rope.positions, rope.head_dim}});
 }
 
+// Where a view's contents must be before the pipeline runs, and after.
+enum class Sync { device_only, upload, download };
+
 class HalideKernels final : public Kernels {
 public:
-    HalideKernels(const LayerDims &dims, const Weights &w, const RopeTables &rope)
-        : dims_(dims),
+    HalideKernels(const HalidePlatform &platform, const halide_device_interface_t *device, const LayerDims &dims,
+                  const Weights &w, const RopeTables &rope)
+        : platform_(platform),
+          device_(device),
+          dims_(dims),
           rope_(rope),
           qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
           out_({{&w.wo, &w.bo}}, dims.q_width()) {
@@ -130,20 +189,26 @@ public:
         View positions(c.positions, kI32, {{tokens, 1}});
         View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
-        const size_t first = static_cast<size_t>(c.write_slot) * hd;
         const int64_t head_stride = int64_t(c.kv.capacity) * hd;
         const CachePipelines &cache = pipelines(c.kv);
         const halide_type_t type = element_type(c.kv);
-        const size_t offset = first * (type.bits / 8);
+        const size_t offset = size_t(c.write_slot) * hd * type.bytes();
         View k(static_cast<uint8_t *>(c.kv.k) + offset, type,
                {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
         View v(static_cast<uint8_t *>(c.kv.v) + offset, type,
                {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
+        if (device_) {
+            place_constant(w, qkv_weights_), place_constant(bias, qkv_bias_);
+            place_constant(cos, rope_cos_), place_constant(sin, rope_sin_);
+            place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
+            place(q, q_, Sync::device_only);
+            KvArrays kv = kv_arrays(c.kv);
+            place(k, kv.k, Sync::device_only, offset), place(v, kv.v, Sync::device_only, offset);
+        }
         auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
-        check(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
-                       rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(),
-                       v.get()),
-              "gqa_project");
+        run(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
+                     rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(), v.get()),
+            "gqa_project");
     }
 
     void attend(const AttendCall &c) override {
@@ -163,19 +228,30 @@ public:
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
         const int window = c.window > 0 ? c.window : c.kv_len + 1;
         const int causal = c.causal ? 1 : 0, use_mask = c.mask ? 1 : 0;
+        if (device_) {
+            place(q, q_, Sync::device_only), place(z, z_, Sync::device_only);
+            place(mask, mask_, Sync::upload);
+            KvArrays kv = kv_arrays(c.kv);
+            place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
+            last_z_ = {c.z, z.bytes()};
+        }
         if (c.pattern) {
             const int64_t plane = int64_t(c.seq_len) * c.kv_len;
             View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
                                            {c.batch, plane * dims_.num_heads}});
-            check(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
-                                       k.get(), v.get(), z.get(), pattern.get()),
-                  "gqa_attend_pattern");
+            if (device_) {
+                place(pattern, pattern_, Sync::device_only);
+                last_pattern_ = {c.pattern, pattern.bytes()};
+            }
+            run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
+                                     k.get(), v.get(), z.get(), pattern.get()),
+                "gqa_attend_pattern");
             return;
         }
         auto *pipeline = c.seq_len == 1 ? cache.attend_decode : cache.attend_prefill;
-        check(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, k.get(), v.get(),
-                       z.get()),
-              "gqa_attend");
+        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, k.get(), v.get(),
+                     z.get()),
+            "gqa_attend");
     }
 
     void output(const OutputCall &c) override {
@@ -183,11 +259,44 @@ public:
         View z(c.z, kF32, {{dims_.q_width(), 1}, {tokens, dims_.q_width()}});
         View w = out_.weight_view(), bias = out_.bias_view();
         View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
+        if (device_) {
+            place_constant(w, out_weights_), place_constant(bias, out_bias_);
+            place(z, z_, Sync::device_only), place(out, out_array_, Sync::download);
+        }
         auto *pipeline = c.seq_len == 1 ? platform_.output_decode : platform_.output_prefill;
-        check(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
+        run(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
+        if (device_) download(out);
+    }
+
+    void copy_to_host(HostArray array) override {
+        if (!device_) return;
+        switch (array) {
+        case HostArray::kv_cache:
+            if (cache_.host_k) {
+                download_bytes(cache_.host_k, cache_k_, cache_.bytes);
+                download_bytes(cache_.host_v, cache_v_, cache_.bytes);
+            }
+            return;
+        case HostArray::z: return download_bytes(last_z_.host, z_, last_z_.bytes);
+        case HostArray::pattern: return download_bytes(last_pattern_.host, pattern_, last_pattern_.bytes);
+        }
     }
 
 private:
+    struct KvArrays {
+        DeviceArray &k, &v;
+    };
+    // The host cache the device copy mirrors; a new store or version is uploaded.
+    struct MirroredCache {
+        void *host_k = nullptr, *host_v = nullptr;
+        uint64_t version = 0;
+        size_t bytes = 0;
+    };
+    struct HostRegion {
+        void *host = nullptr;
+        size_t bytes = 0;
+    };
+
     const CachePipelines &pipelines(const KvStore &kv) const {
         return kv.half ? platform_.f16 : platform_.f32;
     }
@@ -195,17 +304,76 @@ private:
         return kv.half ? kF16 : kF32;
     }
 
-    const HalidePlatform &platform_ = halide_platform();
+    void run(int status, const char *pipeline) const {
+        check(status, platform_.backend, (std::string("pipeline ") + pipeline).c_str());
+    }
+
+    // Backs `view` with `array` from byte `offset` on, uploading its host contents
+    // when asked. The array grows to hold the view.
+    void place(View &view, DeviceArray &array, Sync sync, size_t offset = 0) {
+        const uint64_t base = array.reserve(device_, offset + view.bytes(), platform_.backend);
+        view.wrap_device(device_, base + offset, platform_.backend);
+        if (sync == Sync::upload) {
+            view.get()->set_host_dirty();
+            check(halide_copy_to_device(nullptr, view.get(), device_), platform_.backend, "copy to device");
+        }
+    }
+
+    // Weights and tables: uploaded the first time only.
+    void place_constant(View &view, DeviceArray &array) {
+        const bool first = uploaded_.insert(&array).second;
+        place(view, array, first ? Sync::upload : Sync::device_only);
+    }
+
+    void download(View &view) {
+        check(halide_copy_to_host(nullptr, view.get()), platform_.backend, "copy to host");
+    }
+
+    void download_bytes(void *host, DeviceArray &array, size_t bytes) {
+        if (!host || bytes == 0) return;
+        View view(host, kU8, {{int(bytes), 1}});
+        place(view, array, Sync::device_only);
+        view.get()->set_device_dirty();
+        download(view);
+    }
+
+    void upload_bytes(void *host, DeviceArray &array, size_t bytes) {
+        View view(host, kU8, {{int(bytes), 1}});
+        place(view, array, Sync::upload);
+    }
+
+    // The device copy of the layer's KV cache, or scratch standing in for one.
+    KvArrays kv_arrays(const KvStore &kv) {
+        if (kv.version == 0) return {scratch_k_, scratch_v_};
+        if (kv.k != cache_.host_k || kv.version != cache_.version) {
+            const size_t bytes = (size_t(kv.batch) * dims_.num_kv_heads * kv.capacity + layout::kKeySlotPadding) *
+                                 dims_.head_dim * (kv.half ? 2 : 4);
+            upload_bytes(kv.k, cache_k_, bytes);
+            upload_bytes(kv.v, cache_v_, bytes);
+            cache_ = {kv.k, kv.v, kv.version, bytes};
+        }
+        return {cache_k_, cache_v_};
+    }
+
+    const HalidePlatform &platform_;
+    const halide_device_interface_t *device_;  // null: the CPU, host memory only
     LayerDims dims_;
     const RopeTables &rope_;
     PackedLinear qkv_, out_;
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
+
+    DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_;
+    DeviceArray x_, positions_, mask_, q_, z_, pattern_, out_array_;
+    DeviceArray cache_k_, cache_v_, scratch_k_, scratch_v_;
+    std::set<const DeviceArray *> uploaded_;
+    MirroredCache cache_;
+    HostRegion last_z_, last_pattern_;
 };
 
 }  // namespace
 
 std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-    return std::make_unique<HalideKernels>(dims, weights, rope);
+    return std::make_unique<HalideKernels>(halide_platform(), nullptr, dims, weights, rope);
 }
 
 void halide_rope(const RopeTables &rope, const RopeCall &c) {
@@ -214,10 +382,37 @@ void halide_rope(const RopeTables &rope, const RopeCall &c) {
     View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
     View positions(c.positions, kI32, {{c.tokens, 1}});
     View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
-    check(halide_platform().rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim,
-                                 out.get()),
-          "gqa_rope");
+    const HalidePlatform &platform = halide_platform();
+    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
+          platform.backend, "pipeline gqa_rope");
 }
+
+#ifdef GQA_HAVE_CUDA
+std::unique_ptr<Kernels> make_cuda_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+    return std::make_unique<HalideKernels>(cuda_platform(), cuda_device_interface(), dims, weights, rope);
+}
+
+void cuda_rope(const RopeTables &rope, const RopeCall &c) {
+    install_halide_hooks();
+    const HalidePlatform &platform = cuda_platform();
+    const halide_device_interface_t *device = cuda_device_interface();
+    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View positions(c.positions, kI32, {{c.tokens, 1}});
+    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
+    DeviceArray x_array, out_array, positions_array, cos_array, sin_array;
+    for (auto [view, array] : {std::pair{&x, &x_array}, {&positions, &positions_array}, {&cos, &cos_array},
+                               {&sin, &sin_array}}) {
+        view->wrap_device(device, array->reserve(device, view->bytes(), platform.backend), platform.backend);
+        view->get()->set_host_dirty();
+        check(halide_copy_to_device(nullptr, view->get(), device), platform.backend, "copy to device");
+    }
+    out.wrap_device(device, out_array.reserve(device, out.bytes(), platform.backend), platform.backend);
+    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
+          platform.backend, "pipeline gqa_rope");
+    check(halide_copy_to_host(nullptr, out.get()), platform.backend, "copy to host");
+}
+#endif
 
 std::string halide_isa() {
     if (const char *isa = chosen_isa.load()) return isa;

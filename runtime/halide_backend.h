@@ -40,6 +40,7 @@ struct HalidePlatform {
     RopePipeline rope;
     // Installed as Halide's halide_can_use_target_features hook: whether this CPU
     // runs a multitarget variant needing `features` (halide_target_feature_t bits).
+    // Null for a GPU platform, whose libraries have one variant.
     int (*can_use_target_features)(int count, const uint64_t *features);
     // A short name for a variant's instruction set, given its features.
     const char *(*isa_name)(const uint64_t *features);
@@ -47,6 +48,12 @@ struct HalidePlatform {
 
 // Defined by the architecture's file (x86_backend.cpp or arm_backend.cpp).
 const HalidePlatform &halide_platform();
+
+#ifdef GQA_HAVE_CUDA
+// cuda_backend.cpp: the CUDA pipelines, and the device they run on.
+const HalidePlatform &cuda_platform();
+const halide_device_interface_t *cuda_device_interface();
+#endif
 
 inline bool has_target_feature(const uint64_t *features, int feature) {
     return (features[feature / 64] >> (feature % 64)) & 1;

@@ -112,4 +112,27 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
     }
 }
 
+void schedule_blocked_attend(algo::AttendBlocked &a, int lanes) {
+    Var d = a.d, r = a.r, kvh = a.kvh, i = a.i, b = a.b, task("task");
+    a.z.reorder(d, r, i, kvh, b).fuse(i, kvh, task).fuse(task, b, task).parallel(task);
+    a.z.vectorize(d, lanes, TailStrategy::GuardWithIf);
+    // Per row, its splits' states, each merged over its blocks with d innermost;
+    // each block's statistics (scores inline) per merge step.
+    a.state.compute_at(a.z, r).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    a.state.update().reorder(d, a.blocks.x).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    const LoopLevel step(a.state, a.blocks.x);
+    a.block_max.compute_at(step);
+    a.block_sum.compute_at(step);
+    a.block_acc.compute_at(step).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    a.block_acc.update().reorder(d, a.block_keys.x).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    a.qk.compute_at(step);
+    a.qk.update().atomic().vectorize(a.dot.x, lanes, TailStrategy::GuardWithIf);
+    if (a.split_blocks > 0) {
+        a.merged_max.compute_at(a.z, r);
+        a.merged_sum.compute_at(a.z, r);
+        a.merged_acc.compute_at(a.z, r).vectorize(d, lanes, TailStrategy::GuardWithIf);
+        a.merged_acc.update().reorder(d, a.splits.x).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    }
+}
+
 }  // namespace gqa::schedules::cpu

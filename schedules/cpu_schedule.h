@@ -34,4 +34,9 @@ struct AttendBlocking {
 };
 void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking);
 
+// The blocked formulations (which CPUs do not prefer, but may be asked to run):
+// parallel over (batch, kv head, query), each block's statistics computed per
+// merge step, vectorized over head dims.
+void schedule_blocked_attend(algo::AttendBlocked &a, int lanes);
+
 }  // namespace gqa::schedules::cpu

@@ -1,14 +1,17 @@
 #include "schedule.h"
 
+#include "cpu_schedule.h"
+
 namespace gqa::schedules {
 
 using namespace Halide;
 
 namespace {
 
-enum class Family { x86, arm };
+enum class Family { x86, arm, cuda };
 
 Family family(const Target &target) {
+    if (target.has_feature(Target::CUDA)) return Family::cuda;
     require(!target.has_gpu_feature() && ((target.arch == Target::X86 && target.bits == 64) ||
                                           (target.arch == Target::ARM && target.bits == 64)),
             "no schedule for target " + target.to_string() + " yet");
@@ -17,24 +20,60 @@ Family family(const Target &target) {
 
 }  // namespace
 
+// CPUs keep a row's scores in L1, where three passes cost little; a GPU streams key
+// blocks through shared memory (prefill), or splits the keys over blocks (decode).
+Softmax preferred_softmax(const Target &target, const Knobs &knobs) {
+    if (family(target) != Family::cuda) return Softmax::three_pass;
+    return knobs.decode ? Softmax::split : Softmax::online;
+}
+
+// On a GPU a block's K and V tiles and its scores share the 48 KiB of shared memory
+// a kernel gets without opting in: 32 keys keep them under it up to head_dim 128.
+int key_block(const Target &target, const Knobs &knobs) {
+    if (knobs.key_block > 0) return knobs.key_block;
+    return family(target) == Family::cuda ? 32 : 64;
+}
+
+// Split-K decode: 8 blocks (256 keys) per split, one GPU block each.
+int split_blocks(const Target &, const Knobs &knobs) {
+    return knobs.split_blocks > 0 ? knobs.split_blocks : 8;
+}
+
 void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs) {
-    if (family(target) == Family::arm) return arm::schedule_project(p, target, knobs);
-    x86::schedule_project(p, target, knobs);
+    switch (family(target)) {
+    case Family::cuda: return cuda::schedule_project(p, target, knobs);
+    case Family::arm: return arm::schedule_project(p, target, knobs);
+    case Family::x86: return x86::schedule_project(p, target, knobs);
+    }
 }
 
 void schedule_attend(algo::Attend &a, const Target &target, const Knobs &knobs) {
-    if (family(target) == Family::arm) return arm::schedule_attend(a, target, knobs);
-    x86::schedule_attend(a, target, knobs);
+    switch (family(target)) {
+    case Family::cuda: return cuda::schedule_attend(a, target, knobs);
+    case Family::arm: return arm::schedule_attend(a, target, knobs);
+    case Family::x86: return x86::schedule_attend(a, target, knobs);
+    }
+}
+
+void schedule_attend(algo::AttendBlocked &a, const Target &target, const Knobs &knobs) {
+    if (family(target) == Family::cuda) return cuda::schedule_attend(a, target, knobs);
+    cpu::schedule_blocked_attend(a, target.natural_vector_size<float>());
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &target, const Knobs &knobs) {
-    if (family(target) == Family::arm) return arm::schedule_output(l, out, target, knobs);
-    x86::schedule_output(l, out, target, knobs);
+    switch (family(target)) {
+    case Family::cuda: return cuda::schedule_output(l, out, target, knobs);
+    case Family::arm: return arm::schedule_output(l, out, target, knobs);
+    case Family::x86: return x86::schedule_output(l, out, target, knobs);
+    }
 }
 
 void schedule_rope(Func out, const Target &target, const Knobs &knobs) {
-    if (family(target) == Family::arm) return arm::schedule_rope(out, target, knobs);
-    x86::schedule_rope(out, target, knobs);
+    switch (family(target)) {
+    case Family::cuda: return cuda::schedule_rope(out, target, knobs);
+    case Family::arm: return arm::schedule_rope(out, target, knobs);
+    case Family::x86: return x86::schedule_rope(out, target, knobs);
+    }
 }
 
 }  // namespace gqa::schedules

@@ -15,17 +15,40 @@ struct Knobs {
     int gemm_tile_outputs = 0; // output features per register tile (divides layout::kWeightPanel)
     int query_block = 0;      // queries sharing one pass over a key block (prefill)
     int key_chunk = 0;        // keys per transposed-K chunk; divides layout::kKeySlotPadding
+    int key_block = 0;        // keys per block of the blocked attention formulations
+    int split_blocks = 0;     // blocks per split of split-K attention
 };
+
+// Which formulation of the attention a target runs best (algo::define_attend or
+// define_attend_blocked with one of its merges). All compute the same function.
+enum class Softmax { three_pass, online, split };
+Softmax preferred_softmax(const Halide::Target &target, const Knobs &knobs);
+int key_block(const Halide::Target &target, const Knobs &knobs);
+int split_blocks(const Halide::Target &target, const Knobs &knobs);
 
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
 void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+
+// A knob's value, or the target's default where it is 0.
+inline int or_default(int knob, int fallback) {
+    return knob > 0 ? knob : fallback;
+}
 
 // Rejects a knob or target the schedules cannot honour, at generation time.
 inline void require(bool ok, const std::string &message) {
     if (!ok) throw Halide::CompileError("gqa schedule: " + message);
 }
+
+namespace cuda {
+void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
+void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+}  // namespace cuda
 
 namespace arm {
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);

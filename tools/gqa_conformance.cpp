@@ -3,7 +3,8 @@
 // PASS / FAIL / UNSUPPORTED per (case, backend).
 //
 // Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
-// manifest or data file (everything is loaded and checked before anything runs).
+// manifest or data file (everything is loaded and checked before anything runs), 77
+// when the backend asked for is built but cannot run here (no GPU).
 #include <gqa/attention.hpp>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,12 @@ namespace fs = std::filesystem;
 static_assert(std::endian::native == std::endian::little, "the vector files are little-endian");
 
 // A command line, manifest or data file that cannot be used as given (exit status 2).
+// The backend asked for is built but cannot run on this machine (no GPU).
+struct NoDevice : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+constexpr int kExitNoDevice = 77;  // CTest's customary "skipped"
+
 struct InvalidInput : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -680,6 +687,10 @@ std::vector<gqa::Backend> selected_backends(const std::string &name) {
     } catch (const gqa::Error &error) {
         throw InvalidInput(std::string("--backend: ") + error.what());
     }
+    if (backend != gqa::Backend::best && gqa::backend_built(backend) &&
+        std::find(available.begin(), available.end(), backend) == available.end()) {
+        throw NoDevice("backend " + name + " is built but " + gqa::backend_unavailable_reason(backend));
+    }
     if (backend != gqa::Backend::best && std::find(available.begin(), available.end(), backend) == available.end()) {
         std::string names;
         for (gqa::Backend each : available) names += " " + std::string(gqa::backend_name(each));
@@ -731,6 +742,9 @@ int main(int argc, char **argv) {
         return run(parse_options(argc, argv));
     } catch (const InvalidInput &error) {
         std::cerr << "gqa-conformance: " << error.what() << '\n';
+    } catch (const NoDevice &error) {
+        std::cerr << "gqa-conformance: skipped: " << error.what() << '\n';
+        return kExitNoDevice;
     } catch (const std::exception &error) {
         std::cerr << "gqa-conformance: unexpected error: " << error.what() << '\n';
     }

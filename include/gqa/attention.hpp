@@ -30,7 +30,7 @@ enum class Backend {
     reference,  // plain loops, double accumulation: the oracle of the tests
     x86,        // Halide AOT, AVX-512 / AVX2 / SSE4.1 chosen at run time
     arm,        // Halide AOT for aarch64, ARMv8.2 FP16 / ARMv8.0 NEON chosen at run time
-    cuda,       // Halide AOT for CUDA (not built in this configuration yet)
+    cuda,       // Halide AOT for CUDA (x86-64 hosts): weights and KV cache on the GPU
     best,       // the fastest backend built for this machine
 };
 
@@ -39,6 +39,10 @@ std::string_view backend_name(Backend backend);
 Backend backend_from_name(std::string_view name);
 // Backends compiled into this library that can run here, fastest last.
 std::vector<Backend> available_backends();
+// Whether this library was compiled with the backend (a GPU one may still have no
+// device here), and why it cannot run here ("" when it can).
+bool backend_built(Backend backend);
+std::string backend_unavailable_reason(Backend backend);
 // The instruction set a backend's pipelines run with on this CPU, as its run-time
 // dispatch chose it: "avx512", "avx2" or "sse41" for x86, "armv8.2-a+fp16" or
 // "armv8-a" for arm, "" for reference. Throws Error if the backend is unavailable.

@@ -15,10 +15,6 @@ namespace {
 
 constexpr int kLanes = 4;
 
-int or_default(int knob, int fallback) {
-    return knob > 0 ? knob : fallback;
-}
-
 // Prefill: 16 outputs x 5 tokens = 20 accumulator registers, plus the 4 weight
 // vectors of a k step and 5 x values used by lane (fmla by element): 29 of 32.
 // In the generated code 16 x 6 spills a register every k step and 32 x 3 spills

@@ -13,10 +13,6 @@ int lanes(const Target &t) {
     return t.natural_vector_size<float>();
 }
 
-int or_default(int knob, int fallback) {
-    return knob > 0 ? knob : fallback;
-}
-
 // GEMM register tile: with 32 registers (AVX-512) 4 vectors x 4 tokens = 16
 // accumulators, with 16 registers 2 vectors x 4 tokens = 8 (cookbook §3.1: 205
 // GFLOP/s on this box). Decode has one token.
