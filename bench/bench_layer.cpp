@@ -21,6 +21,7 @@ struct Shape {
 const Shape kShapes[] = {
     {"small", {.embed_dim = 256, .num_heads = 8, .num_kv_heads = 2, .head_dim = 32}, false},
     {"W1_llama3.2_1b", {.embed_dim = 2048, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64, .max_seq_len = 8192}, false},
+    {"W2_llama3_8b", {.embed_dim = 4096, .num_heads = 32, .num_kv_heads = 8, .head_dim = 128, .max_seq_len = 8192}, false},
     {"W3_qwen2.5_0.5b", {.embed_dim = 896, .num_heads = 14, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 8192}, true},
 };
 
