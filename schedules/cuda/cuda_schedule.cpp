@@ -153,88 +153,94 @@ void schedule_attend(algo::Attend &a, const Target &, const Knobs &) {
 }
 
 // Blocked attention. One GPU block per (query block, kv head, batch) for prefill,
-// per (split, kv head, batch) for split-K decode. Inside, a serial loop over key
-// blocks (the online merge); per key block the GPU block stages K and V in shared
-// memory once, for all g heads and all its queries, and the scores of the block
-// live only in shared memory. Threads: 32 head dims (or keys) x 8 queries
-// (prefill) or x 4 heads of the group (decode, one query).
+// per (split, kv head, batch) for split-K decode, with a serial loop over its key
+// blocks (the online merge). The running states (max, sum, acc) live in global
+// memory, each thread updating its own, so that only a key block's K tile and its
+// scores take shared memory: (head_dim + 2 * group * queries) * key_block floats,
+// under the 48 KiB Halide 14 can launch with (e.g. 20 KiB at head_dim 128, group
+// 4, 8 queries, 32 keys). Per key block the GPU block stages K once for all g heads
+// and all its queries, transposed so threads over keys read distinct banks;
+// scores stay in shared memory; each thread then sums exp(score) * V for its own
+// (head dim, head, query), V rows read coalesced across the warp from L1/L2.
+// Threads: 32 head dims (or keys) x 8 queries (prefill), or x 4 heads of the group
+// (decode, one query).
 void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs) {
     Var d = a.d, tk = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, sp = a.sp;
     Var dout("dout"), dt("dt"), io("io"), ii("ii"), tout("tout"), tt("tt"), rout("rout"), rt("rt");
     const bool decode = knobs.decode;
-    // 8 queries x 32 dims = 256 threads: the merge kernel needs ~140 registers a thread,
-    // and 512 threads would ask for more than an SM's 64K.
-    const int query_block = or_default(knobs.query_block, 8);
-    // The second thread dimension: queries of the block (prefill) or heads (decode).
+    const int query_block = decode ? 1 : or_default(knobs.query_block, 8);
+    // The thread dimension besides head dims (or keys): queries, or the group's heads.
     const Var lane = decode ? rt : ii;
-    auto split_lanes = [&](auto &&s) {
-        if (decode) {
-            thread_split(s, r, rout, rt, 4);
-        }
+    auto split_rows = [&](Stage s) {
+        s.split(i, io, ii, query_block, TailStrategy::GuardWithIf);
+        if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
     };
 
-    const bool split_k = a.split_blocks > 0;
-    if (split_k) {
-        // The splits' states at root, one block each, then a small merge kernel.
-        a.state.compute_root();
-        for (Stage s : {Stage(a.state), a.state.update()}) {
-            thread_split(s, d, dout, dt, kWarp);
-            split_lanes(s);
-        }
-        a.state.reorder(dout, rout, dt, rt, i, sp, kvh, b).gpu_threads(dt, rt).gpu_blocks(sp, kvh, b);
-        a.state.update().reorder(dout, rout, dt, rt, a.blocks.x, i, sp, kvh, b).gpu_threads(dt, rt).gpu_blocks(sp, kvh, b);
-        thread_split(a.z, d, dout, dt, kWarp);
-        split_lanes(a.z);
-        a.z.reorder(dout, rout, dt, rt, i, kvh, b).gpu_threads(dt, rt).gpu_blocks(i, kvh, b);
-        for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_at(a.z, rt);
-    } else {
-        a.z.split(i, io, ii, query_block, TailStrategy::GuardWithIf);
-        thread_split(a.z, d, dout, dt, kWarp);
-        a.z.reorder(dout, r, dt, ii, io, kvh, b).gpu_threads(dt, ii).gpu_blocks(io, kvh, b);
-        a.state.compute_at(a.z, io);
-        for (Stage s : {Stage(a.state), a.state.update()}) thread_split(s, d, dout, dt, kWarp);
-        a.state.reorder(dout, r, sp, dt, i).gpu_threads(dt, i);
-        a.state.update().reorder(dout, r, sp, dt, i, a.blocks.x).gpu_threads(dt, i);
+    a.state.compute_root();
+    const Stage state_stages[] = {Stage(a.state), a.state.update()};
+    for (Stage s : state_stages) {
+        s.split(d, dout, dt, kWarp, TailStrategy::GuardWithIf);
+        split_rows(s);
+    }
+    // Blocks: (query block, kv head, batch) with the splits (one) outside, or for
+    // decode (split, kv head, batch) with the query (one) outside; serial inside a
+    // thread: the rest of its head dims and heads.
+    const std::vector<VarOrRVar> rows =
+        decode ? std::vector<VarOrRVar>{dt, rt, dout, rout, ii} : std::vector<VarOrRVar>{dt, ii, dout, r};
+    const std::vector<VarOrRVar> blocks =
+        decode ? std::vector<VarOrRVar>{sp, kvh, b, io} : std::vector<VarOrRVar>{io, kvh, b, sp};
+    auto loops = [](std::vector<VarOrRVar> inner, const std::vector<VarOrRVar> &outer) {
+        inner.insert(inner.end(), outer.begin(), outer.end());
+        return inner;
+    };
+    std::vector<VarOrRVar> update_loops = rows;
+    update_loops.push_back(a.blocks.x);
+    a.state.reorder(loops(rows, blocks)).gpu_threads(dt, lane).gpu_blocks(blocks[0], kvh, b);
+    a.state.update().reorder(loops(update_loops, blocks)).gpu_threads(dt, lane).gpu_blocks(blocks[0], kvh, b);
+
+    // The output from the final states (or the split states merged), per thread.
+    Stage z(a.z);
+    z.split(d, dout, dt, kWarp, TailStrategy::GuardWithIf);
+    split_rows(z);
+    z.reorder(loops(rows, {io, kvh, b})).gpu_threads(dt, lane).gpu_blocks(io, kvh, b);
+    if (a.split_blocks > 0) {
+        for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_at(a.z, dt);
     }
 
     // Per key block, at block level inside the serial loop over blocks.
     const LoopLevel step(a.state, a.blocks.x);
-    const Var queries = decode ? rt : i;  // the thread dimension besides dims or keys
-    Func k_tile = a.k_cache.in(a.qk), v_tile = a.v_cache.in(a.block_acc);
-    for (Func tile : {k_tile, v_tile}) {
-        const std::vector<Var> args = tile.args();  // (d, t, kvh, b)
-        Var tiled_dout("tiled_dout"), tiled_dt("tiled_dt"), tiled_to("tiled_to"), tiled_ti("tiled_ti");
-        tile.compute_at(step).store_in(MemoryType::GPUShared);
-        thread_split(tile, args[0], tiled_dout, tiled_dt, kWarp);
-        thread_split(tile, args[1], tiled_to, tiled_ti, 16);
-        tile.reorder(tiled_dout, tiled_to, tiled_dt, tiled_ti).gpu_threads(tiled_dt, tiled_ti);
-    }
-    // Scores of the block: one thread per (key, query or head), the dot over d serial.
+    Func k_tile = a.k_cache.in(a.qk);
+    const std::vector<Var> kargs = k_tile.args();  // (d, t, kvh, b)
+    Var kdo("kdo"), kdt("kdt"), kto("kto"), kti("kti");
+    k_tile.compute_at(step)
+        .store_in(MemoryType::GPUShared)
+        .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
+        .split(kargs[0], kdo, kdt, kWarp, TailStrategy::GuardWithIf)
+        .split(kargs[1], kto, kti, 8, TailStrategy::GuardWithIf)
+        .reorder(kdt, kti, kdo, kto)
+        .gpu_threads(kdt, kti);
+    // Scores of the block: a thread per (key, query or head), the dot over d serial.
     for (Func f : {a.qk, a.block_exp}) {
-        f.compute_at(step);
-        for (Stage s : f.defined() && f.has_update_definition() ? std::vector<Stage>{Stage(f), f.update()}
-                                                               : std::vector<Stage>{Stage(f)}) {
-            thread_split(s, tk, tout, tt, kWarp);
-            split_lanes(s);
-            s.gpu_threads(tt, queries);
+        f.compute_at(step).store_in(MemoryType::GPUShared);
+        std::vector<Stage> stages{Stage(f)};
+        if (f.has_update_definition()) stages.push_back(f.update());
+        for (Stage s : stages) {
+            s.split(tk, tout, tt, kWarp, TailStrategy::GuardWithIf);
+            if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
+            s.gpu_threads(tt, decode ? rt : i);
         }
     }
-    a.block_exp.store_in(MemoryType::GPUShared);
-    // Row statistics of the block: one thread per row, over the block's keys.
+    // Row statistics of the block: a thread per row (query, or head for decode).
     for (Func f : {a.block_max, a.block_sum}) {
-        f.compute_at(step);
+        f.compute_at(step).store_in(MemoryType::GPUShared);
         for (Stage s : {Stage(f), f.update()}) {
-            split_lanes(s);
-            s.gpu_threads(queries);
+            if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
+            s.gpu_threads(decode ? rt : i);
         }
     }
-    // The block's P.V: threads over head dims and queries (heads), keys serial.
-    a.block_acc.compute_at(step);
-    for (Stage s : {Stage(a.block_acc), a.block_acc.update()}) {
-        thread_split(s, d, dout, dt, kWarp);
-        split_lanes(s);
-        s.gpu_threads(dt, queries);
-    }
+    // Each thread's own block P.V: one value, in a register.
+    a.block_acc.compute_at(LoopLevel(a.state, dt)).store_in(MemoryType::Register);
+    for (const Var &v : a.block_acc.args()) a.block_acc.bound_extent(v, 1);
 }
 
 }  // namespace gqa::schedules::cuda
