@@ -343,6 +343,44 @@ void Attention::reset() {
     s.cache_size = 0;
 }
 
+void Attention::append_cache(const TensorView<float> &k, const TensorView<float> &v) {
+    State &s = *state_;
+    if (!has_cache()) fail("no KV cache: call setup_cache first");
+    const int64_t n_kv = s.dims.num_kv_heads, hd = s.dims.head_dim;
+    for (const auto &[name, t] : {std::pair{"k", &k}, std::pair{"v", &v}}) {
+        const auto &shape = t->shape;
+        if (!t->data || shape.size() != 4 || shape[0] != s.cache_batch || shape[1] != n_kv || shape[2] < 1 ||
+            shape[3] != hd) {
+            fail(name, " has shape ", shape_string(shape), "; expected [", s.cache_batch, ", ", n_kv, ", n, ", hd, "]");
+        }
+    }
+    if (k.shape[2] != v.shape[2]) fail("k holds ", k.shape[2], " slots but v holds ", v.shape[2]);
+    const int n = int(k.shape[2]);
+    if (s.cache_size + n > s.cache_capacity) {
+        fail("KV cache overflow: ", s.cache_size, " tokens cached + ", n, " appended > max_seq_len ", s.cache_capacity);
+    }
+    // A device copy may be newer than the host's: bring it back before writing here.
+    s.kernels->copy_to_host(detail::HostArray::kv_cache);
+    const bool half = s.cache_type == CacheType::f16;
+    for (int64_t b = 0; b < s.cache_batch; ++b) {
+        for (int64_t h = 0; h < n_kv; ++h) {
+            const size_t from = size_t((b * n_kv + h) * n) * hd;
+            const size_t to = size_t((b * n_kv + h) * s.cache_capacity + s.cache_size) * hd;
+            for (size_t e = 0; e < size_t(n) * hd; ++e) {
+                if (half) {
+                    s.k_half[to + e] = float_to_half(k.data[from + e]);
+                    s.v_half[to + e] = float_to_half(v.data[from + e]);
+                } else {
+                    s.k_cache[to + e] = k.data[from + e];
+                    s.v_cache[to + e] = v.data[from + e];
+                }
+            }
+        }
+    }
+    ++s.cache_version;
+    s.cache_size += n;
+}
+
 int Attention::size() const {
     return state_->cache_size;
 }

@@ -3,6 +3,7 @@
 #include "test_util.h"
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 namespace {
@@ -166,6 +167,56 @@ TEST_P(KvCache, RemoveCacheReturnsToPlainForwards) {
     const HostTensor<float> x = input(batch, 5, 71);
     const auto want = gqa_test::run_forward(config_, weights_, GetParam(), {x}, false).out;
     EXPECT_TRUE(all_close(layer_.forward(x.view()), want));
+}
+
+// torchtune KVCache.update: a cache restored from another layer's slots decodes
+// exactly as the layer that computed them.
+TEST_P(KvCache, AppendedSlotsDecodeLikeComputedOnes) {
+    constexpr int prefix = 5;
+    layer_.setup_cache(batch, cache_len);
+    layer_.forward(input(batch, prefix, 80).view());
+    // The prefix as [b, n_kv, prefix, hd].
+    auto slots = [&](const gqa::TensorView<float> &cache) {
+        const int64_t heads = cache.shape[1], hd = cache.shape[3];
+        std::vector<float> values;
+        for (int64_t b = 0; b < batch; ++b) {
+            for (int64_t g = 0; g < heads; ++g) {
+                const float *row = cache.data + (b * heads + g) * cache_len * hd;
+                values.insert(values.end(), row, row + prefix * hd);
+            }
+        }
+        return HostTensor<float>{values, {batch, heads, prefix, hd}};
+    };
+    const HostTensor<float> k = slots(layer_.k_cache()), v = slots(layer_.v_cache());
+
+    gqa::Attention restored(config_, weights_.view(), GetParam());
+    restored.setup_cache(batch, cache_len);
+    restored.append_cache(k.view(), v.view());
+    EXPECT_EQ(restored.size(), prefix);
+    EXPECT_EQ(gqa_test::copy_of(restored.k_cache()), gqa_test::copy_of(layer_.k_cache()));
+    const HostTensor<float> step = input(batch, 1, 81);
+    EXPECT_EQ(restored.forward(step.view()), layer_.forward(step.view()));
+}
+
+TEST_P(KvCache, AppendRejectsBadShapesAndOverflowKeepingTheCache) {
+    layer_.setup_cache(batch, cache_len);
+    layer_.forward(input(batch, 3, 82).view());
+    const std::vector<float> before = gqa_test::copy_of(layer_.k_cache());
+    const int64_t heads = config_.num_kv_heads, hd = config_.head_dim;
+    auto attempt = [&](int64_t b, int64_t n, int64_t dim) {
+        const HostTensor<float> t{std::vector<float>(size_t(b * heads * n * dim), 1.f), {b, heads, n, dim}};
+        try {
+            layer_.append_cache(t.view(), t.view());
+        } catch (const gqa::Error &e) {
+            return std::string(e.what());
+        }
+        return std::string("no error");
+    };
+    EXPECT_NE(attempt(batch + 1, 2, hd).find(std::to_string(batch + 1)), std::string::npos);
+    EXPECT_NE(attempt(batch, 2, hd + 1).find(std::to_string(hd + 1)), std::string::npos);
+    EXPECT_NE(attempt(batch, cache_len, hd).find("overflow"), std::string::npos);
+    EXPECT_EQ(layer_.size(), 3);
+    EXPECT_EQ(gqa_test::copy_of(layer_.k_cache()), before);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, KvCache, testing::ValuesIn(gqa_test::runnable_backends()),

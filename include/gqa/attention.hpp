@@ -123,6 +123,10 @@ public:
     void remove_cache();
     // Zeroes the caches and sets size() to 0.
     void reset();
+    // torchtune KVCache.update: writes k and v, [b, n_kv, n, hd] each (already
+    // rotated, as forward stores them), at slots [size(), size() + n) and advances
+    // size() by n; e.g. to restore a saved prefix. Rounded to fp16 for an f16 cache.
+    void append_cache(const TensorView<float> &k, const TensorView<float> &v);
     // Tokens written to the cache so far.
     int size() const;
 
