@@ -1,16 +1,33 @@
-// Layer benchmarks: every built backend on the same shapes, prefill and decode,
-// with GFLOP/s counters. The reference backend runs on the small shape only.
+// The benchmark suite: every backend that can run here and the hand-written
+// OpenBLAS baseline, on the W1/W2/W3 layer shapes; the full layer and the
+// attention core alone; prefill of 512 tokens and decode against 2048 and 8192
+// cached tokens, hot (one layer again and again) and cold (a chain of layers whose
+// weights and caches exceed the L3, as in a real model). Counters: GFLOP/s, GB/s
+// of the bytes that must be read, and both as fractions of this machine's FMA peak
+// and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run among
+// the others). Names: part/mode/backend/shape (tools/bench_report.py reads them).
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
+#include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "../generators/layout.h"
+#include "../runtime/backend.h"
+#include "baseline_layer.h"
 #include "gqa/attention.hpp"
 #include "layer_flops.h"
+#include "probes.h"
 
 namespace {
+
+constexpr int kPrefillTokens = 512;
+constexpr int kDecodeSteps = 64;        // decodes before a cache is refilled (untimed)
+constexpr int kMaxSeqLen = 8192 + kDecodeSteps;
 
 struct Shape {
     const char *name;
@@ -19,90 +36,294 @@ struct Shape {
 };
 
 const Shape kShapes[] = {
-    {"small", {.embed_dim = 256, .num_heads = 8, .num_kv_heads = 2, .head_dim = 32}, false},
-    {"W1_llama3.2_1b", {.embed_dim = 2048, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64, .max_seq_len = 8192}, false},
-    {"W2_llama3_8b", {.embed_dim = 4096, .num_heads = 32, .num_kv_heads = 8, .head_dim = 128, .max_seq_len = 8192}, false},
-    {"W3_qwen2.5_0.5b", {.embed_dim = 896, .num_heads = 14, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 8192}, true},
+    {"small", {.embed_dim = 256, .num_heads = 8, .num_kv_heads = 2, .head_dim = 32, .max_seq_len = kMaxSeqLen}, false},
+    {"W1", {.embed_dim = 2048, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64, .max_seq_len = kMaxSeqLen}, false},
+    {"W2", {.embed_dim = 4096, .num_heads = 32, .num_kv_heads = 8, .head_dim = 128, .max_seq_len = kMaxSeqLen}, false},
+    {"W3", {.embed_dim = 896, .num_heads = 14, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = kMaxSeqLen}, true},
 };
 
-struct Layer {
+constexpr size_t kL3Bytes = 32u << 20;     // this machine's L3 (cold chains are 3x it)
+const int kThreads = int(std::max(1u, std::thread::hardware_concurrency()));
+
+struct Limits {
+    double fma_gflops = 0, dram_gbs = 0;
+};
+Limits limits;
+
+std::vector<float> random_values(size_t n, float stddev, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.f, stddev);
+    std::vector<float> v(n);
+    for (float &x : v) x = normal(rng);
+    return v;
+}
+
+// One layer's weights, in nn.Linear layout.
+struct LayerWeights {
     std::vector<float> wq, wk, wv, wo, bq, bk, bv;
-    gqa::Attention attention;
-
-    static std::vector<float> random(size_t n, std::mt19937 &rng) {
-        std::normal_distribution<float> dist(0.f, 0.05f);
-        std::vector<float> v(n);
-        for (float &x : v) x = dist(rng);
-        return v;
-    }
-
-    static gqa::Attention make(const Shape &s, gqa::Backend backend, Layer &l) {
+    explicit LayerWeights(const Shape &s, uint32_t seed) {
         const gqa::Config &c = s.config;
-        std::mt19937 rng(7);
-        const int q = c.num_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
-        l.wq = random(size_t(q) * c.embed_dim, rng);
-        l.wk = random(size_t(kv) * c.embed_dim, rng);
-        l.wv = random(size_t(kv) * c.embed_dim, rng);
-        l.wo = random(size_t(c.embed_dim) * q, rng);
-        gqa::Weights w{{l.wq.data(), {q, c.embed_dim}}, {l.wk.data(), {kv, c.embed_dim}},
-                       {l.wv.data(), {kv, c.embed_dim}}, {l.wo.data(), {c.embed_dim, q}}};
-        if (s.bias) {
-            l.bq = random(q, rng), l.bk = random(kv, rng), l.bv = random(kv, rng);
-            w.bq = {l.bq.data(), {q}}, w.bk = {l.bk.data(), {kv}}, w.bv = {l.bv.data(), {kv}};
-        }
-        return gqa::Attention(c, w, backend);
+        const size_t d = c.embed_dim, q = size_t(c.num_heads) * c.head_dim, kv = size_t(c.num_kv_heads) * c.head_dim;
+        const float scale = 1.f / std::sqrt(float(d));
+        wq = random_values(q * d, scale, seed), wk = random_values(kv * d, scale, seed + 1);
+        wv = random_values(kv * d, scale, seed + 2), wo = random_values(d * q, 1.f / std::sqrt(float(q)), seed + 3);
+        if (s.bias) bq = random_values(q, 0.1f, seed + 4), bk = random_values(kv, 0.1f, seed + 5), bv = random_values(kv, 0.1f, seed + 6);
     }
-
-    Layer(const Shape &s, gqa::Backend backend) : attention(make(s, backend, *this)) {}
+    gqa::Weights view(const gqa::Config &c) const {
+        const int64_t d = c.embed_dim, q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim;
+        gqa::Weights w{{wq.data(), {q, d}}, {wk.data(), {kv, d}}, {wv.data(), {kv, d}}, {wo.data(), {d, q}}};
+        if (!bq.empty()) w.bq = {bq.data(), {q}}, w.bk = {bk.data(), {kv}}, w.bv = {bv.data(), {kv}};
+        return w;
+    }
+    size_t bytes() const {
+        return sizeof(float) * (wq.size() + wk.size() + wv.size() + wo.size() + bq.size() + bk.size() + bv.size());
+    }
 };
 
-void prefill(benchmark::State &state, const Shape &s, gqa::Backend backend, int tokens) {
-    Layer layer(s, backend);
-    std::vector<float> x(size_t(tokens) * s.config.embed_dim, 0.5f), out(x.size());
+size_t cache_bytes(const gqa::Config &c, int slots) {
+    return 2 * sizeof(float) * size_t(c.num_kv_heads) * slots * c.head_dim;
+}
+
+// A layer of one backend (ours or the baseline), batch 1.
+class Layer {
+public:
+    virtual ~Layer() = default;
+    virtual void setup_cache(int capacity) = 0;
+    // Empties the cache and fills `slots` of it with random keys and values.
+    virtual void refill(int slots) = 0;
+    // A causal prefill of `tokens` on a fresh context, and one decode step on the cache.
+    virtual void prefill(const float *x, int tokens, float *out) = 0;
+    virtual void decode(const float *x, float *out) = 0;
+};
+
+class OurLayer final : public Layer {
+public:
+    OurLayer(const Shape &s, const LayerWeights &w, gqa::Backend backend)
+        : config_(s.config), attention_(s.config, w.view(s.config), backend) {}
+    void setup_cache(int capacity) override { attention_.setup_cache(1, capacity); }
+    void refill(int slots) override {
+        attention_.reset();
+        const std::vector<int64_t> shape{1, config_.num_kv_heads, slots, config_.head_dim};
+        const std::vector<float> k = random_values(size_t(slots) * config_.num_kv_heads * config_.head_dim, 1.f, 11),
+                                 v = random_values(k.size(), 1.f, 12);
+        attention_.append_cache({k.data(), shape}, {v.data(), shape});
+    }
+    // Without a cache the layer attends within x: a prefill with nothing to clear.
+    void prefill(const float *x, int tokens, float *out) override {
+        if (attention_.has_cache()) attention_.remove_cache();
+        attention_.forward({x, {1, tokens, config_.embed_dim}}, {out, size_t(tokens) * config_.embed_dim});
+    }
+    void decode(const float *x, float *out) override {
+        attention_.forward({x, {1, 1, config_.embed_dim}}, {out, size_t(config_.embed_dim)});
+    }
+
+private:
+    gqa::Config config_;
+    gqa::Attention attention_;
+};
+
+class BaselineRunner final : public Layer {
+public:
+    BaselineRunner(const Shape &s, const LayerWeights &w)
+        : config_(s.config),
+          layer_({s.config.embed_dim, s.config.num_heads, s.config.num_kv_heads, s.config.head_dim,
+                  s.config.rope_base},
+                 w.wq.data(), w.wk.data(), w.wv.data(), w.wo.data(), w.bq.empty() ? nullptr : w.bq.data(),
+                 w.bk.empty() ? nullptr : w.bk.data(), w.bv.empty() ? nullptr : w.bv.data()) {}
+    void setup_cache(int capacity) override {
+        layer_.setup_cache(1, capacity);
+        capacity_ = capacity;
+    }
+    void refill(int slots) override {
+        layer_.reset();
+        const std::vector<float> k = random_values(size_t(slots) * config_.num_kv_heads * config_.head_dim, 1.f, 11),
+                                 v = random_values(k.size(), 1.f, 12);
+        layer_.append_cache(k.data(), v.data(), slots);
+    }
+    void prefill(const float *x, int tokens, float *out) override {
+        if (layer_.size() + tokens > capacity_) setup_cache(tokens);
+        layer_.reset();
+        layer_.forward(x, 1, tokens, out);
+    }
+    void decode(const float *x, float *out) override { layer_.forward(x, 1, 1, out); }
+    gqa_bench::BaselineLayer &layer() { return layer_; }
+
+private:
+    gqa::Config config_;
+    gqa_bench::BaselineLayer layer_;
+    int capacity_ = 0;
+};
+
+// Backend::reference ... Backend::best stand for themselves; this one for the baseline.
+constexpr int kBaseline = -1;
+
+std::unique_ptr<Layer> make_layer(const Shape &s, const LayerWeights &w, int backend) {
+    if (backend == kBaseline) return std::make_unique<BaselineRunner>(s, w);
+    return std::make_unique<OurLayer>(s, w, gqa::Backend(backend));
+}
+
+void report(benchmark::State &state, double flops, double bytes) {
+    using benchmark::Counter;
+    state.counters["GFLOP/s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
+    state.counters["GB/s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
+    state.counters["peak_frac"] = Counter(flops * 1e-9 / limits.fma_gflops, Counter::kIsIterationInvariantRate);
+    state.counters["bw_frac"] = Counter(bytes * 1e-9 / limits.dram_gbs, Counter::kIsIterationInvariantRate);
+}
+
+// Causal prefill of a fresh layer (no cache for ours, an emptied one for the baseline).
+void layer_prefill(benchmark::State &state, const Shape &s, int backend) {
+    const LayerWeights weights(s, 7);
+    std::unique_ptr<Layer> layer = make_layer(s, weights, backend);
+    const int d = s.config.embed_dim;
+    const std::vector<float> x = random_values(size_t(kPrefillTokens) * d, 1.f, 9);
+    std::vector<float> out(x.size());
     for (auto _ : state) {
-        layer.attention.forward({x.data(), {1, tokens, s.config.embed_dim}}, out);
+        layer->prefill(x.data(), kPrefillTokens, out.data());
         benchmark::DoNotOptimize(out.data());
     }
-    state.counters["GFLOP/s"] = benchmark::Counter(gqa_tools::layer_flops(s.config, tokens, (tokens + 1) / 2.0) * 1e-9,
-                                                   benchmark::Counter::kIsIterationInvariantRate);
+    const double bytes = weights.bytes() + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, kPrefillTokens);
+    report(state, gqa_tools::layer_flops(s.config, kPrefillTokens, (kPrefillTokens + 1) / 2.0), bytes);
 }
 
-void decode(benchmark::State &state, const Shape &s, gqa::Backend backend, int context) {
-    Layer layer(s, backend);
-    const int d = s.config.embed_dim;
-    layer.attention.setup_cache(1, context + 1);
-    std::vector<float> x(size_t(context) * d, 0.5f), out(x.size());
-    layer.attention.forward({x.data(), {1, context, d}}, out);
-    std::vector<float> token(d, 0.25f), token_out(d);
-    for (auto _ : state) {
-        layer.attention.forward({token.data(), {1, 1, d}}, token_out);
-        state.PauseTiming();
-        layer.attention.reset();  // keep the cache at `context` tokens
-        layer.attention.forward({x.data(), {1, context, d}}, out);
-        state.ResumeTiming();
+// One-token decodes against `context` cached tokens. Cold: a chain of layers, each
+// with its own weights and cache, used in turn, with more bytes than 3x the L3.
+void layer_decode(benchmark::State &state, const Shape &s, int backend, int context, bool cold) {
+    const size_t per_layer = LayerWeights(s, 7).bytes() + cache_bytes(s.config, context + kDecodeSteps);
+    const int chain = cold ? int(std::max<size_t>(2, (3 * kL3Bytes + per_layer - 1) / per_layer)) : 1;
+    std::vector<LayerWeights> weights;
+    std::vector<std::unique_ptr<Layer>> layers;
+    for (int l = 0; l < chain; ++l) {
+        weights.emplace_back(s, 100 + 10 * l);
+        layers.push_back(make_layer(s, weights.back(), backend));
+        layers.back()->setup_cache(context + kDecodeSteps);
+        layers.back()->refill(context);
     }
-    state.counters["GFLOP/s"] = benchmark::Counter(gqa_tools::layer_flops(s.config, 1, context + 1) * 1e-9,
-                                                   benchmark::Counter::kIsIterationInvariantRate);
+    const int d = s.config.embed_dim;
+    const std::vector<float> x = random_values(d, 1.f, 13);
+    std::vector<float> out(d);
+    int64_t step = 0;
+    for (auto _ : state) {
+        const int l = int(step % chain);
+        if (step > 0 && l == 0 && (step / chain) % kDecodeSteps == 0) {
+            state.PauseTiming();
+            for (auto &layer : layers) layer->refill(context);
+            state.ResumeTiming();
+        }
+        layers[l]->decode(x.data(), out.data());
+        benchmark::DoNotOptimize(out.data());
+        ++step;
+    }
+    const double keys = context + kDecodeSteps / 2.0;  // the cache grows between refills
+    const double bytes = weights[0].bytes() + cache_bytes(s.config, int(keys)) + 2.0 * d * sizeof(float);
+    report(state, gqa_tools::layer_flops(s.config, 1, keys), bytes);
+    state.counters["layers"] = chain;
 }
 
-const bool registered = [] {
-    for (gqa::Backend backend : gqa::available_backends()) {
-        const std::string b(gqa::backend_name(backend));
-        for (const Shape &s : kShapes) {
-            const bool small = std::string(s.name) == "small";
-            if (backend == gqa::Backend::reference && !small) continue;
-            const int tokens = small ? 64 : 512, context = small ? 256 : 2048;
-            benchmark::RegisterBenchmark(("prefill/" + b + "/" + s.name).c_str(), prefill, s, backend, tokens)
-                ->Unit(benchmark::kMillisecond)
-                ->UseRealTime();
-            benchmark::RegisterBenchmark(("decode/" + b + "/" + s.name).c_str(), decode, s, backend, context)
-                ->Unit(benchmark::kMillisecond)
-                ->UseRealTime();
+// The attention core alone: rotated q against a filled cache, causal. Ours through
+// the backend's kernels (runtime/backend.h), the baseline through its own loop.
+void core(benchmark::State &state, const Shape &s, int backend, int queries, int kv_len) {
+    const gqa::Config &c = s.config;
+    const int hd = c.head_dim, n_kv = c.num_kv_heads;
+    const std::vector<float> q = random_values(size_t(queries) * c.num_heads * hd, 1.f, 21);
+    std::vector<float> z(q.size());
+    const std::vector<float> k = random_values(size_t(kv_len) * n_kv * hd, 1.f, 22), v = random_values(k.size(), 1.f, 23);
+    const LayerWeights weights(s, 7);
+    if (backend == kBaseline) {
+        BaselineRunner runner(s, weights);
+        runner.setup_cache(kv_len);
+        runner.layer().append_cache(k.data(), v.data(), kv_len);
+        for (auto _ : state) {
+            runner.layer().attention_core(q.data(), 1, queries, z.data());
+            benchmark::DoNotOptimize(z.data());
+        }
+    } else {
+        const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, n_kv, hd};
+        const gqa::detail::RopeTables rope = gqa::detail::make_rope_tables(c);
+        std::unique_ptr<gqa::detail::Kernels> kernels;
+        if (gqa::Backend(backend) == gqa::detail::kHalideBackend) {
+            kernels = gqa::detail::make_halide_kernels(dims, weights.view(c), rope);
+        }
+#ifdef GQA_HAVE_CUDA
+        if (gqa::Backend(backend) == gqa::Backend::cuda) kernels = gqa::detail::make_cuda_kernels(dims, weights.view(c), rope);
+#endif
+        if (!kernels) return state.SkipWithError("no attention core for this backend");
+        // The cache layout of the layer: [n_kv, kv_len, hd] plus the key-slot padding.
+        std::vector<float> k_store((size_t(n_kv) * kv_len + gqa::layout::kKeySlotPadding) * hd), v_store(k_store.size());
+        for (int h = 0; h < n_kv; ++h) {
+            std::copy_n(k.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, k_store.data() + size_t(h) * kv_len * hd);
+            std::copy_n(v.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, v_store.data() + size_t(h) * kv_len * hd);
+        }
+        const gqa::detail::KvStore store{k_store.data(), v_store.data(), 1, kv_len, false, 1};
+        const gqa::detail::AttendCall call{q.data(), 1, queries, store, kv_len, nullptr, 0, true, 0,
+                                           float(1.0 / std::sqrt(double(hd))), 0.f, z.data(), nullptr};
+        for (auto _ : state) {
+            kernels->attend(call);
+            benchmark::DoNotOptimize(z.data());
         }
     }
-    return true;
-}();
+    // Causal: query i sees kv_len - queries + i + 1 keys.
+    const double visible = double(kv_len - queries) * queries + queries * (queries + 1) / 2.0;
+    const double flops = 4.0 * c.num_heads * hd * visible;
+    const double bytes = cache_bytes(c, kv_len) + 2.0 * q.size() * sizeof(float);
+    report(state, flops, bytes);
+}
+
+void probe_fma(benchmark::State &state) {
+    double gflops = 0;
+    for (auto _ : state) gflops = gqa_bench::measure_fma_peak_gflops(kThreads, 1);
+    state.counters["GFLOP/s"] = gflops;
+}
+
+void probe_dram(benchmark::State &state) {
+    double gbs = 0;
+    for (auto _ : state) gbs = gqa_bench::measure_dram_read_gbs(kThreads, size_t(1) << 30, 1);
+    state.counters["GB/s"] = gbs;
+}
+
+std::string backend_label(int backend) {
+    return backend == kBaseline ? "baseline" : std::string(gqa::backend_name(gqa::Backend(backend)));
+}
+
+void register_all() {
+    std::vector<int> backends{kBaseline};
+    for (gqa::Backend b : gqa::available_backends()) backends.push_back(int(b));
+    auto add = [](const std::string &name, auto &&fn, auto... args) {
+        benchmark::RegisterBenchmark(name.c_str(), fn, args...)->Unit(benchmark::kMillisecond)->UseRealTime();
+    };
+    benchmark::RegisterBenchmark("probe/fma_peak/cpu/-", probe_fma)->Unit(benchmark::kMillisecond)->UseRealTime();
+    for (const Shape &s : kShapes) {
+        const bool small = std::string(s.name) == "small";
+        for (int backend : backends) {
+            // The reference (double loops) only on the small shape; the others skip it.
+            if ((backend == int(gqa::Backend::reference)) != small) continue;
+            const std::string tail = "/" + backend_label(backend) + "/" + s.name;
+            add("layer/prefill512" + tail, layer_prefill, s, backend);
+            add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
+            for (int context : {2048, 8192}) {
+                const std::string mode = "decode" + std::to_string(context);
+                add("layer/" + mode + "_hot" + tail, layer_decode, s, backend, context, false);
+                if (!small) add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true);
+                add("core/" + mode + tail, core, s, backend, 1, context);
+            }
+        }
+    }
+    benchmark::RegisterBenchmark("probe/dram_read/cpu/-", probe_dram)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char **argv) {
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    std::fprintf(stderr, "gqa-bench: measuring this machine's FMA peak and DRAM read bandwidth ...\n");
+    limits.fma_gflops = gqa_bench::measure_fma_peak_gflops(kThreads);
+    limits.dram_gbs = gqa_bench::measure_dram_read_gbs(kThreads, size_t(1) << 30);
+    std::fprintf(stderr, "gqa-bench: %.1f GFLOP/s fp32 FMA on %d threads, %.1f GB/s DRAM read\n", limits.fma_gflops,
+                 kThreads, limits.dram_gbs);
+    benchmark::AddCustomContext("fma_peak_gflops", std::to_string(limits.fma_gflops));
+    benchmark::AddCustomContext("dram_read_gbs", std::to_string(limits.dram_gbs));
+    register_all();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

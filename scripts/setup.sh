@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs everything the project builds with, from Debian 12 packages.
+# Installs everything the project builds with, from Debian 12 packages, plus any
+# packages named as arguments (scripts/bench.sh adds its chart's).
 set -euo pipefail
 packages=(cmake ninja-build g++ libhalide14-0-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-          g++-aarch64-linux-gnu qemu-user)
+          g++-aarch64-linux-gnu qemu-user libopenblas-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
