@@ -80,15 +80,16 @@ struct LayerWeights {
     }
 };
 
-size_t cache_bytes(const gqa::Config &c, int slots) {
-    return 2 * sizeof(float) * size_t(c.num_kv_heads) * slots * c.head_dim;
+size_t cache_bytes(const gqa::Config &c, int slots, gqa::CacheType type = gqa::CacheType::f32) {
+    const size_t element = type == gqa::CacheType::f16 ? 2 : sizeof(float);
+    return 2 * element * size_t(c.num_kv_heads) * slots * c.head_dim;
 }
 
 // A layer of one backend (ours or the baseline), batch 1.
 class Layer {
 public:
     virtual ~Layer() = default;
-    virtual void setup_cache(int capacity) = 0;
+    virtual void setup_cache(int capacity, gqa::CacheType type) = 0;
     // Empties the cache and fills `slots` of it with random keys and values.
     virtual void refill(int slots) = 0;
     // A causal prefill of `tokens` on a fresh context, and one decode step on the cache.
@@ -100,7 +101,7 @@ class OurLayer final : public Layer {
 public:
     OurLayer(const Shape &s, const LayerWeights &w, gqa::Backend backend)
         : config_(s.config), attention_(s.config, w.view(s.config), backend) {}
-    void setup_cache(int capacity) override { attention_.setup_cache(1, capacity); }
+    void setup_cache(int capacity, gqa::CacheType type) override { attention_.setup_cache(1, capacity, type); }
     void refill(int slots) override {
         attention_.reset();
         const std::vector<int64_t> shape{1, config_.num_kv_heads, slots, config_.head_dim};
@@ -130,7 +131,7 @@ public:
                   s.config.rope_base},
                  w.wq.data(), w.wk.data(), w.wv.data(), w.wo.data(), w.bq.empty() ? nullptr : w.bq.data(),
                  w.bk.empty() ? nullptr : w.bk.data(), w.bv.empty() ? nullptr : w.bv.data()) {}
-    void setup_cache(int capacity) override {
+    void setup_cache(int capacity, gqa::CacheType) override {
         layer_.setup_cache(1, capacity);
         capacity_ = capacity;
     }
@@ -141,7 +142,7 @@ public:
         layer_.append_cache(k.data(), v.data(), slots);
     }
     void prefill(const float *x, int tokens, float *out) override {
-        if (layer_.size() + tokens > capacity_) setup_cache(tokens);
+        if (layer_.size() + tokens > capacity_) setup_cache(tokens, gqa::CacheType::f32);
         layer_.reset();
         layer_.forward(x, 1, tokens, out);
     }
@@ -187,15 +188,15 @@ void layer_prefill(benchmark::State &state, const Shape &s, int backend) {
 
 // One-token decodes against `context` cached tokens. Cold: a chain of layers, each
 // with its own weights and cache, used in turn, with more bytes than 3x the L3.
-void layer_decode(benchmark::State &state, const Shape &s, int backend, int context, bool cold) {
-    const size_t per_layer = LayerWeights(s, 7).bytes() + cache_bytes(s.config, context + kDecodeSteps);
+void layer_decode(benchmark::State &state, const Shape &s, int backend, int context, bool cold, gqa::CacheType type) {
+    const size_t per_layer = LayerWeights(s, 7).bytes() + cache_bytes(s.config, context + kDecodeSteps, type);
     const int chain = cold ? int(std::max<size_t>(2, (3 * kL3Bytes + per_layer - 1) / per_layer)) : 1;
     std::vector<LayerWeights> weights;
     std::vector<std::unique_ptr<Layer>> layers;
     for (int l = 0; l < chain; ++l) {
         weights.emplace_back(s, 100 + 10 * l);
         layers.push_back(make_layer(s, weights.back(), backend));
-        layers.back()->setup_cache(context + kDecodeSteps);
+        layers.back()->setup_cache(context + kDecodeSteps, type);
         layers.back()->refill(context);
     }
     const int d = s.config.embed_dim;
@@ -214,7 +215,7 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
         ++step;
     }
     const double keys = context + kDecodeSteps / 2.0;  // the cache grows between refills
-    const double bytes = weights[0].bytes() + cache_bytes(s.config, int(keys)) + 2.0 * d * sizeof(float);
+    const double bytes = weights[0].bytes() + cache_bytes(s.config, int(keys), type) + 2.0 * d * sizeof(float);
     report(state, gqa_tools::layer_flops(s.config, 1, keys), bytes);
     state.counters["layers"] = chain;
 }
@@ -230,7 +231,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
     const LayerWeights weights(s, 7);
     if (backend == kBaseline) {
         BaselineRunner runner(s, weights);
-        runner.setup_cache(kv_len);
+        runner.setup_cache(kv_len, gqa::CacheType::f32);
         runner.layer().append_cache(k.data(), v.data(), kv_len);
         for (auto _ : state) {
             runner.layer().attention_core(q.data(), 1, queries, z.data());
@@ -301,8 +302,12 @@ void register_all() {
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
             for (int context : {2048, 8192}) {
                 const std::string mode = "decode" + std::to_string(context);
-                add("layer/" + mode + "_hot" + tail, layer_decode, s, backend, context, false);
-                if (!small) add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true);
+                const gqa::CacheType f32 = gqa::CacheType::f32, f16 = gqa::CacheType::f16;
+                add("layer/" + mode + "_hot" + tail, layer_decode, s, backend, context, false, f32);
+                if (small) continue;
+                add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true, f32);
+                // The fp16 cache halves the cache bytes; the baseline has no such option.
+                if (backend != kBaseline) add("layer/" + mode + "_f16_cold" + tail, layer_decode, s, backend, context, true, f16);
                 add("core/" + mode + tail, core, s, backend, 1, context);
             }
         }

@@ -51,7 +51,8 @@ public:
                               scale,
                               softcap,
                               causal,
-                              window};
+                              window,
+                              schedules::native_half_widening(get_target())};
         if (formulation() == schedules::Softmax::three_pass) {
             Func pattern_func;
             if (pattern_) pattern_func = *pattern_;

@@ -70,9 +70,26 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     return p;
 }
 
+Expr widen_half(const Expr &half) {
+    const Expr bits = cast<uint32_t>(reinterpret<uint16_t>(half));
+    // Exponent and mantissa moved into a float's place: the value times 2^-112, also
+    // for subnormal halves (they land on float subnormals), so one multiply rebiases.
+    const Expr moved = (bits & 0x7fff) << 13;
+    const Expr finite = reinterpret<float>(moved) * 0x1p112f;
+    // All-ones exponent: infinity or NaN, payload kept.
+    const Expr special = reinterpret<float>(moved | 0x7f800000);
+    const Expr magnitude = select((bits & 0x7c00) == 0x7c00, special, finite);
+    return reinterpret<float>(reinterpret<uint32_t>(magnitude) | ((bits & 0x8000) << 16));
+}
+
 namespace {
 
 const float kNegInf = -std::numeric_limits<float>::infinity();
+
+Expr widen(const Expr &element, bool native_half_widening) {
+    if (element.type() == Float(16) && !native_half_widening) return widen_half(element);
+    return cast<float>(element);
+}
 
 void define_scores(const AttendInputs &in, AttendScores &a) {
     a.use_mask = in.use_mask;
@@ -93,8 +110,8 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
-    a.k_cache(d, t, kvh, b) = cast<float>(in.k_cache(d, t, kvh, b));
-    a.v_cache(d, t, kvh, b) = cast<float>(in.v_cache(d, t, kvh, b));
+    a.k_cache(d, t, kvh, b) = widen(in.k_cache(d, t, kvh, b), in.native_half_widening);
+    a.v_cache(d, t, kvh, b) = widen(in.v_cache(d, t, kvh, b), in.native_half_widening);
 
     const Expr query_slot = in.kv_len - in.seq_len + i;
     a.row_begin(i) = max(0, query_slot - in.window + 1);

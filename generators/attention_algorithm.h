@@ -130,6 +130,11 @@ struct AttendBlocked : AttendScores {
     Halide::Func z;           // z(d, r, kvh, i, b)
 };
 
+// fp16 -> fp32, exactly (subnormals, infinities and NaN included), with integer
+// operations every vector ISA has. Halide 14's cast emulates it more slowly where
+// the target has no conversion instruction it uses (x86: it never emits F16C).
+Halide::Expr widen_half(const Halide::Expr &half);
+
 struct AttendInputs {
     Halide::Func q, mask;
     Halide::Func k_cache, v_cache;  // fp32 or fp16 elements; widened to fp32 as read
@@ -141,6 +146,9 @@ struct AttendInputs {
     Halide::Expr softcap;  // > 0: score = softcap * tanh(score / softcap)
     Halide::Expr causal;   // 1: key slot <= query slot
     Halide::Expr window;   // key slot > query slot - window (pass >= kv_len for none)
+    // fp16 elements: widen with Halide's cast (a conversion instruction on the
+    // target) rather than widen_half.
+    bool native_half_widening = false;
 };
 
 // pattern_out is null when the attention weights are not asked for.

@@ -39,6 +39,12 @@ int split_blocks(const Target &, const Knobs &knobs) {
     return knobs.split_blocks > 0 ? knobs.split_blocks : 8;
 }
 
+// CUDA (cvt.f32.f16) and ARM with FP16 (fcvtl); Halide 14 emulates it on x86 and
+// on plain ARMv8.0.
+bool native_half_widening(const Target &target) {
+    return family(target) == Family::cuda || target.has_feature(Target::ARMFp16);
+}
+
 void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
     case Family::cuda: return cuda::schedule_project(p, target, knobs);

@@ -25,6 +25,8 @@ enum class Softmax { three_pass, online, split };
 Softmax preferred_softmax(const Halide::Target &target, const Knobs &knobs);
 int key_block(const Halide::Target &target, const Knobs &knobs);
 int split_blocks(const Halide::Target &target, const Knobs &knobs);
+// Whether Halide's fp16 -> fp32 cast is a conversion instruction on the target.
+bool native_half_widening(const Halide::Target &target);
 
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
