@@ -79,18 +79,14 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
         .vectorize(ti, vec)
         .unroll(ti);
     a.qk.compute_at(a.score, r);
-    if (blocking.decode) {
-        a.qk.update().atomic().vectorize(a.dot.x, vec, TailStrategy::GuardWithIf);
-    } else {
-        a.qk.vectorize(tk, vec).unroll(tk);
-        a.qk.update().reorder(tk, a.dot.x).vectorize(tk, vec).unroll(tk);
-        Func k_transposed = a.k_cache.in(a.qk);
-        const std::vector<Var> kargs = k_transposed.args();  // (d, t, kvh, b)
-        k_transposed.compute_at(a.score, to)
-            .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
-            .reorder(kargs[1], kargs[0])
-            .vectorize(kargs[1], vec);
-    }
+    a.qk.vectorize(tk, vec).unroll(tk);
+    a.qk.update().reorder(tk, a.dot.x).vectorize(tk, vec).unroll(tk);
+    Func k_transposed = a.k_cache.in(a.qk);
+    const std::vector<Var> kargs = k_transposed.args();  // (d, t, kvh, b)
+    k_transposed.compute_at(a.score, to)
+        .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
+        .reorder(kargs[1], kargs[0])
+        .vectorize(kargs[1], vec);
     // Branches without the mask load and without tanh (a select evaluates both sides).
     a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
