@@ -24,7 +24,8 @@ void schedule_rope(Halide::Func out, int lanes);
 // Three-pass attention per (batch, kv head, block of queries), blocks in parallel:
 //   scores of the block's g*query_block rows, one chunk of key_chunk keys at a
 //   time, so that chunk of K serves all g heads of the group; row max, exp, row
-//   sum; then z, each V row read once for all g heads of a query.
+//   sum; then z, a chunk of V rows at a time, loaded once and kept in L1 for the g
+//   heads, each head's accumulators in registers.
 // Each K chunk is staged transposed once for the g heads and q.k vectorized over
 // keys, so no score needs a horizontal sum (for decode too: per-key sums over head
 // dims cost more than the transpose, e.g. W3 decode at 8192 keys 0.84 -> 0.67 ms).
