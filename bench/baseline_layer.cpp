@@ -108,6 +108,13 @@ void BaselineLayer::append_cache(const float *k, const float *v, int n) {
     size_ += n;
 }
 
+void BaselineLayer::grow_projections(int rows) {
+    grow(q_, size_t(rows) * q_features());
+    grow(k_, size_t(rows) * kv_features());
+    grow(v_, size_t(rows) * kv_features());
+    grow(z_, size_t(rows) * q_features());
+}
+
 size_t BaselineLayer::cache_offset(int b, int kv_head, int slot) const {
     return ((size_t(b) * shape_.num_kv_heads + kv_head) * max_seq_ + slot) * shape_.head_dim;
 }
@@ -131,10 +138,7 @@ void BaselineLayer::forward(const float *x, int batch, int seq_len, float *out) 
     const int d = shape_.embed_dim, hd = shape_.head_dim, half = hd / 2;
     const int num_heads = shape_.num_heads, num_kv_heads = shape_.num_kv_heads;
     const int q_size = q_features(), kv_size = kv_features(), rows = batch * seq_len;
-    grow(q_, size_t(rows) * q_size);
-    grow(k_, size_t(rows) * kv_size);
-    grow(v_, size_t(rows) * kv_size);
-    grow(z_, size_t(rows) * q_size);
+    grow_projections(rows);
     grow(rope_cos_, size_t(seq_len) * half);
     grow(rope_sin_, size_t(seq_len) * half);
 
@@ -169,6 +173,15 @@ void BaselineLayer::forward(const float *x, int batch, int seq_len, float *out) 
     size_ += seq_len;
 
     attention_core(q_.data(), batch, seq_len, z_.data());
+    linear(z_.data(), rows, q_size, wo_.data(), {}, d, out);
+}
+
+void BaselineLayer::projections(const float *x, int batch, int seq_len, float *out) {
+    const int d = shape_.embed_dim, q_size = q_features(), kv_size = kv_features(), rows = batch * seq_len;
+    grow_projections(rows);
+    linear(x, rows, d, wq_.data(), bq_, q_size, q_.data());
+    linear(x, rows, d, wk_.data(), bk_, kv_size, k_.data());
+    linear(x, rows, d, wv_.data(), bv_, kv_size, v_.data());
     linear(z_.data(), rows, q_size, wo_.data(), {}, d, out);
 }
 

@@ -38,6 +38,10 @@ public:
     // holds their keys), causal; writes z [batch, seq_len, nh, hd].
     void attention_core(const float *q, int batch, int seq_len, float *z) const;
 
+    // The four projections alone (q/k/v of x, and the output projection of z as
+    // last computed), for x [batch, seq_len, d]; out [batch, seq_len, d].
+    void projections(const float *x, int batch, int seq_len, float *out);
+
     // Bytes of weights (biases included), and of the cache prefix a decode at cache
     // size n reads (k+v, n slots, for the batch of setup_cache).
     size_t weight_bytes() const;
@@ -47,6 +51,7 @@ private:
     int q_features() const { return shape_.num_heads * shape_.head_dim; }
     int kv_features() const { return shape_.num_kv_heads * shape_.head_dim; }
     size_t cache_offset(int b, int kv_head, int slot) const;
+    void grow_projections(int rows);  // q_, k_, v_, z_ for `rows` tokens
     void require_cache(int batch) const;
 
     BaselineShape shape_;

@@ -220,6 +220,54 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
     state.counters["layers"] = chain;
 }
 
+// A compiled backend's kernels (runtime/backend.h), for the parts measured below
+// the layer; null for the reference. `rope` must outlive them.
+std::unique_ptr<gqa::detail::Kernels> make_kernels(const Shape &s, const LayerWeights &weights,
+                                                   const gqa::detail::RopeTables &rope, int backend) {
+    const gqa::Config &c = s.config;
+    const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim};
+    if (gqa::Backend(backend) == gqa::detail::kHalideBackend) {
+        return gqa::detail::make_halide_kernels(dims, weights.view(c), rope);
+    }
+#ifdef GQA_HAVE_CUDA
+    if (gqa::Backend(backend) == gqa::Backend::cuda) return gqa::detail::make_cuda_kernels(dims, weights.view(c), rope);
+#endif
+    return nullptr;
+}
+
+// The projections alone at prefill (the fused q/k/v GEMM with RoPE, and the output
+// GEMM): ours through the backend's kernels, the baseline's four cblas_sgemm.
+void projections(benchmark::State &state, const Shape &s, int backend) {
+    const gqa::Config &c = s.config;
+    const int d = c.embed_dim, hd = c.head_dim, q_width = c.num_heads * hd, kv_width = c.num_kv_heads * hd;
+    const LayerWeights weights(s, 7);
+    const std::vector<float> x = random_values(size_t(kPrefillTokens) * d, 1.f, 31);
+    std::vector<float> out(x.size());
+    if (backend == kBaseline) {
+        BaselineRunner runner(s, weights);
+        for (auto _ : state) {
+            runner.layer().projections(x.data(), 1, kPrefillTokens, out.data());
+            benchmark::DoNotOptimize(out.data());
+        }
+    } else {
+        const gqa::detail::RopeTables rope = gqa::detail::make_rope_tables(c);
+        std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
+        if (!kernels) return state.SkipWithError("no projections for this backend");
+        std::vector<float> q(size_t(kPrefillTokens) * q_width), z(q.size(), 0.5f);
+        std::vector<float> k((size_t(kPrefillTokens) + gqa::layout::kKeySlotPadding) * kv_width), v(k.size());
+        std::vector<int32_t> positions(kPrefillTokens);
+        for (int i = 0; i < kPrefillTokens; ++i) positions[i] = i;
+        const gqa::detail::KvStore store{k.data(), v.data(), 1, kPrefillTokens, false, 0};
+        for (auto _ : state) {
+            kernels->project({x.data(), 1, kPrefillTokens, positions.data(), q.data(), store, 0});
+            kernels->output({z.data(), 1, kPrefillTokens, out.data()});
+            benchmark::DoNotOptimize(out.data());
+        }
+    }
+    const double flops = 2.0 * kPrefillTokens * d * (2.0 * q_width + 2.0 * kv_width);
+    report(state, flops, weights.bytes() + 2.0 * x.size() * sizeof(float));
+}
+
 // The attention core alone: rotated q against a filled cache, causal. Ours through
 // the backend's kernels (runtime/backend.h), the baseline through its own loop.
 void core(benchmark::State &state, const Shape &s, int backend, int queries, int kv_len) {
@@ -238,15 +286,8 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
             benchmark::DoNotOptimize(z.data());
         }
     } else {
-        const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, n_kv, hd};
         const gqa::detail::RopeTables rope = gqa::detail::make_rope_tables(c);
-        std::unique_ptr<gqa::detail::Kernels> kernels;
-        if (gqa::Backend(backend) == gqa::detail::kHalideBackend) {
-            kernels = gqa::detail::make_halide_kernels(dims, weights.view(c), rope);
-        }
-#ifdef GQA_HAVE_CUDA
-        if (gqa::Backend(backend) == gqa::Backend::cuda) kernels = gqa::detail::make_cuda_kernels(dims, weights.view(c), rope);
-#endif
+        std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
         if (!kernels) return state.SkipWithError("no attention core for this backend");
         // The cache layout of the layer: [n_kv, kv_len, hd] plus the key-slot padding.
         std::vector<float> k_store((size_t(n_kv) * kv_len + gqa::layout::kKeySlotPadding) * hd), v_store(k_store.size());
@@ -300,6 +341,7 @@ void register_all() {
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
             add("layer/prefill512" + tail, layer_prefill, s, backend);
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
+            add("proj/prefill512" + tail, projections, s, backend);
             for (int context : {2048, 8192}) {
                 const std::string mode = "decode" + std::to_string(context);
                 const gqa::CacheType f32 = gqa::CacheType::f32, f16 = gqa::CacheType::f16;
