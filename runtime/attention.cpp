@@ -264,9 +264,6 @@ struct Attention::State {
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
     bool has_pattern = false;
 
-    size_t kv_floats(int batch, int capacity) const {
-        return (size_t(batch) * dims.num_kv_heads * capacity + layout::kKeySlotPadding) * dims.head_dim;
-    }
 };
 
 Attention::Attention(const Config &config, const Weights &weights, Backend backend) : state_(nullptr) {
@@ -307,7 +304,7 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
         fail("cache type is ", int(type), "; expected CacheType::f32 or CacheType::f16");
     }
     State &s = *state_;
-    const size_t elements = s.kv_floats(batch_size, max_seq_len);
+    const size_t elements = detail::kv_store_elements(s.dims, batch_size, max_seq_len);
     const bool half = type == CacheType::f16;
     s.k_cache.assign(half ? 0 : elements, 0.f);
     s.v_cache.assign(half ? 0 : elements, 0.f);
@@ -430,8 +427,8 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     if (cached) {
         kv = s.cache_store();
     } else {
-        grow(s.k_scratch, s.kv_floats(batch, seq_len));
-        grow(s.v_scratch, s.kv_floats(batch, seq_len));
+        grow(s.k_scratch, detail::kv_store_elements(d, batch, seq_len));
+        grow(s.v_scratch, detail::kv_store_elements(d, batch, seq_len));
         kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false, 0};
     }
     s.has_pattern = s.record_pattern;

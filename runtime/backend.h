@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "../generators/layout.h"
 #include "gqa/attention.hpp"
 
 namespace gqa::detail {
@@ -40,6 +41,11 @@ struct KvStore {
     bool half = false;
     uint64_t version = 0;
 };
+
+// Elements in each of a store's k and v arrays, padding included.
+inline size_t kv_store_elements(const LayerDims &dims, int batch, int capacity) {
+    return (size_t(batch) * dims.num_kv_heads * capacity + layout::kKeySlotPadding) * dims.head_dim;
+}
 
 // x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
 // [write_slot, write_slot + s) of `kv`.

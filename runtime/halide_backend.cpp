@@ -169,6 +169,18 @@ View rope_table_view(const RopeTables &rope, const std::vector<float> &table) {
 // Where a view's contents must be before the pipeline runs, and after.
 enum class Sync { device_only, upload, download };
 
+// Backs `view` with `array` from byte `offset` on (grown to hold it), uploading the
+// view's host contents when asked.
+void place_on_device(View &view, DeviceArray &array, const halide_device_interface_t *device, Backend backend,
+                     Sync sync, size_t offset = 0) {
+    const uint64_t base = array.reserve(device, offset + view.bytes(), backend);
+    view.wrap_device(device, base + offset, backend);
+    if (sync == Sync::upload) {
+        view.get()->set_host_dirty();
+        check(halide_copy_to_device(nullptr, view.get(), device), backend, "copy to device");
+    }
+}
+
 class HalideKernels final : public Kernels {
 public:
     HalideKernels(const HalidePlatform &platform, const halide_device_interface_t *device, const LayerDims &dims,
@@ -305,18 +317,13 @@ private:
     }
 
     void run(int status, const char *pipeline) const {
-        check(status, platform_.backend, (std::string("pipeline ") + pipeline).c_str());
+        if (status != 0) check(status, platform_.backend, (std::string("pipeline ") + pipeline).c_str());
     }
 
     // Backs `view` with `array` from byte `offset` on, uploading its host contents
     // when asked. The array grows to hold the view.
     void place(View &view, DeviceArray &array, Sync sync, size_t offset = 0) {
-        const uint64_t base = array.reserve(device_, offset + view.bytes(), platform_.backend);
-        view.wrap_device(device_, base + offset, platform_.backend);
-        if (sync == Sync::upload) {
-            view.get()->set_host_dirty();
-            check(halide_copy_to_device(nullptr, view.get(), device_), platform_.backend, "copy to device");
-        }
+        place_on_device(view, array, device_, platform_.backend, sync, offset);
     }
 
     // Weights and tables: uploaded the first time only.
@@ -346,8 +353,7 @@ private:
     KvArrays kv_arrays(const KvStore &kv) {
         if (kv.version == 0) return {scratch_k_, scratch_v_};
         if (kv.k != cache_.host_k || kv.version != cache_.version) {
-            const size_t bytes = (size_t(kv.batch) * dims_.num_kv_heads * kv.capacity + layout::kKeySlotPadding) *
-                                 dims_.head_dim * (kv.half ? 2 : 4);
+            const size_t bytes = kv_store_elements(dims_, kv.batch, kv.capacity) * element_type(kv).bytes();
             upload_bytes(kv.k, cache_k_, bytes);
             upload_bytes(kv.v, cache_v_, bytes);
             cache_ = {kv.k, kv.v, kv.version, bytes};
@@ -370,6 +376,28 @@ private:
     HostRegion last_z_, last_pattern_;
 };
 
+// The standalone RoPE on a platform's pipeline: on host memory, or (device set)
+// through temporary device arrays, inputs up and the result back down.
+void run_rope(const HalidePlatform &platform, const halide_device_interface_t *device, const RopeTables &rope,
+              const RopeCall &c) {
+    install_halide_hooks();
+    DeviceArray x_array, positions_array, cos_array, sin_array, out_array;  // outlive the views
+    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
+    View positions(c.positions, kI32, {{c.tokens, 1}});
+    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
+    if (device) {
+        for (auto [view, array] : {std::pair{&x, &x_array}, {&positions, &positions_array}, {&cos, &cos_array},
+                                   {&sin, &sin_array}}) {
+            place_on_device(*view, *array, device, platform.backend, Sync::upload);
+        }
+        place_on_device(out, out_array, device, platform.backend, Sync::download);
+    }
+    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
+          platform.backend, "pipeline gqa_rope");
+    if (device) check(halide_copy_to_host(nullptr, out.get()), platform.backend, "copy to host");
+}
+
 }  // namespace
 
 std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
@@ -377,14 +405,7 @@ std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weight
 }
 
 void halide_rope(const RopeTables &rope, const RopeCall &c) {
-    install_halide_hooks();
-    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View positions(c.positions, kI32, {{c.tokens, 1}});
-    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
-    const HalidePlatform &platform = halide_platform();
-    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
-          platform.backend, "pipeline gqa_rope");
+    run_rope(halide_platform(), nullptr, rope, c);
 }
 
 #ifdef GQA_HAVE_CUDA
@@ -393,24 +414,7 @@ std::unique_ptr<Kernels> make_cuda_kernels(const LayerDims &dims, const Weights 
 }
 
 void cuda_rope(const RopeTables &rope, const RopeCall &c) {
-    install_halide_hooks();
-    const HalidePlatform &platform = cuda_platform();
-    const halide_device_interface_t *device = cuda_device_interface();
-    View x(c.x, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View out(c.out, kF32, {{c.head_dim, 1}, {c.heads, c.head_dim}, {c.tokens, int64_t(c.heads) * c.head_dim}});
-    View positions(c.positions, kI32, {{c.tokens, 1}});
-    View cos = rope_table_view(rope, rope.cos), sin = rope_table_view(rope, rope.sin);
-    DeviceArray x_array, out_array, positions_array, cos_array, sin_array;
-    for (auto [view, array] : {std::pair{&x, &x_array}, {&positions, &positions_array}, {&cos, &cos_array},
-                               {&sin, &sin_array}}) {
-        view->wrap_device(device, array->reserve(device, view->bytes(), platform.backend), platform.backend);
-        view->get()->set_host_dirty();
-        check(halide_copy_to_device(nullptr, view->get(), device), platform.backend, "copy to device");
-    }
-    out.wrap_device(device, out_array.reserve(device, out.bytes(), platform.backend), platform.backend);
-    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
-          platform.backend, "pipeline gqa_rope");
-    check(halide_copy_to_host(nullptr, out.get()), platform.backend, "copy to host");
+    run_rope(cuda_platform(), cuda_device_interface(), rope, c);
 }
 #endif
 
