@@ -75,10 +75,14 @@ struct LayerWeights {
         if (!bq.empty()) w.bq = {bq.data(), {q}}, w.bk = {bk.data(), {kv}}, w.bv = {bv.data(), {kv}};
         return w;
     }
-    size_t bytes() const {
-        return sizeof(float) * (wq.size() + wk.size() + wv.size() + wo.size() + bq.size() + bk.size() + bv.size());
-    }
 };
+
+// Bytes of one layer's weights, from its shape (no need to draw them).
+size_t weight_bytes(const Shape &s) {
+    const gqa::Config &c = s.config;
+    const size_t d = c.embed_dim, q = size_t(c.num_heads) * c.head_dim, kv = size_t(c.num_kv_heads) * c.head_dim;
+    return sizeof(float) * (d * (2 * q + 2 * kv) + (s.bias ? q + 2 * kv : 0));
+}
 
 size_t cache_bytes(const gqa::Config &c, int slots, gqa::CacheType type = gqa::CacheType::f32) {
     const size_t element = type == gqa::CacheType::f16 ? 2 : sizeof(float);
@@ -88,27 +92,34 @@ size_t cache_bytes(const gqa::Config &c, int slots, gqa::CacheType type = gqa::C
 // A layer of one backend (ours or the baseline), batch 1.
 class Layer {
 public:
+    explicit Layer(const gqa::Config &config) : config_(config) {}
     virtual ~Layer() = default;
     virtual void setup_cache(int capacity, gqa::CacheType type) = 0;
-    // Empties the cache and fills `slots` of it with random keys and values.
-    virtual void refill(int slots) = 0;
+    // Empties the cache and fills `slots` of it with random keys and values, drawn
+    // once: a refill happens every kDecodeSteps decodes.
+    void refill(int slots) {
+        const size_t n = size_t(slots) * config_.num_kv_heads * config_.head_dim;
+        if (keys_.size() != n) keys_ = random_values(n, 1.f, 11), values_ = random_values(n, 1.f, 12);
+        load_cache(keys_.data(), values_.data(), slots);
+    }
     // A causal prefill of `tokens` on a fresh context, and one decode step on the cache.
     virtual void prefill(const float *x, int tokens, float *out) = 0;
     virtual void decode(const float *x, float *out) = 0;
+
+protected:
+    // Empties the cache, then writes k and v, [1, n_kv, slots, hd] each.
+    virtual void load_cache(const float *k, const float *v, int slots) = 0;
+    gqa::Config config_;
+
+private:
+    std::vector<float> keys_, values_;
 };
 
 class OurLayer final : public Layer {
 public:
     OurLayer(const Shape &s, const LayerWeights &w, gqa::Backend backend)
-        : config_(s.config), attention_(s.config, w.view(s.config), backend) {}
+        : Layer(s.config), attention_(s.config, w.view(s.config), backend) {}
     void setup_cache(int capacity, gqa::CacheType type) override { attention_.setup_cache(1, capacity, type); }
-    void refill(int slots) override {
-        attention_.reset();
-        const std::vector<int64_t> shape{1, config_.num_kv_heads, slots, config_.head_dim};
-        const std::vector<float> k = random_values(size_t(slots) * config_.num_kv_heads * config_.head_dim, 1.f, 11),
-                                 v = random_values(k.size(), 1.f, 12);
-        attention_.append_cache({k.data(), shape}, {v.data(), shape});
-    }
     // Without a cache the layer attends within x: a prefill with nothing to clear.
     void prefill(const float *x, int tokens, float *out) override {
         if (attention_.has_cache()) attention_.remove_cache();
@@ -119,14 +130,19 @@ public:
     }
 
 private:
-    gqa::Config config_;
+    void load_cache(const float *k, const float *v, int slots) override {
+        attention_.reset();
+        const std::vector<int64_t> shape{1, config_.num_kv_heads, slots, config_.head_dim};
+        attention_.append_cache({k, shape}, {v, shape});
+    }
+
     gqa::Attention attention_;
 };
 
 class BaselineRunner final : public Layer {
 public:
     BaselineRunner(const Shape &s, const LayerWeights &w)
-        : config_(s.config),
+        : Layer(s.config),
           layer_({s.config.embed_dim, s.config.num_heads, s.config.num_kv_heads, s.config.head_dim,
                   s.config.rope_base},
                  w.wq.data(), w.wk.data(), w.wv.data(), w.wo.data(), w.bq.empty() ? nullptr : w.bq.data(),
@@ -134,12 +150,6 @@ public:
     void setup_cache(int capacity, gqa::CacheType) override {
         layer_.setup_cache(1, capacity);
         capacity_ = capacity;
-    }
-    void refill(int slots) override {
-        layer_.reset();
-        const std::vector<float> k = random_values(size_t(slots) * config_.num_kv_heads * config_.head_dim, 1.f, 11),
-                                 v = random_values(k.size(), 1.f, 12);
-        layer_.append_cache(k.data(), v.data(), slots);
     }
     void prefill(const float *x, int tokens, float *out) override {
         if (layer_.size() + tokens > capacity_) setup_cache(tokens, gqa::CacheType::f32);
@@ -150,7 +160,11 @@ public:
     gqa_bench::BaselineLayer &layer() { return layer_; }
 
 private:
-    gqa::Config config_;
+    void load_cache(const float *k, const float *v, int slots) override {
+        layer_.reset();
+        layer_.append_cache(k, v, slots);
+    }
+
     gqa_bench::BaselineLayer layer_;
     int capacity_ = 0;
 };
@@ -182,14 +196,14 @@ void layer_prefill(benchmark::State &state, const Shape &s, int backend) {
         layer->prefill(x.data(), kPrefillTokens, out.data());
         benchmark::DoNotOptimize(out.data());
     }
-    const double bytes = weights.bytes() + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, kPrefillTokens);
+    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, kPrefillTokens);
     report(state, gqa_tools::layer_flops(s.config, kPrefillTokens, (kPrefillTokens + 1) / 2.0), bytes);
 }
 
 // One-token decodes against `context` cached tokens. Cold: a chain of layers, each
 // with its own weights and cache, used in turn, with more bytes than 3x the L3.
 void layer_decode(benchmark::State &state, const Shape &s, int backend, int context, bool cold, gqa::CacheType type) {
-    const size_t per_layer = LayerWeights(s, 7).bytes() + cache_bytes(s.config, context + kDecodeSteps, type);
+    const size_t per_layer = weight_bytes(s) + cache_bytes(s.config, context + kDecodeSteps, type);
     const int chain = cold ? int(std::max<size_t>(2, (3 * kL3Bytes + per_layer - 1) / per_layer)) : 1;
     std::vector<LayerWeights> weights;
     std::vector<std::unique_ptr<Layer>> layers;
@@ -215,7 +229,7 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
         ++step;
     }
     const double keys = context + kDecodeSteps / 2.0;  // the cache grows between refills
-    const double bytes = weights[0].bytes() + cache_bytes(s.config, int(keys), type) + 2.0 * d * sizeof(float);
+    const double bytes = weight_bytes(s) + cache_bytes(s.config, int(keys), type) + 2.0 * d * sizeof(float);
     report(state, gqa_tools::layer_flops(s.config, 1, keys), bytes);
     state.counters["layers"] = chain;
 }
@@ -265,7 +279,7 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
         }
     }
     const double flops = 2.0 * kPrefillTokens * d * (2.0 * q_width + 2.0 * kv_width);
-    report(state, flops, weights.bytes() + 2.0 * x.size() * sizeof(float));
+    report(state, flops, weight_bytes(s) + 2.0 * x.size() * sizeof(float));
 }
 
 // The attention core alone: rotated q against a filled cache, causal. Ours through
@@ -290,7 +304,8 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
         if (!kernels) return state.SkipWithError("no attention core for this backend");
         // The cache layout of the layer: [n_kv, kv_len, hd] plus the key-slot padding.
-        std::vector<float> k_store((size_t(n_kv) * kv_len + gqa::layout::kKeySlotPadding) * hd), v_store(k_store.size());
+        const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, n_kv, hd};
+        std::vector<float> k_store(gqa::detail::kv_store_elements(dims, 1, kv_len)), v_store(k_store.size());
         for (int h = 0; h < n_kv; ++h) {
             std::copy_n(k.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, k_store.data() + size_t(h) * kv_len * hd);
             std::copy_n(v.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, v_store.data() + size_t(h) * kv_len * hd);
