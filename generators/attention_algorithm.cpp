@@ -9,22 +9,29 @@ namespace gqa::algo {
 using namespace Halide;
 
 Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &bias,
-                     const Expr &in_dim, const Expr &out_dim, const Expr &tokens, int panel) {
+                     const Expr &in_dim, const Expr &out_dim, const Expr &tokens, int panel, int token_group) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
     l.weight = Func(name + "_weight");
     l.input = x;
+    l.token_group = token_group;
     l.k = RDom(0, in_dim, name + "_k");
     l.out_dim = out_dim;
     l.tokens = tokens;
 
-    Var o = l.o, m = l.m, i("i");
+    Var o = l.o, m = l.m, i("i"), j("j"), g("g");
     l.weight(o, i) = packed_weight(o % panel, i, o / panel);
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
     // those rows are never stored.
-    l.product(o, m) += x(l.k, min(m, tokens - 1)) * l.weight(o, l.k);
+    if (token_group > 1) {
+        l.grouped_rows = Func(name + "_grouped_rows");
+        l.grouped_rows(j, i, g) = x(i, min(g * token_group + j, tokens - 1));
+        l.product(o, m) += l.grouped_rows(m % token_group, l.k, m / token_group) * l.weight(o, l.k);
+    } else {
+        l.product(o, m) += x(l.k, min(m, tokens - 1)) * l.weight(o, l.k);
+    }
     l.result(o, m) = l.product(o, m) + bias(o);
     return l;
 }
@@ -47,13 +54,13 @@ Expr clamped_position(const RopeInputs &rope, const Expr &m) {
 }  // namespace
 
 Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const RopeInputs &rope,
-                       const ProjectShape &shape, int panel, Func q_out, Func k_out, Func v_out,
+                       const ProjectShape &shape, int panel, int token_group, Func q_out, Func k_out, Func v_out,
                        const Type &cache_type) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
     p.qkv = define_linear("qkv", x, packed_weight, bias, shape.embed_dim, q_width + 2 * kv_width, shape.tokens,
-                          panel);
+                          panel, token_group);
     const Func qkv = p.qkv.result;
     Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b;
 

@@ -24,20 +24,25 @@ namespace gqa::algo {
 
 // y(o, m) = sum_i x(i, m) * W[o][i] + bias(o), W packed in panels of `panel` rows.
 // The packed weights and the bias are zero-padded to whole panels, so a schedule
-// may compute whole panels of outputs.
+// may compute whole panels of outputs. With token_group > 1 the product reads x
+// regrouped, grouped_rows(j, i, g) = x(i, g * token_group + j): the mirror of the
+// weight panels, so a register tile of token_group tokens finds the x values of
+// one step of the reduction side by side (schedules::gemm_token_group picks it).
 struct Linear {
     Halide::Var o{"o"}, m{"m"};
     Halide::RDom k;
-    Halide::Func product;  // the reduction over k
-    Halide::Func result;   // product + bias
-    Halide::Func weight;   // W[o][i] read from the packed panels
-    Halide::Func input;    // x(i, m), for schedules that stage it
+    Halide::Func product;       // the reduction over k
+    Halide::Func result;        // product + bias
+    Halide::Func weight;        // W[o][i] read from the packed panels
+    Halide::Func input;         // x(i, m), for schedules that stage it
+    Halide::Func grouped_rows;  // defined when token_group > 1
+    int token_group = 1;
     Halide::Expr out_dim, tokens;
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
                      const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &out_dim,
-                     const Halide::Expr &tokens, int panel);
+                     const Halide::Expr &tokens, int panel, int token_group);
 
 // Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
 //   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
@@ -72,7 +77,7 @@ struct ProjectShape {
 
 // k_out and v_out hold cache_type elements (fp32, or fp16 rounded to nearest even).
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
-                       const RopeInputs &rope, const ProjectShape &shape, int panel, Halide::Func q_out,
+                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group, Halide::Func q_out,
                        Halide::Func k_out, Halide::Func v_out, const Halide::Type &cache_type);
 
 // Grouped scores, masked softmax and weighted values for the queries of one call

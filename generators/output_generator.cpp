@@ -16,7 +16,8 @@ public:
 
     void generate() {
         linear_ = algo::define_linear("output_proj", z, w_o, b_o, z.dim(0).extent(), b_o.dim(0).extent(),
-                                      z.dim(1).extent(), layout::kWeightPanel);
+                                      z.dim(1).extent(), layout::kWeightPanel,
+                                      schedules::gemm_token_group(get_target(), knobs()));
         out(linear_.o, linear_.m) = linear_.result(linear_.o, linear_.m);
     }
 

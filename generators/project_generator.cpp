@@ -35,7 +35,8 @@ public:
         algo::RopeInputs rope{rope_cos, rope_sin, rope_cos.dim(1).extent(), positions, rope_style, rotary_dim};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
-        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel, q, *k_, *v_, cache_type);
+        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel,
+                                        schedules::gemm_token_group(get_target(), knobs()), q, *k_, *v_, cache_type);
     }
 
     void schedule() {

@@ -16,11 +16,14 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
             "gemm_tile_outputs must be a multiple of the vector width (" + std::to_string(tile.lanes) +
                 ") dividing " + std::to_string(layout::kWeightPanel));
     require(tile.tokens >= 1, "gemm_tile_tokens must be positive");
+    require(tile.tokens == l.token_group, "gemm_tile_tokens must match the algorithm's token group");
 
     Var o = l.o, m = l.m, oo("oo"), oi("oi"), mo("mo"), mi("mi");
-    // Aligned to the panel, o / panel and o % panel fold into contiguous loads.
+    // Aligned to the panel, o / panel and o % panel fold into contiguous loads;
+    // aligned to the token group, so does m / group.
     l.result.compute_root()
         .align_bounds(o, layout::kWeightPanel)
+        .align_bounds(m, tile.tokens)
         .split(o, oo, oi, tile.outputs, TailStrategy::RoundUp)
         .split(m, mo, mi, tile.tokens, TailStrategy::RoundUp)
         .reorder(oi, mi, mo, oo)
@@ -30,6 +33,15 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         .parallel(oo);
     l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
     l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
+    if (l.token_group > 1) {
+        // Regrouped once per call, not per weight panel; rows are read contiguously.
+        const std::vector<Var> args = l.grouped_rows.args();  // (j, i, g)
+        l.grouped_rows.compute_root()
+            .reorder(args[0], args[1], args[2])
+            .unroll(args[0])
+            .vectorize(args[1], tile.lanes, TailStrategy::GuardWithIf)
+            .parallel(args[2]);
+    }
 }
 
 void schedule_project_epilogue(algo::Project &p, int lanes, bool decode) {

@@ -39,6 +39,16 @@ int split_blocks(const Target &, const Knobs &knobs) {
     return knobs.split_blocks > 0 ? knobs.split_blocks : 8;
 }
 
+// The CUDA GEMM stages x tiles in shared memory itself.
+int gemm_token_group(const Target &target, const Knobs &knobs) {
+    switch (family(target)) {
+    case Family::cuda: return 1;
+    case Family::arm: return arm::gemm_token_group(knobs);
+    case Family::x86: return x86::gemm_token_group(knobs);
+    }
+    return 1;
+}
+
 // CUDA (cvt.f32.f16) and ARM with FP16 (fcvtl); Halide 14 emulates it on x86 and
 // on plain ARMv8.0.
 bool native_half_widening(const Target &target) {

@@ -25,6 +25,9 @@ enum class Softmax { three_pass, online, split };
 Softmax preferred_softmax(const Halide::Target &target, const Knobs &knobs);
 int key_block(const Halide::Target &target, const Knobs &knobs);
 int split_blocks(const Halide::Target &target, const Knobs &knobs);
+// Tokens per group of x rows in the GEMMs (algo::Linear's token_group): the
+// register tile's token count on CPUs at prefill, 1 (x read in place) otherwise.
+int gemm_token_group(const Halide::Target &target, const Knobs &knobs);
 // Whether Halide's fp16 -> fp32 cast is a conversion instruction on the target.
 bool native_half_widening(const Halide::Target &target);
 
@@ -53,6 +56,7 @@ void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &
 }  // namespace cuda
 
 namespace arm {
+int gemm_token_group(const Knobs &knobs);
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
@@ -60,6 +64,7 @@ void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &
 }  // namespace arm
 
 namespace x86 {
+int gemm_token_group(const Knobs &knobs);
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);

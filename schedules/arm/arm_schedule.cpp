@@ -21,11 +21,14 @@ constexpr int kLanes = 4;
 // too; 16 x 5 keeps 20 fmla per 9 loads with no spill. Decode streams the weights
 // for one token: 32 outputs give 8 independent chains.
 cpu::GemmTile gemm_tile(const Knobs &knobs) {
-    return {kLanes, or_default(knobs.gemm_tile_outputs, knobs.decode ? 32 : 16),
-            or_default(knobs.gemm_tile_tokens, knobs.decode ? 1 : 5)};
+    return {kLanes, or_default(knobs.gemm_tile_outputs, knobs.decode ? 32 : 16), gemm_token_group(knobs)};
 }
 
 }  // namespace
+
+int gemm_token_group(const Knobs &knobs) {
+    return or_default(knobs.gemm_tile_tokens, knobs.decode ? 1 : 5);
+}
 
 void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
     cpu::schedule_packed_gemm(p.qkv, gemm_tile(knobs));

@@ -21,11 +21,14 @@ int lanes(const Target &t) {
 // has one token.
 cpu::GemmTile gemm_tile(const Target &t, const Knobs &knobs) {
     const int vectors = t.has_feature(Target::AVX512) ? 4 : 2;
-    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors),
-            or_default(knobs.gemm_tile_tokens, knobs.decode ? 1 : 6)};
+    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), gemm_token_group(knobs)};
 }
 
 }  // namespace
+
+int gemm_token_group(const Knobs &knobs) {
+    return or_default(knobs.gemm_tile_tokens, knobs.decode ? 1 : 6);
+}
 
 void schedule_project(algo::Project &p, const Target &t, const Knobs &knobs) {
     cpu::schedule_packed_gemm(p.qkv, gemm_tile(t, knobs));
