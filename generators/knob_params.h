@@ -20,6 +20,7 @@ struct KnobParams {
     Halide::GeneratorParam<PipelineMode> mode{"mode", PipelineMode::prefill, kPipelineModes};
     Halide::GeneratorParam<int> gemm_tile_tokens{"gemm_tile_tokens", 0};
     Halide::GeneratorParam<int> gemm_tile_outputs{"gemm_tile_outputs", 0};
+    Halide::GeneratorParam<int> gemm_k_block{"gemm_k_block", 0};
     Halide::GeneratorParam<int> query_block{"query_block", 0};
     Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
     Halide::GeneratorParam<int> key_block{"key_block", 0};
@@ -38,6 +39,7 @@ struct KnobParams {
         k.decode = mode == PipelineMode::decode;
         k.gemm_tile_tokens = gemm_tile_tokens;
         k.gemm_tile_outputs = gemm_tile_outputs;
+        k.gemm_k_block = gemm_k_block;
         k.query_block = query_block;
         k.key_chunk = key_chunk;
         k.key_block = key_block;

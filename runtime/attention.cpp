@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "../generators/layout.h"
+#include "aligned_vector.h"
 #include "backend.h"
 
 namespace gqa {
@@ -129,7 +130,7 @@ void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int bat
 }
 
 template <typename T>
-void grow(std::vector<T> &v, size_t n) {
+void grow(detail::AlignedVector<T> &v, size_t n) {
     if (v.size() < n) v.resize(n);
 }
 
@@ -244,8 +245,8 @@ struct Attention::State {
 
     // KV cache (when set up): [batch, n_kv, capacity, hd] + key-slot padding, in the
     // pair of vectors of its element type (the other pair stays empty).
-    std::vector<float> k_cache, v_cache;
-    std::vector<uint16_t> k_half, v_half;
+    detail::AlignedVector<float> k_cache, v_cache;
+    detail::AlignedVector<uint16_t> k_half, v_half;
     CacheType cache_type = CacheType::f32;
     int cache_batch = 0, cache_capacity = 0, cache_size = 0;
     uint64_t cache_version = 0;  // bumped whenever the host copy is rewritten here
@@ -258,7 +259,7 @@ struct Attention::State {
     }
 
     // Per-call scratch.
-    std::vector<float> q, z, pattern, k_scratch, v_scratch;
+    detail::AlignedVector<float> q, z, pattern, k_scratch, v_scratch;
     std::vector<int32_t> positions;
     bool record_pattern = false;
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
@@ -484,7 +485,7 @@ namespace {
 
 // A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
 template <typename T>
-TensorView<T> cache_view(const Attention &layer, detail::Kernels &kernels, const std::vector<T> &store,
+TensorView<T> cache_view(const Attention &layer, detail::Kernels &kernels, const detail::AlignedVector<T> &store,
                          CacheType type, const char *accessor, const char *other) {
     if (!layer.has_cache()) fail("no KV cache: call setup_cache first");
     if (layer.cache_type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",

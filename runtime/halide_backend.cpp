@@ -12,6 +12,7 @@
 #include <string>
 
 #include "../generators/layout.h"
+#include "aligned_vector.h"
 #include "halide_backend.h"
 
 namespace gqa::detail {
@@ -132,7 +133,7 @@ int round_up(int n, int multiple) {
 // Packs [rows of W1; rows of W2; ...] ([out, in] each) into kWeightPanel-wide
 // panels, zero-padded, and the matching biases (zeros where absent).
 struct PackedLinear {
-    std::vector<float> weights, bias;
+    AlignedVector<float> weights, bias;
     int in = 0, panels = 0;
 
     PackedLinear(std::initializer_list<std::pair<const TensorView<float> *, const TensorView<float> *>> parts,

@@ -31,8 +31,21 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         .unroll(oi)
         .unroll(mi)
         .parallel(oo);
-    l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
-    l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
+    if (tile.k_block > 0) {
+        Var pmo("pmo"), pmi("pmi");
+        RVar ko("ko"), ki("ki");
+        l.product.compute_at(l.result, oo).vectorize(o, tile.lanes).unroll(o);
+        l.product.update()
+            .split(m, pmo, pmi, tile.tokens, TailStrategy::RoundUp)
+            .split(l.k.x, ko, ki, tile.k_block, TailStrategy::GuardWithIf)
+            .reorder(o, pmi, ki, pmo, ko)
+            .vectorize(o, tile.lanes)
+            .unroll(o)
+            .unroll(pmi);
+    } else {
+        l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
+        l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
+    }
     if (l.token_group > 1) {
         // Regrouped once per call, not per weight panel; rows are read contiguously.
         const std::vector<Var> args = l.grouped_rows.args();  // (j, i, g)

@@ -13,6 +13,7 @@ struct Knobs {
     bool decode = false;      // single-token instance: GEMV projections, no query blocks
     int gemm_tile_tokens = 0;  // rows of x per register tile
     int gemm_tile_outputs = 0; // output features per register tile (divides layout::kWeightPanel)
+    int gemm_k_block = 0;      // reduction steps per pass over the token tiles (CPU prefill)
     int query_block = 0;      // queries sharing one pass over a key block (prefill)
     int key_chunk = 0;        // keys per transposed-K chunk; divides layout::kKeySlotPadding
     int key_block = 0;        // keys per block of the blocked attention formulations
