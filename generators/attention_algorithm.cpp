@@ -150,26 +150,38 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     a.inv_sum = Func("inv_sum");
     a.weighted = Func("weighted");
 
-    // Each reduction walks only the row's visible range: the predicates compare the
-    // key slot with expressions of the query, so Halide trims the loop bounds.
+    // The reductions walk the row's visible range: the predicates compare the key
+    // slot (or chunk) with expressions of the query, so Halide trims the loop bounds.
     auto visible_keys = [&](const char *name) {
         RDom keys(0, in.kv_len, name);
         keys.where(keys >= a.row_begin(i));
         keys.where(keys < a.row_end(i));
         return keys;
     };
-    a.keys_max = visible_keys("keys_max");
+    // The row's max and sum may also walk whole chunks of kKeySlotPadding slots
+    // around the visible range: the slots that adds are not visible (score -inf,
+    // exp_score 0) and lie inside the padded cache. The inner dimension then has a
+    // constant extent, which a schedule can vectorize without a tail.
+    auto visible_chunks = [&](const char *name) {
+        constexpr int P = layout::kKeySlotPadding;
+        RDom keys(0, P, 0, (in.kv_len + P - 1) / P, name);
+        keys.where(keys.y >= a.row_begin(i) / P);
+        keys.where(keys.y < (a.row_end(i) + P - 1) / P);
+        return keys;
+    };
+    auto chunk_slot = [](const RDom &keys) { return keys.y * layout::kKeySlotPadding + keys.x; };
+    a.keys_max = visible_chunks("keys_max");
     a.row_max(r, kvh, i, b) = kNegInf;
-    a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(a.keys_max, r, kvh, i, b));
+    a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(chunk_slot(a.keys_max), r, kvh, i, b));
 
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
     // because the select never takes the exp branch for it.
     a.exp_score(t, r, kvh, i, b) =
         select(a.score(t, r, kvh, i, b) == kNegInf, 0.f, exp(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
 
-    a.keys_sum = visible_keys("keys_sum");
+    a.keys_sum = visible_chunks("keys_sum");
     a.row_sum(r, kvh, i, b) = 0.f;
-    a.row_sum(r, kvh, i, b) += a.exp_score(a.keys_sum, r, kvh, i, b);
+    a.row_sum(r, kvh, i, b) += a.exp_score(chunk_slot(a.keys_sum), r, kvh, i, b);
     a.inv_sum(r, kvh, i, b) = select(a.row_sum(r, kvh, i, b) > 0.f, 1.f / a.row_sum(r, kvh, i, b), 0.f);
 
     a.keys_values = visible_keys("keys_values");

@@ -101,7 +101,8 @@ struct AttendScores {
 };
 
 struct Attend : AttendScores {
-    Halide::RDom keys_max, keys_sum, keys_values;  // over visible key slots of a row
+    Halide::RDom keys_max, keys_sum;  // (slot in chunk, chunk) over the chunks a row's visible keys touch
+    Halide::RDom keys_values;         // over the visible key slots of a row
     Halide::Func row_max;    // (r, kvh, i, b)
     Halide::Func exp_score;  // (t, r, kvh, i, b): exp(score - row_max), 0 where not visible
     Halide::Func row_sum;    // (r, kvh, i, b)

@@ -117,10 +117,10 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
     a.score.specialize(a.use_mask == 0);
 
     a.row_max.compute_at(block);
-    a.row_max.update().atomic().vectorize(a.keys_max.x, vec, TailStrategy::GuardWithIf);
+    a.row_max.update().atomic().vectorize(a.keys_max.x, vec);
     a.exp_score.compute_at(block).align_bounds(tk, key_chunk).vectorize(tk, vec, TailStrategy::RoundUp);
     a.row_sum.compute_at(block);
-    a.row_sum.update().atomic().vectorize(a.keys_sum.x, vec, TailStrategy::GuardWithIf);
+    a.row_sum.update().atomic().vectorize(a.keys_sum.x, vec);
 
     // Per query, all g rows of the group together: each V row feeds g accumulators.
     // P.V per query, a chunk of keys at a time: for each head, its accumulators (4
