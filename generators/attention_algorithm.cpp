@@ -117,6 +117,7 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
+    a.half_cache = Expr(in.k_cache(d, t, kvh, b)).type() == Float(16);
     a.k_cache(d, t, kvh, b) = widen(in.k_cache(d, t, kvh, b), in.native_half_widening);
     a.v_cache(d, t, kvh, b) = widen(in.v_cache(d, t, kvh, b), in.native_half_widening);
 

@@ -97,6 +97,7 @@ struct AttendScores {
     Halide::Func row_begin, row_end;   // (i)
     Halide::Func q;                    // the input, for schedules that stage it
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
+    bool half_cache = false;           // whether the cache holds fp16 (widened as read)
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
 };
 

@@ -138,6 +138,11 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
             .reorder(dl, dvi, ki, dvo, r, ko)
             .vectorize(dl)
             .unroll(dvi);
+        if (a.half_cache) {
+            // Widened once per chunk for the g heads, not once per head.
+            Func v_rows = a.v_cache.in(a.weighted);
+            v_rows.compute_at(a.weighted, ko).vectorize(v_rows.args()[0], vec, TailStrategy::GuardWithIf);
+        }
     }
 
     if (with_pattern) {
