@@ -4,7 +4,9 @@
 Benchmarks are named <part>/<mode>/<backend>/<shape>; each (part) gets one table
 with a row per (shape, mode) and a column group per backend, and one chart panel
 showing how close each backend gets to the machine's limit: the measured FMA peak
-for prefill modes, the measured DRAM read bandwidth for decode modes.
+for prefill modes, the measured DRAM read bandwidth for decode modes. --extra merges
+the benchmarks of other result files (bench/torch_layer.py's PyTorch comparison),
+measured against the limits of the main file.
 """
 
 import argparse
@@ -13,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-BACKEND_ORDER = ["x86", "arm", "cuda", "baseline", "reference"]
+BACKEND_ORDER = ["x86", "arm", "cuda", "baseline", "torch", "reference"]
 PART_ORDER = ["layer", "proj", "core"]
 PROBE_PART = "probe"
 TIME_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -79,6 +81,30 @@ def select_medians(benchmarks):
     # Keep registration order, which is how the benchmark author grouped them.
     order = {key: i for i, key in enumerate(unique_in_order(benchmark_key(e) for e in benchmarks))}
     return dict(sorted(selected.items(), key=lambda item: order[item[0]]))
+
+
+def usable_results(path):
+    """The context and the selected median of each benchmark of one result file."""
+    data = load_results(path)
+    results = select_medians(data["benchmarks"])
+    if not results:
+        fail(f"{path} has no usable <part>/<mode>/<backend>/<shape> benchmarks")
+    return data.get("context", {}), results
+
+
+def merge_extras(results, extras):
+    """results with each extra file's benchmarks but its probes; a benchmark in two files is an error."""
+    merged, source = dict(results), {}
+    for path in extras:
+        _, extra = usable_results(path)
+        for key, entry in extra.items():
+            if key[0] == PROBE_PART:
+                continue  # the machine's limits are the main run's
+            if key in merged:
+                where = source.get(key, "the main results")
+                fail(f"{'/'.join(key)} is both in {where} and in {path}")
+            merged[key], source[key] = entry, path
+    return merged
 
 
 def time_ms(entry):
@@ -197,10 +223,11 @@ def table_parts(results):
     return ordered({p for p, _, _, _ in results if p != PROBE_PART}, PART_ORDER)
 
 
-def markdown_report(source, context, results):
+def markdown_report(sources, context, results):
     limits = machine_limits(context, results)
     limit_text = ", ".join(f"{sig3(v)} {k}" for k, v in limits.items())
-    sections = [f"# Benchmark report: {source.name}", machine_header(context, results),
+    title = " + ".join(source.name for source in sources)
+    sections = [f"# Benchmark report: {title}", machine_header(context, results),
                 f"`% limit`: fraction of the machine's limit ({limit_text}, the best the run measured): "
                 "the FMA peak for prefill, the DRAM read bandwidth for decode. "
                 "`vs baseline`: baseline time / backend time, above 1x is faster."]
@@ -253,13 +280,14 @@ def main():
     parser.add_argument("results", type=Path, help="Google Benchmark JSON output")
     parser.add_argument("--table", type=Path, help="Markdown output (default: RESULTS with .md)")
     parser.add_argument("--png", type=Path, help="chart output (default: RESULTS with .png)")
+    parser.add_argument("--extra", type=Path, action="append", default=[], metavar="FILE",
+                        help="more Google Benchmark JSON whose benchmarks join the table and chart "
+                        "(e.g. bench/torch_layer.py's); repeatable")
     args = parser.parse_args()
 
-    data = load_results(args.results)
-    results = select_medians(data["benchmarks"])
-    if not results:
-        fail(f"{args.results} has no usable <part>/<mode>/<backend>/<shape> benchmarks")
-    report = markdown_report(args.results, data.get("context", {}), results)
+    context, results = usable_results(args.results)
+    results = merge_extras(results, args.extra)
+    report = markdown_report([args.results] + args.extra, context, results)
 
     table_path = args.table or args.results.with_suffix(".md")
     try:
@@ -269,7 +297,7 @@ def main():
     print(report, end="")
     png_path = args.png or args.results.with_suffix(".png")
     try:
-        limits = machine_limits(data.get("context", {}), results)
+        limits = machine_limits(context, results)
         if table_parts(results) and not write_chart(png_path, results, limits):
             print("matplotlib not found: install python3-matplotlib for the chart", file=sys.stderr)
     except OSError as e:
