@@ -112,6 +112,12 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
         .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
         .reorder(kargs[1], kargs[0])
         .vectorize(kargs[1], vec);
+    if (a.half_cache) {
+        // Widened along the rows first (contiguous halves, whole vectors), so the
+        // transpose gathers floats from L1 rather than widening lane by lane.
+        Func k_rows = a.k_cache.in(k_transposed);
+        k_rows.compute_at(a.score, to).vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
+    }
     // Branches without the mask load and without tanh (a select evaluates both sides).
     a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
