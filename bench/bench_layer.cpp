@@ -22,6 +22,7 @@
 #include "gqa/attention.hpp"
 #include "layer_flops.h"
 #include "probes.h"
+#include "workloads.h"
 
 namespace {
 
@@ -29,18 +30,8 @@ constexpr int kPrefillTokens = 512;
 constexpr int kDecodeSteps = 64;        // decodes before a cache is refilled (untimed)
 constexpr int kMaxSeqLen = 8192 + kDecodeSteps;
 
-struct Shape {
-    const char *name;
-    gqa::Config config;
-    bool bias;
-};
-
-const Shape kShapes[] = {
-    {"small", {.embed_dim = 256, .num_heads = 8, .num_kv_heads = 2, .head_dim = 32, .max_seq_len = kMaxSeqLen}, false},
-    {"W1", {.embed_dim = 2048, .num_heads = 32, .num_kv_heads = 8, .head_dim = 64, .max_seq_len = kMaxSeqLen}, false},
-    {"W2", {.embed_dim = 4096, .num_heads = 32, .num_kv_heads = 8, .head_dim = 128, .max_seq_len = kMaxSeqLen}, false},
-    {"W3", {.embed_dim = 896, .num_heads = 14, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = kMaxSeqLen}, true},
-};
+using Shape = gqa_tools::Workload;
+const auto kShapes = gqa_tools::workloads(kMaxSeqLen);
 
 constexpr size_t kL3Bytes = 32u << 20;     // this machine's L3 (cold chains are 3x it)
 const int kThreads = int(std::max(1u, std::thread::hardware_concurrency()));

@@ -20,14 +20,44 @@ add_halide_generator(gqa_generators
 set(GQA_X86_TARGETS
     x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41
     x86-64-linux-avx-avx2-f16c-fma-sse41
-    x86-64-linux-sse41)
+    x86-64-linux-sse41
+    CACHE STRING "Halide targets of the x86 libraries, most specific first")
 
 # FP16 arithmetic (ARMv8.2 FEAT_FP16) first, plain ARMv8.0 NEON last. Halide 14
 # detects no aarch64 features, so the runtime's own HWCAP check decides
 # (runtime/arm_backend.cpp).
 set(GQA_ARM_TARGETS
     arm-64-linux-arm_fp16
-    arm-64-linux)
+    arm-64-linux
+    CACHE STRING "Halide targets of the aarch64 libraries, most specific first")
+
+# Schedule knobs from a tuned record (tools/gqa-tune writes one per target family
+# into schedules/<backend>/tuned.cmake). It sets GQA_KNOBS_<generator>_<mode>, a
+# list of key=value GeneratorParams, and GQA_KNOB_ISA, the variant they were tuned
+# on (the other variants of a multitarget library keep their defaults).
+set(GQA_TUNED_RECORD "${PROJECT_SOURCE_DIR}/schedules/${GQA_BACKEND}/tuned.cmake"
+    CACHE FILEPATH "Tuned schedule record to build with (ignored when the file does not exist)")
+if (EXISTS "${GQA_TUNED_RECORD}")
+    include("${GQA_TUNED_RECORD}")
+    message(STATUS "gqa: schedule knobs from ${GQA_TUNED_RECORD}")
+endif ()
+
+# Schedules from one of Halide's autoschedulers instead of ours, to compare with:
+# Adams2019 or Mullapudi2016 (Debian's plugins), for this machine's 2 cores and 32 MiB L3.
+set(GQA_AUTOSCHEDULER "" CACHE STRING "Halide autoscheduler for every pipeline (empty: the hand schedules)")
+set(GQA_MACHINE_PARAMS "2,33554432,40" CACHE STRING "Autoscheduler machine_params: cores,LLC bytes,balance")
+
+# The PARAMS of one generator run: the given ones, the tuned knobs of
+# (generator, mode), or an autoscheduler's settings.
+function(gqa_generator_params out generator mode)
+    set(params ${ARGN})
+    if (GQA_AUTOSCHEDULER)
+        list(APPEND params machine_params=${GQA_MACHINE_PARAMS})
+    elseif (DEFINED GQA_KNOBS_${generator}_${mode})
+        list(APPEND params ${GQA_KNOBS_${generator}_${mode}} knob_isa=${GQA_KNOB_ISA})
+    endif ()
+    set(${out} ${params} PARENT_SCOPE)
+endfunction()
 
 # gqa_add_pipelines(<backend> TARGETS ... [RUNTIME <runtime>]): every pipeline for
 # one backend, all sharing one Halide runtime: gqa_rope_<backend>.runtime, or the
@@ -46,10 +76,15 @@ function(gqa_add_pipelines backend)
                            TARGETS ${ARG_TARGETS})
     endif ()
     set(libs gqa_rope_${backend})
+    set(autoscheduler)
+    if (GQA_AUTOSCHEDULER)
+        set(autoscheduler AUTOSCHEDULER Halide::${GQA_AUTOSCHEDULER})
+    endif ()
     foreach (mode IN ITEMS prefill decode)
         set(lib gqa_output_${mode}_${backend})
+        gqa_generator_params(params output ${mode} mode=${mode})
         add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_output
-                           TARGETS ${ARG_TARGETS} PARAMS mode=${mode} USE_RUNTIME ${runtime})
+                           TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
     endforeach ()
     foreach (cache IN ITEMS f32 f16)
@@ -63,17 +98,17 @@ function(gqa_add_pipelines backend)
         foreach (mode IN ITEMS prefill decode)
             foreach (pipeline IN ITEMS project attend)
                 set(lib gqa_${pipeline}_${mode}${cache_suffix}_${backend})
+                gqa_generator_params(params ${pipeline} ${mode} mode=${mode} cache_type=${cache_type})
                 add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${pipeline}
-                                   TARGETS ${ARG_TARGETS} PARAMS mode=${mode} cache_type=${cache_type}
-                                   USE_RUNTIME ${runtime})
+                                   TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
                 list(APPEND libs ${lib})
             endforeach ()
         endforeach ()
         # Attention weights for interpretability: one instance, any sequence length.
         set(lib gqa_attend_pattern${cache_suffix}_${backend})
+        gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache_type})
         add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
-                           TARGETS ${ARG_TARGETS} PARAMS with_pattern=true cache_type=${cache_type}
-                           USE_RUNTIME ${runtime})
+                           TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
     endforeach ()
 
@@ -88,6 +123,9 @@ else ()
     # CUDA: PTX for compute capability 7.0+ (the driver JIT-compiles it for newer
     # GPUs), with an AVX2 host side; it shares the x86 runtime, which gains the
     # CUDA module and loads the driver at run time.
-    gqa_add_pipelines(cuda TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-cuda-cuda_capability_70
-                      RUNTIME gqa_rope_x86.runtime)
+    option(GQA_BUILD_CUDA "Build the CUDA libraries (they need no CUDA toolkit)" ON)
+    if (GQA_BUILD_CUDA)
+        gqa_add_pipelines(cuda TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-cuda-cuda_capability_70
+                          RUNTIME gqa_rope_x86.runtime)
+    endif ()
 endif ()

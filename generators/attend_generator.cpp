@@ -1,5 +1,6 @@
 // Grouped scores, masked softmax and weighted values against the KV cache.
 #include "attention_algorithm.h"
+#include "inputs.h"
 #include "knob_params.h"
 
 namespace gqa {
@@ -37,10 +38,11 @@ public:
     }
 
     void generate() {
-        algo::AttendInputs in{q,
-                              mask,
-                              *k_cache_,
-                              *v_cache_,
+        const bool autoscheduled = get_auto_schedule();
+        algo::AttendInputs in{input_func(q, autoscheduled),
+                              input_func(mask, autoscheduled),
+                              input_func(*k_cache_, autoscheduled),
+                              input_func(*v_cache_, autoscheduled),
                               q.dim(0).extent(),
                               q.dim(1).extent(),
                               q.dim(2).extent(),
@@ -60,8 +62,8 @@ public:
         } else {
             schedules::require(!with_pattern, "the pattern output needs softmax=three_pass");
             const int split_blocks =
-                formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), knobs()) : 0;
-            blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), knobs()), split_blocks);
+                formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), knobs(get_target())) : 0;
+            blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), knobs(get_target())), split_blocks);
         }
     }
 
@@ -81,9 +83,9 @@ public:
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
         if (formulation() == schedules::Softmax::three_pass) {
-            schedules::schedule_attend(attend_, get_target(), knobs());
+            schedules::schedule_attend(attend_, get_target(), knobs(get_target()));
         } else {
-            schedules::schedule_attend(blocked_, get_target(), knobs());
+            schedules::schedule_attend(blocked_, get_target(), knobs(get_target()));
         }
     }
 
@@ -94,7 +96,8 @@ private:
     algo::AttendBlocked blocked_;
 
     schedules::Softmax formulation() const {
-        switch (SoftmaxChoice(softmax)) {
+        // A tuned choice holds for the variant it was tuned on (knob_isa) only.
+        switch (knobs_apply(get_target()) ? SoftmaxChoice(softmax) : SoftmaxChoice::automatic) {
         case SoftmaxChoice::three_pass: return schedules::Softmax::three_pass;
         case SoftmaxChoice::online: return schedules::Softmax::online;
         case SoftmaxChoice::split: return schedules::Softmax::split;
@@ -102,7 +105,7 @@ private:
         }
         // The pattern output exists only in the three-pass formulation.
         if (with_pattern) return schedules::Softmax::three_pass;
-        return schedules::preferred_softmax(get_target(), knobs());
+        return schedules::preferred_softmax(get_target(), knobs(get_target()));
     }
 };
 

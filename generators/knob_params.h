@@ -25,6 +25,10 @@ struct KnobParams {
     Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
     Halide::GeneratorParam<int> key_block{"key_block", 0};
     Halide::GeneratorParam<int> split_blocks{"split_blocks", 0};
+    // The target feature of the variant the knobs were tuned on (avx512, avx2,
+    // arm_fp16, cuda, ...): variants without it keep their defaults, and knobs tuned
+    // on a CPU never reach a GPU variant. Empty: the knobs apply to every variant.
+    Halide::GeneratorParam<std::string> knob_isa{"knob_isa", ""};
     // Element type of the KV cache the pipeline writes or reads: float32 or float16.
     Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
 
@@ -34,9 +38,19 @@ struct KnobParams {
                            "cache_type must be float32 or float16");
     }
 
-    schedules::Knobs knobs() const {
+    bool knobs_apply(const Halide::Target &target) const {
+        const std::string isa = knob_isa;
+        if (isa.empty()) return true;
+        const Halide::Target::Feature feature = Halide::Target::feature_from_name(isa);
+        schedules::require(feature != Halide::Target::FeatureEnd, "knob_isa '" + isa + "' is no Halide target feature");
+        const bool gpu_knobs = Halide::Target().with_feature(feature).has_gpu_feature();
+        return target.has_feature(feature) && target.has_gpu_feature() == gpu_knobs;
+    }
+
+    schedules::Knobs knobs(const Halide::Target &target) const {
         schedules::Knobs k;
         k.decode = mode == PipelineMode::decode;
+        if (!knobs_apply(target)) return k;
         k.gemm_tile_tokens = gemm_tile_tokens;
         k.gemm_tile_outputs = gemm_tile_outputs;
         k.gemm_k_block = gemm_k_block;

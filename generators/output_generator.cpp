@@ -1,5 +1,6 @@
 // Output projection: out = z Wo^T + bo.
 #include "attention_algorithm.h"
+#include "inputs.h"
 #include "knob_params.h"
 #include "layout.h"
 
@@ -15,9 +16,11 @@ public:
     Output<Buffer<float, 2>> out{"out"};  // (embed, token)
 
     void generate() {
-        linear_ = algo::define_linear("output_proj", z, w_o, b_o, z.dim(0).extent(), b_o.dim(0).extent(),
+        const bool autoscheduled = get_auto_schedule();
+        linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(w_o, autoscheduled),
+                                      input_func(b_o, autoscheduled), z.dim(0).extent(), b_o.dim(0).extent(),
                                       z.dim(1).extent(), layout::kWeightPanel,
-                                      schedules::gemm_token_group(get_target(), knobs()));
+                                      schedules::gemm_token_group(get_target(), knobs(get_target())));
         out(linear_.o, linear_.m) = linear_.result(linear_.o, linear_.m);
     }
 
@@ -28,7 +31,7 @@ public:
         b_o.set_estimates({{0, 2048}});
         out.set_estimates({{0, 2048}, {0, tokens}});
         if (get_auto_schedule()) return;
-        schedules::schedule_output(linear_, out, get_target(), knobs());
+        schedules::schedule_output(linear_, out, get_target(), knobs(get_target()));
     }
 
 private:

@@ -1,5 +1,6 @@
 // Fused Q/K/V projection + RoPE; K/V are written into a crop of the KV cache.
 #include "attention_algorithm.h"
+#include "inputs.h"
 #include "knob_params.h"
 #include "layout.h"
 
@@ -32,11 +33,14 @@ public:
     }
 
     void generate() {
-        algo::RopeInputs rope{rope_cos, rope_sin, rope_cos.dim(1).extent(), positions, rope_style, rotary_dim};
+        const bool autoscheduled = get_auto_schedule();
+        algo::RopeInputs rope{input_func(rope_cos, autoscheduled), input_func(rope_sin, autoscheduled),
+                              rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
-        project_ = algo::define_project(x, w_qkv, b_qkv, rope, shape, layout::kWeightPanel,
-                                        schedules::gemm_token_group(get_target(), knobs()), q, *k_, *v_, cache_type);
+        project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
+                                        input_func(b_qkv, autoscheduled), rope, shape, layout::kWeightPanel,
+                                        schedules::gemm_token_group(get_target(), knobs(get_target())), q, *k_, *v_, cache_type);
     }
 
     void schedule() {
@@ -57,7 +61,7 @@ public:
         k_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
         v_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
-        schedules::schedule_project(project_, get_target(), knobs());
+        schedules::schedule_project(project_, get_target(), knobs(get_target()));
     }
 
 private:

@@ -1,6 +1,7 @@
 // Rotary position embedding on its own: the same rotate() the projection uses,
 // exposed for the conformance vectors and for callers that rotate elsewhere.
 #include "attention_algorithm.h"
+#include "inputs.h"
 #include "knob_params.h"
 #include "layout.h"
 
@@ -20,9 +21,12 @@ public:
 
     void generate() {
         Var d("d"), h("h"), m("m");
-        const Expr pos = clamp(positions(m), 0, rope_cos.dim(1).extent() - 1);
-        out(d, h, m) = algo::rotate([&](Expr dd) { return x(dd, h, m); }, d, x.dim(0).extent(), pos, rope_cos,
-                                    rope_sin, rope_style, rotary_dim);
+        const bool autoscheduled = get_auto_schedule();
+        const Func x_in = input_func(x, autoscheduled), positions_in = input_func(positions, autoscheduled);
+        const Expr pos = clamp(positions_in(m), 0, rope_cos.dim(1).extent() - 1);
+        out(d, h, m) = algo::rotate([&](Expr dd) { return x_in(dd, h, m); }, d, x.dim(0).extent(), pos,
+                                    input_func(rope_cos, autoscheduled), input_func(rope_sin, autoscheduled),
+                                    rope_style, rotary_dim);
     }
 
     void schedule() {
@@ -34,7 +38,7 @@ public:
         rotary_dim.set_estimate(128);
         out.set_estimates({{0, 128}, {0, 32}, {0, 2048}});
         if (get_auto_schedule()) return;
-        schedules::schedule_rope(out, get_target(), knobs());
+        schedules::schedule_rope(out, get_target(), knobs(get_target()));
     }
 };
 

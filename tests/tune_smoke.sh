@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The tuner end to end on a tiny budget: it must write a record, a rebuild must pass
+# the record's knobs to the generators, and that build must pass the conformance
+# vectors. Usage: tune_smoke.sh <source dir> <scratch dir>
+set -euo pipefail
+source_dir=$1
+scratch=$2
+record=$scratch/tuned.cmake
+rm -f "$record"
+
+"$source_dir/tools/gqa-tune" --target x86 --shape small --mode both --budget 600s --max-candidates 2 \
+    --repetitions 2 --record "$record" --build-dir "$scratch/tree"
+grep -q '^set(GQA_KNOB_ISA ' "$record" || { echo "tune_smoke: $record has no GQA_KNOB_ISA" >&2; exit 1; }
+grep -q '^set(GQA_KNOBS_project_prefill ' "$record" || { echo "tune_smoke: $record has no project knobs" >&2; exit 1; }
+
+# Rebuild the tuning tree from the written record, as the default build would.
+cmake -S "$source_dir" -B "$scratch/tree" -DGQA_TUNED_RECORD="$record" > /dev/null
+isa=$(sed -n 's/^set(GQA_KNOB_ISA \(.*\))$/\1/p' "$record")
+grep -q "knob_isa=$isa" "$scratch/tree/build.ninja" ||
+    { echo "tune_smoke: the rebuild does not pass knob_isa=$isa to the generators" >&2; exit 1; }
+cmake --build "$scratch/tree" --target gqa-conformance
+"$scratch/tree/tools/gqa-conformance" --backend x86 "$source_dir/tests/conformance"
