@@ -107,6 +107,7 @@ function(gqa_add_pipelines backend)
         # Attention weights for interpretability: one instance, any sequence length.
         set(lib gqa_attend_pattern${cache_suffix}_${backend})
         gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache_type})
+        list(FILTER params EXCLUDE REGEX "^softmax=")  # the pattern exists only in the three-pass form
         add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
                            TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})

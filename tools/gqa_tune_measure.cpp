@@ -1,9 +1,11 @@
 // gqa-tune-measure: how tools/gqa-tune measures one build of the pipelines.
 //
 // For one workload and mode it first checks this build's backend against the
-// reference backend on the workload's shape (a 19-token prefill, which leaves a
-// partial register tile, then decode steps): every output element within
-// atol = rtol = 1e-4. Only then does it time the layer: a causal prefill of 512
+// reference backend on the workload's shape: a prefill of --check-tokens tokens
+// (19 by default, which leaves a partial register tile), or for decode a cache
+// filled with that many, then decode steps; every output element within
+// atol = rtol = 1e-4. (An autoscheduled pipeline may hold only near the sizes it
+// was scheduled for, so the tuner checks those at the timed size.) Only then does it time the layer: a causal prefill of 512
 // tokens, or one decode step against a cache of --keys tokens (the same layer
 // repeated, so the weights stay as warm as the machine lets them). It prints one
 // line of JSON with the median time.
@@ -25,20 +27,20 @@
 namespace {
 
 constexpr int kPrefillTokens = 512;
-constexpr int kCheckTokens = 19;
 constexpr int kCheckDecodes = 3;
 constexpr int kDecodesPerFill = 16;  // timed decode steps between cache refills
 
 struct Options {
     std::string workload = "W1", mode = "prefill", backend = "x86";
-    int keys = 2048, repetitions = 5;
+    int keys = 2048, repetitions = 5, check_tokens = 19;
 };
 
 [[noreturn]] void usage(const std::string &problem) {
     std::fprintf(stderr,
                  "gqa-tune-measure: %s\n"
                  "usage: gqa-tune-measure [--workload small|W1|W2|W3] [--mode prefill|decode]\n"
-                 "                        [--keys N] [--repetitions N] [--backend x86|arm|cuda]\n",
+                 "                        [--keys N] [--repetitions N] [--check-tokens N]\n"
+                 "                        [--backend x86|arm|cuda]\n",
                  problem.c_str());
     std::exit(2);
 }
@@ -66,6 +68,8 @@ Options parse(int argc, char **argv) {
             o.backend = value;
         } else if (flag == "--keys") {
             o.keys = positive(flag, value);
+        } else if (flag == "--check-tokens") {
+            o.check_tokens = positive(flag, value);
         } else if (flag == "--repetitions") {
             o.repetitions = positive(flag, value);
         } else {
@@ -101,11 +105,14 @@ struct LayerWeights {
     }
 };
 
-// The largest violation of |a - b| <= 1e-4 + 1e-4 |b| (0 when all hold): a prefill
-// with a KV cache, then single-token decodes, on `backend` and on the reference.
-double check_against_reference(const gqa_tools::Workload &w, const LayerWeights &weights, gqa::Backend backend) {
+// The largest violation of |a - b| <= 1e-4 + 1e-4 |b| (0 when all hold) on
+// `backend` against the reference: a prefill of `tokens` into a KV cache (for
+// decode, the cache filled with `tokens` random keys and values instead), then
+// single-token decodes.
+double check_against_reference(const gqa_tools::Workload &w, const LayerWeights &weights, gqa::Backend backend,
+                               int tokens, bool decode) {
     gqa::Config config = w.config;
-    config.max_seq_len = kCheckTokens + kCheckDecodes;
+    config.max_seq_len = tokens + kCheckDecodes;
     gqa::Attention ours(config, weights.view, backend), reference(config, weights.view, gqa::Backend::reference);
     ours.setup_cache(1, config.max_seq_len);
     reference.setup_cache(1, config.max_seq_len);
@@ -119,7 +126,15 @@ double check_against_reference(const gqa_tools::Workload &w, const LayerWeights 
             if (!(excess <= 0)) worst = std::max(worst, std::isnan(excess) ? INFINITY : excess);
         }
     };
-    compare(kCheckTokens, 100);
+    if (decode) {
+        const std::vector<int64_t> shape{1, config.num_kv_heads, tokens, config.head_dim};
+        const std::vector<float> k = random_values(size_t(tokens) * config.num_kv_heads * config.head_dim, 1.f, 98);
+        const std::vector<float> v = random_values(k.size(), 1.f, 99);
+        ours.append_cache({k.data(), shape}, {v.data(), shape});
+        reference.append_cache({k.data(), shape}, {v.data(), shape});
+    } else {
+        compare(tokens, 100);
+    }
     for (int step = 0; step < kCheckDecodes; ++step) compare(1, 101 + step);
     return worst;
 }
@@ -189,7 +204,7 @@ int main(int argc, char **argv) {
         const LayerWeights weights(*workload);
         // From here on an error is the candidate's (e.g. a pipeline's bounds check).
         try {
-            const double excess = check_against_reference(*workload, weights, backend);
+            const double excess = check_against_reference(*workload, weights, backend, o.check_tokens, decode);
             if (excess > 0) {
                 std::printf("{\"workload\": \"%s\", \"mode\": \"%s\", \"check\": \"failed\", \"excess\": %.3g}\n",
                             workload->name, o.mode.c_str(), excess);
@@ -199,8 +214,8 @@ int main(int argc, char **argv) {
             const double ms = decode ? time_decode(layer, workload->config, o.keys, o.repetitions)
                                      : time_prefill(layer, workload->config, o.repetitions);
             std::printf("{\"workload\": \"%s\", \"mode\": \"%s\", \"keys\": %d, \"check\": \"passed\", "
-                        "\"isa\": \"%s\", \"median_ms\": %.6g}\n",
-                        workload->name, o.mode.c_str(), decode ? o.keys : 0, gqa::backend_isa(backend).c_str(), ms);
+                        "\"median_ms\": %.6g}\n",
+                        workload->name, o.mode.c_str(), decode ? o.keys : 0, ms);
         } catch (const gqa::Error &e) {
             std::fprintf(stderr, "gqa-tune-measure: %s\n", e.what());
             std::printf("{\"workload\": \"%s\", \"mode\": \"%s\", \"check\": \"failed\", \"error\": true}\n",
