@@ -153,13 +153,23 @@ RopeTables make_rope_tables(const Config &c) {
     for (int p = 0; p < t.positions; ++p) {
         float *cos_row = &t.cos[size_t(p) * t.head_dim], *sin_row = &t.sin[size_t(p) * t.head_dim];
         for (int j = 0; j < half; ++j) {
-            // In double, then rounded once: the fp64 math the conformance vectors use.
-            const double angle = p * std::pow(c.rope_base, -2.0 * j / t.rotary_dim);
+            float cos_value, sin_value;
+            if (c.rope_fp32_angles) {
+                // torchtune: theta = 1 / base ** (arange(0, R, 2).float() / R), then
+                // positions.float() * theta, all fp32.
+                const float theta = 1.f / std::pow(float(c.rope_base), float(2 * j) / float(t.rotary_dim));
+                const float angle = float(p) * theta;
+                cos_value = std::cos(angle), sin_value = std::sin(angle);
+            } else {
+                // In double, then rounded once: the fp64 math the conformance vectors use.
+                const double angle = p * std::pow(c.rope_base, -2.0 * j / t.rotary_dim);
+                cos_value = float(std::cos(angle)), sin_value = float(std::sin(angle));
+            }
             const int a = t.style == layout::kRopeInterleaved ? 2 * j : j;
             const int b = t.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;
-            cos_row[a] = cos_row[b] = float(std::cos(angle));
-            sin_row[a] = float(-std::sin(angle));
-            sin_row[b] = float(std::sin(angle));
+            cos_row[a] = cos_row[b] = cos_value;
+            sin_row[a] = -sin_value;
+            sin_row[b] = sin_value;
         }
     }
     return t;

@@ -74,6 +74,11 @@ struct Config {
     RopeStyle rope_style = RopeStyle::interleaved;
     double rope_base = 10000.0;
     int rotary_dim = 0;  // rotated dims [0, rotary_dim); 0 means head_dim
+    // The angles p * theta_j in fp64, rounded once (default), or in fp32 as torchtune's
+    // RotaryPositionalEmbeddings computes its cache (theta_j, then the product, in
+    // fp32): that differs by up to about 1e-4 rad at position 2047, and torchtune's
+    // asserted RoPE sums depend on it.
+    bool rope_fp32_angles = false;
 
     bool is_causal = true;  // without a mask: causal (true) or full attention (false)
     int window = 0;         // > 0: sliding window, key slot in (q - window, q] (TL "local")
