@@ -18,11 +18,11 @@
 namespace {
 
 // torch's AVX2 normal_fill takes log, sin and cos from Cephes-style polynomials
-// (four-lane SIMD ports of Cephes logf/sinf/cosf), not from libm. The asserted sums
-// are cancellation-heavy (|sum| ~ 2e3 over 3e7 terms of magnitude ~1), so a biased
-// last-bit difference in every element shows: libm moved the RoPE sum by 0.11
-// against an allowed 0.022. These follow the same operation sequence, one float
-// operation at a time (the file is compiled without FMA contraction).
+// (SIMD ports of Cephes logf/sinf/cosf), not from libm. The asserted sums are
+// cancellation-heavy (|sum| ~ 2e3 over 3e7 terms of magnitude ~1), so a biased
+// last-bit difference in every element shows: with libm the RoPE sum moves by
+// 0.005 of its 0.022 tolerance. These follow the same operation sequence, one
+// float operation at a time (the file is compiled without FMA contraction).
 float cephes_logf(float x) {
     int32_t bits;
     std::memcpy(&bits, &x, 4);
