@@ -11,7 +11,6 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -41,32 +40,8 @@ struct Limits {
 };
 Limits limits;
 
-std::vector<float> random_values(size_t n, float stddev, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.f, stddev);
-    std::vector<float> v(n);
-    for (float &x : v) x = normal(rng);
-    return v;
-}
-
-// One layer's weights, in nn.Linear layout.
-struct LayerWeights {
-    std::vector<float> wq, wk, wv, wo, bq, bk, bv;
-    explicit LayerWeights(const Shape &s, uint32_t seed) {
-        const gqa::Config &c = s.config;
-        const size_t d = c.embed_dim, q = size_t(c.num_heads) * c.head_dim, kv = size_t(c.num_kv_heads) * c.head_dim;
-        const float scale = 1.f / std::sqrt(float(d));
-        wq = random_values(q * d, scale, seed), wk = random_values(kv * d, scale, seed + 1);
-        wv = random_values(kv * d, scale, seed + 2), wo = random_values(d * q, 1.f / std::sqrt(float(q)), seed + 3);
-        if (s.bias) bq = random_values(q, 0.1f, seed + 4), bk = random_values(kv, 0.1f, seed + 5), bv = random_values(kv, 0.1f, seed + 6);
-    }
-    gqa::Weights view(const gqa::Config &c) const {
-        const int64_t d = c.embed_dim, q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim;
-        gqa::Weights w{{wq.data(), {q, d}}, {wk.data(), {kv, d}}, {wv.data(), {kv, d}}, {wo.data(), {d, q}}};
-        if (!bq.empty()) w.bq = {bq.data(), {q}}, w.bk = {bk.data(), {kv}}, w.bv = {bv.data(), {kv}};
-        return w;
-    }
-};
+using gqa_tools::random_values;
+using LayerWeights = gqa_tools::WorkloadWeights;
 
 // Bytes of one layer's weights, from its shape (no need to draw them).
 size_t weight_bytes(const Shape &s) {

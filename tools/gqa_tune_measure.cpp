@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -80,40 +79,18 @@ Options parse(int argc, char **argv) {
     return o;
 }
 
-std::vector<float> random_values(size_t n, float stddev, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> normal(0.f, stddev);
-    std::vector<float> v(n);
-    for (float &x : v) x = normal(rng);
-    return v;
-}
-
-struct LayerWeights {
-    std::vector<float> wq, wk, wv, wo, bq, bk, bv;
-    gqa::Weights view;
-
-    explicit LayerWeights(const gqa_tools::Workload &w) {
-        const gqa::Config &c = w.config;
-        const int64_t d = c.embed_dim, q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim;
-        wq = random_values(q * d, 1.f / std::sqrt(float(d)), 1), wk = random_values(kv * d, 1.f / std::sqrt(float(d)), 2);
-        wv = random_values(kv * d, 1.f / std::sqrt(float(d)), 3), wo = random_values(d * q, 1.f / std::sqrt(float(q)), 4);
-        view = {{wq.data(), {q, d}}, {wk.data(), {kv, d}}, {wv.data(), {kv, d}}, {wo.data(), {d, q}}};
-        if (w.bias) {
-            bq = random_values(q, 0.1f, 5), bk = random_values(kv, 0.1f, 6), bv = random_values(kv, 0.1f, 7);
-            view.bq = {bq.data(), {q}}, view.bk = {bk.data(), {kv}}, view.bv = {bv.data(), {kv}};
-        }
-    }
-};
+using gqa_tools::random_values;
 
 // The largest violation of |a - b| <= 1e-4 + 1e-4 |b| (0 when all hold) on
 // `backend` against the reference: a prefill of `tokens` into a KV cache (for
 // decode, the cache filled with `tokens` random keys and values instead), then
 // single-token decodes.
-double check_against_reference(const gqa_tools::Workload &w, const LayerWeights &weights, gqa::Backend backend,
-                               int tokens, bool decode) {
+double check_against_reference(const gqa_tools::Workload &w, const gqa_tools::WorkloadWeights &weights,
+                               gqa::Backend backend, int tokens, bool decode) {
     gqa::Config config = w.config;
     config.max_seq_len = tokens + kCheckDecodes;
-    gqa::Attention ours(config, weights.view, backend), reference(config, weights.view, gqa::Backend::reference);
+    const gqa::Weights view = weights.view(config);
+    gqa::Attention ours(config, view, backend), reference(config, view, gqa::Backend::reference);
     ours.setup_cache(1, config.max_seq_len);
     reference.setup_cache(1, config.max_seq_len);
     double worst = 0;
@@ -201,7 +178,7 @@ int main(int argc, char **argv) {
         const gqa::Backend backend = gqa::backend_from_name(o.backend);
         const std::string why = gqa::backend_unavailable_reason(backend);
         if (!why.empty()) usage("backend " + o.backend + " cannot run here: " + why);
-        const LayerWeights weights(*workload);
+        const gqa_tools::WorkloadWeights weights(*workload, 1);
         // From here on an error is the candidate's (e.g. a pipeline's bounds check).
         try {
             const double excess = check_against_reference(*workload, weights, backend, o.check_tokens, decode);
@@ -210,7 +187,7 @@ int main(int argc, char **argv) {
                             workload->name, o.mode.c_str(), excess);
                 return 3;
             }
-            gqa::Attention layer(workload->config, weights.view, backend);
+            gqa::Attention layer(workload->config, weights.view(workload->config), backend);
             const double ms = decode ? time_decode(layer, workload->config, o.keys, o.repetitions)
                                      : time_prefill(layer, workload->config, o.repetitions);
             std::printf("{\"workload\": \"%s\", \"mode\": \"%s\", \"keys\": %d, \"check\": \"passed\", "
