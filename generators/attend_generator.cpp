@@ -61,9 +61,10 @@ public:
             attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
         } else {
             schedules::require(!with_pattern, "the pattern output needs softmax=three_pass");
+            const schedules::Knobs tuned = knobs(get_target());
             const int split_blocks =
-                formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), knobs(get_target())) : 0;
-            blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), knobs(get_target())), split_blocks);
+                formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), tuned) : 0;
+            blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), tuned), split_blocks);
         }
     }
 

@@ -38,9 +38,10 @@ public:
                               rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
+        const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
         project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
                                         input_func(b_qkv, autoscheduled), rope, shape, layout::kWeightPanel,
-                                        schedules::gemm_token_group(get_target(), knobs(get_target())), q, *k_, *v_, cache_type);
+                                        token_group, q, *k_, *v_, cache_type);
     }
 
     void schedule() {

@@ -15,17 +15,17 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
     require(layout::kWeightPanel % tile.outputs == 0 && tile.outputs % tile.lanes == 0,
             "gemm_tile_outputs must be a multiple of the vector width (" + std::to_string(tile.lanes) +
                 ") dividing " + std::to_string(layout::kWeightPanel));
-    require(tile.tokens >= 1, "gemm_tile_tokens must be positive");
-    require(tile.tokens == l.token_group, "gemm_tile_tokens must match the algorithm's token group");
+    const int tokens = l.token_group;
+    require(tokens >= 1, "gemm_tile_tokens must be positive");
 
     Var o = l.o, m = l.m, oo("oo"), oi("oi"), mo("mo"), mi("mi");
     // Aligned to the panel, o / panel and o % panel fold into contiguous loads;
     // aligned to the token group, so does m / group.
     l.result.compute_root()
         .align_bounds(o, layout::kWeightPanel)
-        .align_bounds(m, tile.tokens)
+        .align_bounds(m, tokens)
         .split(o, oo, oi, tile.outputs, TailStrategy::RoundUp)
-        .split(m, mo, mi, tile.tokens, TailStrategy::RoundUp)
+        .split(m, mo, mi, tokens, TailStrategy::RoundUp)
         .reorder(oi, mi, mo, oo)
         .vectorize(oi, tile.lanes)
         .unroll(oi)
@@ -36,7 +36,7 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         RVar ko("ko"), ki("ki");
         l.product.compute_at(l.result, oo).vectorize(o, tile.lanes).unroll(o);
         l.product.update()
-            .split(m, pmo, pmi, tile.tokens, TailStrategy::RoundUp)
+            .split(m, pmo, pmi, tokens, TailStrategy::RoundUp)
             .split(l.k.x, ko, ki, tile.k_block, TailStrategy::GuardWithIf)
             .reorder(o, pmi, ki, pmo, ko)
             .vectorize(o, tile.lanes)
@@ -46,7 +46,7 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
         l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
     }
-    if (l.token_group > 1) {
+    if (tokens > 1) {
         // Regrouped once per call, not per weight panel; rows are read contiguously.
         const std::vector<Var> args = l.grouped_rows.args();  // (j, i, g)
         l.grouped_rows.compute_root()

@@ -7,10 +7,11 @@
 
 namespace gqa::schedules::cpu {
 
-// A register-blocked GEMM over the packed weight panels: `outputs` x `tokens`
-// accumulators, `lanes` floats per vector.
+// A register-blocked GEMM over the packed weight panels: `outputs` x the Linear's
+// token_group accumulators (the target chose that group through
+// schedules::gemm_token_group when the algorithm was defined), `lanes` floats per vector.
 struct GemmTile {
-    int lanes, outputs, tokens;
+    int lanes, outputs;
     // Reduction steps per pass over the token tiles, 0 for all of them. With k
     // blocks a panel's accumulators live in memory and each block of its weights
     // stays in L1; on the AVX-512 Xeon, 128-512 measured within noise of 0.

@@ -18,11 +18,10 @@ int lanes(const Target &t) {
 // accumulators, with 16 registers 2 vectors x 6 tokens = 12; each k step then
 // loads 4 (2) weight vectors and 6 x values for 24 (12) FMAs. 6 tokens rather than
 // 4: prefill W1 72.2 -> 66.9 ms, W2 238 -> 212 ms (AVX-512 Xeon, one run). Decode
-// has one token.
+// has one token. The token count is gemm_token_group, below.
 cpu::GemmTile gemm_tile(const Target &t, const Knobs &knobs) {
     const int vectors = t.has_feature(Target::AVX512) ? 4 : 2;
-    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), gemm_token_group(knobs),
-            knobs.decode ? 0 : knobs.gemm_k_block};
+    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), knobs.decode ? 0 : knobs.gemm_k_block};
 }
 
 }  // namespace
