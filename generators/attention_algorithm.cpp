@@ -93,6 +93,30 @@ namespace {
 
 const float kNegInf = -std::numeric_limits<float>::infinity();
 
+// A NaN a query sees (from a NaN in some token's x) must reach its output; see the
+// NaN rule in attention.hpp. Halide lets LLVM assume no float is NaN, so float
+// compares may treat NaN as equal and is_nan() may fold to false: these test the
+// bits. The sums and weights tested for zero are +0.0 exactly when they hold nothing.
+Expr is_negative_infinity(const Expr &x) {
+    return reinterpret<uint32_t>(x) == Expr(uint32_t(0xff800000));
+}
+
+Expr is_positive_zero(const Expr &x) {
+    return reinterpret<uint32_t>(x) == Expr(uint32_t(0));
+}
+
+// Halide's exp maps NaN to 0 on x86, which would hide a NaN score as weight 0.
+Expr exp_keeping_nan(const Expr &x) {
+    const Expr magnitude = reinterpret<uint32_t>(x) & Expr(uint32_t(0x7fffffff));
+    return select(magnitude > Expr(uint32_t(0x7f800000)), x, exp(x));
+}
+
+// The clamp keeps the mask read inside [0, kv_len) for the padded slots, which the
+// row range already hides.
+Expr mask_allows(const AttendInputs &in, const Expr &t, const Expr &i, const Expr &b) {
+    return in.use_mask == 0 || in.mask(min(t, in.kv_len - 1), i, b) != 0;
+}
+
 Expr widen(const Expr &element, bool native_half_widening) {
     if (element.type() == Float(16) && !native_half_widening) return widen_half(element);
     return cast<float>(element);
@@ -136,10 +160,7 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool clamp_slots) {
     a.qk(t, r, kvh, i, b) = 0.f;
     a.qk(t, r, kvh, i, b) += in.q(a.dot, r, kvh, i, b) * a.k_cache(a.dot, t, kvh, b);
 
-    // The clamp keeps the mask read inside [0, kv_len) for the padded slots, which
-    // the row range already hides.
-    const Expr allowed = in.use_mask == 0 || in.mask(min(t, in.kv_len - 1), i, b) != 0;
-    const Expr visible = t >= a.row_begin(i) && t < a.row_end(i) && allowed;
+    const Expr visible = t >= a.row_begin(i) && t < a.row_end(i) && mask_allows(in, t, i, b);
     const Expr scaled = a.qk(t, r, kvh, i, b) * in.scale;
     const Expr capped = select(in.softcap > 0.f, in.softcap * tanh(scaled / in.softcap), scaled);
     a.score(t, r, kvh, i, b) = select(visible, capped, kNegInf);
@@ -185,14 +206,20 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
     // because the select never takes the exp branch for it.
     a.exp_score(t, r, kvh, i, b) =
-        select(a.score(t, r, kvh, i, b) == kNegInf, 0.f, exp(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
+        select(is_negative_infinity(a.score(t, r, kvh, i, b)), 0.f,
+               exp_keeping_nan(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
 
     a.keys_sum = visible_chunks("keys_sum");
     a.row_sum(r, kvh, i, b) = 0.f;
     a.row_sum(r, kvh, i, b) += a.exp_score(chunk_slot(a.keys_sum), r, kvh, i, b);
-    a.inv_sum(r, kvh, i, b) = select(a.row_sum(r, kvh, i, b) > 0.f, 1.f / a.row_sum(r, kvh, i, b), 0.f);
+    // Zero only for a row that sees no key: a NaN sum (a NaN key the row sees) must
+    // reach the output.
+    a.inv_sum(r, kvh, i, b) = select(is_positive_zero(a.row_sum(r, kvh, i, b)), 0.f, 1.f / a.row_sum(r, kvh, i, b));
 
+    // Keys the mask hides are skipped, not weighted by 0: 0 * NaN would carry a NaN
+    // token to queries that may not see it.
     a.keys_values = visible_keys("keys_values");
+    a.keys_values.where(mask_allows(in, a.keys_values, i, b));
     a.weighted(d, r, kvh, i, b) = 0.f;
     a.weighted(d, r, kvh, i, b) += a.exp_score(a.keys_values, r, kvh, i, b) * a.v_cache(d, a.keys_values, kvh, b);
 
@@ -225,19 +252,20 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     const Expr key = kb * B + a.block_keys;
     a.block_keys.where(key >= a.row_begin(i));
     a.block_keys.where(key < a.row_end(i));
+    a.block_keys.where(mask_allows(in, key, i, b));  // as keys_values in define_attend
 
     a.block_max(r, kvh, i, b, kb) = kNegInf;
     a.block_max(r, kvh, i, b, kb) = max(a.block_max(r, kvh, i, b, kb), a.score(key, r, kvh, i, b));
     const Expr own_max = a.block_max(r, kvh, i, b, t / B);
     a.block_exp(t, r, kvh, i, b) =
-        select(a.score(t, r, kvh, i, b) == kNegInf, 0.f, exp(a.score(t, r, kvh, i, b) - own_max));
+        select(is_negative_infinity(a.score(t, r, kvh, i, b)), 0.f, exp_keeping_nan(a.score(t, r, kvh, i, b) - own_max));
     a.block_sum(r, kvh, i, b, kb) = 0.f;
     a.block_sum(r, kvh, i, b, kb) += a.block_exp(key, r, kvh, i, b);
     a.block_acc(d, r, kvh, i, b, kb) = 0.f;
     a.block_acc(d, r, kvh, i, b, kb) += a.block_exp(key, r, kvh, i, b) * a.v_cache(d, key, kvh, b);
 
     // exp(from - to), 0 for an empty side (-inf), so -inf - -inf never meets exp.
-    auto rescale = [](const Expr &from, const Expr &to) { return select(from == kNegInf, 0.f, exp(from - to)); };
+    auto rescale = [](const Expr &from, const Expr &to) { return select(is_negative_infinity(from), 0.f, exp_keeping_nan(from - to)); };
 
     const Expr num_blocks = (in.kv_len + B - 1) / B;
     a.blocks = RDom(0, split_blocks > 0 ? Expr(split_blocks) : num_blocks, "blocks");
@@ -255,7 +283,7 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
 
     if (split_blocks == 0) {
         const Tuple final_state = a.state(d, r, kvh, i, b, 0);
-        z_out(d, r, kvh, i, b) = select(final_state[1] > 0.f, final_state[2] / final_state[1], 0.f);
+        z_out(d, r, kvh, i, b) = select(is_positive_zero(final_state[1]), 0.f, final_state[2] / final_state[1]);
     } else {
         const int span = split_blocks * B;  // keys per split
         a.splits = RDom(0, (in.kv_len + span - 1) / span, "splits");
@@ -274,7 +302,7 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
         a.merged_acc(d, r, kvh, i, b) = 0.f;
         a.merged_acc(d, r, kvh, i, b) += a.state(d, r, kvh, i, b, a.splits)[2] * take;
         const Expr sum = a.merged_sum(r, kvh, i, b);
-        z_out(d, r, kvh, i, b) = select(sum > 0.f, a.merged_acc(d, r, kvh, i, b) / sum, 0.f);
+        z_out(d, r, kvh, i, b) = select(is_positive_zero(sum), 0.f, a.merged_acc(d, r, kvh, i, b) / sum);
     }
     a.z = z_out;
     return a;

@@ -65,7 +65,7 @@ void validate_config(const Config &c) {
         fail("num_heads (", c.num_heads, ") must be a multiple of num_kv_heads (", c.num_kv_heads, ")");
     }
     validate_rope(c);
-    if (c.window < 0) fail("window is ", c.window, "; expected >= 0 (0 = no sliding window)");
+    if (c.window && *c.window <= 0) fail("window is ", *c.window, "; expected > 0, or unset for no sliding window");
     require_finite("scale", c.scale);
     if (c.scale < 0) fail("scale is ", c.scale, "; expected > 0, or 0 for 1/sqrt(head_dim)");
     require_finite("softcap", c.softcap);
@@ -99,13 +99,14 @@ Backend resolve_backend(Backend backend) {
 }
 
 // Positions for RoPE, one per token of x: input_pos [s], [b, s], [b] (s == 1), or
-// the cache slots first_slot + i.
+// the cache slots first_slot + i. Each must be < position_limit (the RoPE table's
+// length, or the cache's when smaller).
 void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int batch, int seq_len, int first_slot,
-                    int max_seq_len, std::vector<int32_t> &positions) {
+                    int position_limit, const char *limit_name, std::vector<int32_t> &positions) {
     positions.resize(size_t(batch) * seq_len);
     if (!input_pos) {
-        if (first_slot + seq_len > max_seq_len) {
-            fail("position ", first_slot + seq_len - 1, " is past max_seq_len (", max_seq_len, ")");
+        if (first_slot + seq_len > position_limit) {
+            fail("position ", first_slot + seq_len - 1, " is past ", limit_name, " (", position_limit, ")");
         }
         for (int b = 0; b < batch; ++b) {
             for (int i = 0; i < seq_len; ++i) positions[size_t(b) * seq_len + i] = first_slot + i;
@@ -121,10 +122,28 @@ void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int bat
     for (int b = 0; b < batch; ++b) {
         for (int i = 0; i < seq_len; ++i) {
             const int32_t p = input_pos->data[shared ? i : size_t(b) * seq_len + i];
-            if (p < 0 || p >= max_seq_len) {
-                fail("input_pos holds ", p, "; expected a position in [0, ", max_seq_len, ")");
+            if (p < 0 || p >= position_limit) {
+                fail("input_pos holds ", p, "; expected a position in [0, ", position_limit, ") (", limit_name, ")");
             }
             positions[size_t(b) * seq_len + i] = p;
+        }
+    }
+}
+
+// A cache's tokens sit in slot order, so each batch row's positions must increase
+// from one token to the next, across calls: `last` holds the latest per row (-1 for
+// none yet).
+void require_increasing(const std::vector<int32_t> &positions, const std::vector<int32_t> &last, int batch,
+                        int seq_len) {
+    for (int b = 0; b < batch; ++b) {
+        int32_t previous = last[b];
+        for (int i = 0; i < seq_len; ++i) {
+            const int32_t p = positions[size_t(b) * seq_len + i];
+            if (p <= previous) {
+                fail("position ", p, " of batch row ", b, " follows position ", previous,
+                     " in the KV cache; expected positions that increase token by token");
+            }
+            previous = p;
         }
     }
 }
@@ -259,6 +278,7 @@ struct Attention::State {
     detail::AlignedVector<uint16_t> k_half, v_half;
     CacheType cache_type = CacheType::f32;
     int cache_batch = 0, cache_capacity = 0, cache_size = 0;
+    std::vector<int32_t> last_position;  // per batch row, of the latest token forward wrote; -1: none
     uint64_t cache_version = 0;  // bumped whenever the host copy is rewritten here
 
     KvStore cache_store() {
@@ -327,6 +347,7 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     s.cache_batch = batch_size;
     s.cache_capacity = max_seq_len;
     s.cache_size = 0;
+    s.last_position.assign(batch_size, -1);
 }
 
 bool Attention::has_cache() const {
@@ -339,6 +360,7 @@ void Attention::remove_cache() {
     s.k_half = {}, s.v_half = {};
     s.cache_type = CacheType::f32;
     s.cache_batch = s.cache_capacity = s.cache_size = 0;
+    s.last_position.clear();
 }
 
 void Attention::reset() {
@@ -349,6 +371,7 @@ void Attention::reset() {
     std::fill(s.v_half.begin(), s.v_half.end(), 0);
     ++s.cache_version;
     s.cache_size = 0;
+    std::fill(s.last_position.begin(), s.last_position.end(), -1);
 }
 
 void Attention::append_cache(const TensorView<float> &k, const TensorView<float> &v) {
@@ -428,7 +451,10 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                         : std::string());
         }
     }
-    fill_positions(input_pos, batch, seq_len, first_slot, c.max_seq_len, s.positions);
+    const bool cache_is_shorter = cached && s.cache_capacity < c.max_seq_len;
+    fill_positions(input_pos, batch, seq_len, first_slot, cache_is_shorter ? s.cache_capacity : c.max_seq_len,
+                   cache_is_shorter ? "the KV cache's max_seq_len" : "max_seq_len", s.positions);
+    if (cached) require_increasing(s.positions, s.last_position, batch, seq_len);
 
     // Everything is valid: from here on the cache is written.
     const LayerDims &d = s.dims;
@@ -452,13 +478,16 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
         attend.mask = mask->data;
         attend.mask_len = int(mask->shape[2]);
     } else {
-        attend.causal = c.is_causal || c.window > 0;
-        attend.window = c.window;
+        attend.causal = c.is_causal || c.window.has_value();
+        attend.window = c.window.value_or(0);
     }
     s.kernels->attend(attend);
     s.kernels->output({s.z.data(), batch, seq_len, out.data()});
 
-    if (cached) s.cache_size += seq_len;
+    if (cached) {
+        s.cache_size += seq_len;
+        for (int b = 0; b < batch; ++b) s.last_position[b] = s.positions[size_t(b) * seq_len + seq_len - 1];
+    }
     s.last_batch = batch;
     s.last_seq_len = seq_len;
     s.last_kv_len = kv_len;
@@ -554,7 +583,7 @@ void apply_rope(const Config &config, const TensorView<float> &x, std::span<floa
     if (position_offset < 0) fail("position_offset is ", position_offset, "; expected >= 0");
     const int batch = int(x.shape[0]), seq_len = int(x.shape[1]), heads = int(x.shape[2]);
     std::vector<int32_t> positions;
-    fill_positions(input_pos, batch, seq_len, position_offset, config.max_seq_len, positions);
+    fill_positions(input_pos, batch, seq_len, position_offset, config.max_seq_len, "max_seq_len", positions);
     const RopeTables rope = detail::make_rope_tables(config);
     const detail::RopeCall call{x.data, batch * seq_len, heads, config.head_dim, positions.data(), out.data()};
     const Backend chosen = resolve_backend(backend);

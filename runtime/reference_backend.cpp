@@ -86,17 +86,21 @@ public:
                     const int kvh = h / g;
                     const float *q = c.q + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     double max_score = -std::numeric_limits<double>::infinity();
+                    bool sees_any = false;
                     for (int t = 0; t < c.kv_len; ++t) {
                         visible[t] = (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
                                      (!c.causal || t <= query_slot) && (c.window <= 0 || t > query_slot - c.window);
                         if (!visible[t]) continue;
+                        sees_any = true;
                         const size_t k = cache_index(c.kv, b, kvh, t);
                         double dot = 0;
                         for (int e = 0; e < hd; ++e) dot += double(q[e]) * load(c.kv, c.kv.k, k + e);
                         double score = dot * c.scale;
                         if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
                         scores[t] = score;
-                        max_score = std::max(max_score, score);
+                        // A NaN score must reach the output (NaN propagates), so
+                        // it becomes the max rather than being skipped by std::max.
+                        max_score = std::isnan(score) ? score : std::max(max_score, score);
                     }
                     double sum = 0;
                     for (int t = 0; t < c.kv_len; ++t) {
@@ -105,11 +109,13 @@ public:
                     }
                     std::fill(z.begin(), z.end(), 0.0);
                     for (int t = 0; t < c.kv_len; ++t) {
-                        const double p = sum > 0 ? scores[t] / sum : 0.0;
+                        // A query that sees no key outputs 0; the others divide even
+                        // a NaN sum, so a NaN key reaches every query that sees it.
+                        const double p = sees_any ? scores[t] / sum : 0.0;
                         if (c.pattern) {
                             c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
                         }
-                        if (p == 0) continue;
+                        if (!visible[t]) continue;
                         const size_t v = cache_index(c.kv, b, kvh, t);
                         for (int e = 0; e < hd; ++e) z[e] += p * load(c.kv, c.kv.v, v + e);
                     }

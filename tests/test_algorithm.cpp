@@ -170,6 +170,47 @@ TEST_P(Formulations, BlockedMatchThreePass) {
     }
 }
 
+// The NaN rule (attention.hpp), per formulation: a NaN key/value slot reaches exactly
+// the queries that see that slot (all NaN); every other query computes what it
+// computes without it. Halide's exp(NaN) is 0 on x86 and its float compares may
+// treat NaN as equal, so this fails if the algorithm lets either hide the NaN.
+TEST_P(Formulations, NanSlotReachesExactlyTheQueriesThatSeeIt) {
+    const Case &c = GetParam();
+    const Buffer<float> clean = run(*three_pass_);
+    const int nan_slot = c.kv_len - c.seq_len;  // the first query's own slot: inside every window
+    for (int e = 0; e < c.head_dim; ++e) {
+        k_(e, nan_slot, 0, 0) = std::numeric_limits<float>::quiet_NaN();
+        v_(e, nan_slot, 0, 0) = std::numeric_limits<float>::quiet_NaN();
+    }
+    const auto sees_nan_slot = [&](int i, int kvh, int b) {
+        if (kvh != 0 || b != 0) return false;
+        const int query_slot = c.kv_len - c.seq_len + i;
+        const bool in_window = c.window == 0 || nan_slot > query_slot - c.window;
+        const bool causal_ok = !c.causal || nan_slot <= query_slot;
+        return in_window && causal_ok && (!c.use_mask || mask_(nan_slot, i, b) != 0);
+    };
+    std::vector<Pipeline *> all = blocked_;
+    all.insert(all.begin(), three_pass_);
+    for (size_t n = 0; n < all.size(); ++n) {
+        SCOPED_TRACE(n == 0 ? std::string("three-pass")
+                            : "key_block " + std::to_string(kBlockings[n - 1].key_block) + ", split_blocks " +
+                                  std::to_string(kBlockings[n - 1].split_blocks));
+        const Buffer<float> got = run(*all[n]);
+        int seeing = 0, wrong = 0;
+        got.for_each_element([&](int d, int r, int kvh, int i, int b) {
+            if (sees_nan_slot(i, kvh, b)) {
+                ++seeing;
+                wrong += !std::isnan(got(d, r, kvh, i, b));
+            } else {
+                const float want = clean(d, r, kvh, i, b);
+                wrong += !(std::fabs(got(d, r, kvh, i, b) - want) <= 1e-5 + 1e-4 * std::fabs(want));
+            }
+        });
+        EXPECT_GT(seeing, 0);
+        EXPECT_EQ(wrong, 0);
+    }
+}
+
 // widen_half against Halide's own cast, on every half, vectorized as the
 // pipelines use it.
 TEST(WidenHalf, MatchesTheCastOnEveryHalf) {

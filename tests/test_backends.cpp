@@ -35,7 +35,7 @@ struct Feature {
     const char *name;
     bool is_causal = true;
     bool bool_mask = false;  // random [b, s, s] with some fully masked rows
-    int window = 0;
+    std::optional<int> window;
     gqa::RopeStyle rope = gqa::RopeStyle::interleaved;
     bool partial_rotary = false;  // rotary_dim = head_dim / 2
     bool biases = false;

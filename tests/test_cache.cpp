@@ -102,7 +102,7 @@ TEST_P(KvCache, HoldsRotatedKeysAtSequentialSlots) {
     };
     const Call calls[] = {
         {input(batch, 3, 40), {{10, 11, 12, 4, 5, 6}, {batch, 3}}},
-        {input(batch, 2, 41), {{1, 0}, {2}}},
+        {input(batch, 2, 41), {{13, 15}, {2}}},
     };
     int slot = 0;
     for (const Call &call : calls) {

@@ -14,10 +14,13 @@
 namespace {
 
 using gqa_test::HostTensor;
+using testing::AllOf;
 using testing::AnyOf;
 using testing::HasSubstr;
 
-// Runs `call`, which must throw gqa::Error, and returns the message.
+// Runs `call`, which must throw gqa::Error, and returns the message. The messages
+// also go to the test's properties (error_1, error_2, ...), so
+// --gtest_output=xml lists every rejected input with what it says.
 template <typename Call>
 std::string error_message(Call &&call) {
     std::string message;
@@ -31,6 +34,8 @@ std::string error_message(Call &&call) {
             }
         },
         gqa::Error);
+    static int recorded = 0;
+    testing::Test::RecordProperty("error_" + std::to_string(++recorded), message);
     return message;
 }
 
@@ -152,19 +157,42 @@ TEST_P(Errors, WeightOfWrongShape) {
     expect_rejected_at_construction(config_, weights, HasSubstr("29"));
 }
 
-TEST_P(Errors, NegativeWindow) {
-    gqa::Config config = config_;
-    config.window = -2;
-    expect_rejected_at_construction(config, weights_, HasSubstr("-2"));
+TEST_P(Errors, WindowNotPositive) {
+    for (int window : {0, -2}) {
+        gqa::Config config = config_;
+        config.window = window;
+        expect_rejected_at_construction(config, weights_, AllOf(HasSubstr("window"), HasSubstr(std::to_string(window))));
+    }
 }
 
-TEST_P(Errors, NanSoftcapOrScale) {
+TEST_P(Errors, NanOrInfinityInConfig) {
+    for (double gqa::Config::*value : {&gqa::Config::softcap, &gqa::Config::scale, &gqa::Config::rope_base}) {
+        gqa::Config config = config_;
+        config.*value = std::numeric_limits<double>::quiet_NaN();
+        expect_rejected_at_construction(config, weights_, mentions_nan);
+        config.*value = std::numeric_limits<double>::infinity();
+        expect_rejected_at_construction(config, weights_, HasSubstr("inf"));
+    }
+}
+
+TEST_P(Errors, NegativeScaleSoftcapOrLayerId) {
     gqa::Config config = config_;
-    config.softcap = std::numeric_limits<double>::quiet_NaN();
-    expect_rejected_at_construction(config, weights_, mentions_nan);
+    config.scale = -0.5;
+    expect_rejected_at_construction(config, weights_, HasSubstr("-0.5"));
     config = config_;
-    config.scale = std::numeric_limits<double>::quiet_NaN();
-    expect_rejected_at_construction(config, weights_, mentions_nan);
+    config.softcap = -3;
+    expect_rejected_at_construction(config, weights_, HasSubstr("-3"));
+    config = config_;
+    config.layer_id = -4;
+    expect_rejected_at_construction(config, weights_, HasSubstr("-4"));
+}
+
+TEST_P(Errors, WeightWithoutData) {
+    gqa_test::LayerWeights weights = weights_;
+    gqa::Weights view = weights.view();
+    view.wk.data = nullptr;
+    EXPECT_THAT(error_message([&] { gqa::Attention rejected(config_, view, GetParam()); }),
+                AllOf(HasSubstr("wk"), HasSubstr("no data")));
 }
 
 TEST_P(Errors, InputOfWrongRankOrWidth) {
@@ -173,6 +201,16 @@ TEST_P(Errors, InputOfWrongRankOrWidth) {
                                   AnyOf(HasSubstr("5"), HasSubstr("1, 1, 1, 3, 30")));
     const HostTensor<float> too_wide = gqa_test::random_normal({cache_batch, 3, 31}, 1.0, 1);
     expect_rejected_keeping_cache([&] { layer_->forward(too_wide.view()); }, HasSubstr("31"));
+}
+
+TEST_P(Errors, EmptyInput) {
+    for (const std::vector<int64_t> &shape : {std::vector<int64_t>{0, 3, 30}, std::vector<int64_t>{cache_batch, 0, 30}}) {
+        const std::vector<float> none;
+        expect_rejected_keeping_cache([&] { layer_->forward({none.data(), shape}); },
+                                      HasSubstr(gqa_test::shape_text(shape)));
+    }
+    const HostTensor<float> x = input(cache_batch, 3);
+    expect_rejected_keeping_cache([&] { layer_->forward({nullptr, x.shape}); }, HasSubstr("[2, 3, 30]"));
 }
 
 TEST_P(Errors, SequenceLongerThanMaxSeqLen) {
@@ -189,6 +227,32 @@ TEST_P(Errors, BadInputPos) {
     expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, negative.view()); }, HasSubstr("-3"));
     expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, beyond_table.view()); },
                                   HasSubstr("21"));
+    const gqa::TensorView<int32_t> without_data{nullptr, {3}};
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, without_data); }, HasSubstr("[3]"));
+}
+
+// The cache holds 11 slots while the RoPE table has 16 positions.
+TEST_P(Errors, InputPosPastTheCache) {
+    const HostTensor<float> x = input(cache_batch, 1);
+    const HostTensor<int32_t> past{{11, 4}, {cache_batch}};
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, past.view()); },
+                                  AllOf(HasSubstr("11"), HasSubstr("KV cache")));
+}
+
+// SetUp wrote positions 0..2 in both rows.
+TEST_P(Errors, InputPosNotIncreasingInTheCache) {
+    const HostTensor<float> step = input(cache_batch, 1);
+    const HostTensor<int32_t> repeats_last{{3, 2}, {cache_batch}};  // row 1 goes back to 2
+    expect_rejected_keeping_cache([&] { layer_->forward(step.view(), std::nullopt, repeats_last.view()); },
+                                  AllOf(HasSubstr("position 2 of batch row 1"), HasSubstr("follows position 2")));
+    const HostTensor<float> chunk = input(cache_batch, 3);
+    const HostTensor<int32_t> out_of_order{{4, 6, 5}, {3}};
+    expect_rejected_keeping_cache([&] { layer_->forward(chunk.view(), std::nullopt, out_of_order.view()); },
+                                  AllOf(HasSubstr("position 5"), HasSubstr("follows position 6")));
+    // After reset() the positions start over.
+    layer_->reset();
+    const HostTensor<int32_t> from_zero{{0, 1, 2}, {3}};
+    EXPECT_NO_THROW(layer_->forward(chunk.view(), std::nullopt, from_zero.view()));
 }
 
 TEST_P(Errors, CacheOverflow) {
@@ -204,7 +268,57 @@ TEST_P(Errors, BatchDiffersFromCache) {
 TEST_P(Errors, MaskOfWrongShape) {
     const HostTensor<float> x = input(cache_batch, 2);
     const HostTensor<uint8_t> mask{std::vector<uint8_t>(cache_batch * 2 * 7, 1), {cache_batch, 2, 7}};
-    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), mask.view()); }, HasSubstr("7"));
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), mask.view()); },
+                                  AllOf(HasSubstr("[2, 2, 7]"), HasSubstr("[2, 2, 5]")));
+    const HostTensor<uint8_t> rank2{std::vector<uint8_t>(2 * 5, 1), {2, 5}};
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), rank2.view()); }, HasSubstr("[2, 5]"));
+    const gqa::TensorView<uint8_t> without_data{nullptr, {cache_batch, 2, 5}};
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), without_data); }, HasSubstr("[2, 2, 5]"));
+}
+
+TEST_P(Errors, AppendCacheOfWrongShapeOrOverflowing) {
+    const auto kv = [](int64_t batch, int64_t heads, int64_t n, int64_t hd) {
+        return gqa_test::random_normal({batch, heads, n, hd}, 1.0, 2);
+    };
+    const HostTensor<float> good = kv(cache_batch, 2, 2, 6);
+    for (const HostTensor<float> &bad : {kv(3, 2, 2, 6), kv(cache_batch, 1, 2, 6), kv(cache_batch, 2, 2, 5)}) {
+        expect_rejected_keeping_cache([&] { layer_->append_cache(bad.view(), good.view()); },
+                                      HasSubstr(gqa_test::shape_text(bad.shape)));
+    }
+    const HostTensor<float> three = kv(cache_batch, 2, 3, 6);
+    expect_rejected_keeping_cache([&] { layer_->append_cache(good.view(), three.view()); },
+                                  AllOf(HasSubstr("2"), HasSubstr("3")));
+    const HostTensor<float> too_many = kv(cache_batch, 2, 9, 6);  // 3 cached + 9 > 11
+    expect_rejected_keeping_cache([&] { layer_->append_cache(too_many.view(), too_many.view()); },
+                                  AllOf(HasSubstr("overflow"), HasSubstr("9"), HasSubstr("11")));
+}
+
+TEST_P(Errors, CacheReadAsTheOtherType) {
+    expect_rejected_keeping_cache([&] { layer_->k_cache_f16(); }, HasSubstr("k_cache()"));
+    expect_rejected_keeping_cache([&] { layer_->v_cache_f16(); }, HasSubstr("v_cache()"));
+}
+
+TEST_P(Errors, CacheAndOutputsBeforeThereAreAny) {
+    gqa::Attention fresh(config_, weights_.view(), GetParam());
+    EXPECT_THAT(error_message([&] { fresh.k_cache(); }), HasSubstr("setup_cache"));
+    EXPECT_THAT(error_message([&] { fresh.append_cache(input(1, 1).view(), input(1, 1).view()); }),
+                HasSubstr("setup_cache"));
+    EXPECT_THAT(error_message([&] { fresh.z(); }), HasSubstr("forward"));
+}
+
+TEST_P(Errors, RopeAloneRejectsBadInput) {
+    const HostTensor<float> x = gqa_test::random_normal({1, 3, 4, 6}, 1.0, 4);
+    std::vector<float> out(x.values.size());
+    EXPECT_THAT(error_message([&] { gqa::apply_rope(config_, x.view(), out, std::nullopt, -1, GetParam()); }),
+                HasSubstr("-1"));
+    std::vector<float> short_out(x.values.size() - 1);
+    EXPECT_THAT(error_message([&] { gqa::apply_rope(config_, x.view(), short_out, std::nullopt, 0, GetParam()); }),
+                HasSubstr(std::to_string(short_out.size())));
+    const HostTensor<float> wrong_head_dim = gqa_test::random_normal({1, 3, 4, 7}, 1.0, 4);
+    EXPECT_THAT(error_message([&] { gqa::apply_rope(config_, wrong_head_dim.view(), out, std::nullopt, 0, GetParam()); }),
+                HasSubstr("[1, 3, 4, 7]"));
+    EXPECT_THAT(error_message([&] { gqa::apply_rope(config_, x.view(), out, std::nullopt, 14, GetParam()); }),
+                HasSubstr("16"));  // positions 14..16 on a 16-position table
 }
 
 TEST_P(Errors, OutputSpanOfWrongSize) {
@@ -229,17 +343,26 @@ TEST(BackendErrors, UnknownName) {
     EXPECT_THAT(error_message([] { gqa::backend_from_name("nope"); }), HasSubstr("nope"));
 }
 
+// Every backend this build or machine lacks (not built, or a GPU one without a
+// device) is refused by name and reason, by the layer, apply_rope and backend_isa.
 TEST(BackendErrors, UnavailableAtConstruction) {
     const std::vector<gqa::Backend> available = gqa::available_backends();
+    const gqa::Config config = gqa_test::make_config(32, 4, 2, 8);
+    const auto weights = gqa_test::random_weights(config, false, 1);
+    int refused = 0;
     for (gqa::Backend backend : {gqa::Backend::cuda, gqa::Backend::arm, gqa::Backend::x86}) {
         if (std::find(available.begin(), available.end(), backend) != available.end()) continue;
-        const gqa::Config config = gqa_test::make_config(32, 4, 2, 8);
-        const auto weights = gqa_test::random_weights(config, false, 1);
-        EXPECT_THAT(error_message([&] { gqa::Attention rejected(config, weights.view(), backend); }),
-                    HasSubstr(std::string(gqa::backend_name(backend))));
-        return;
+        ++refused;
+        const std::string reason = gqa::backend_unavailable_reason(backend);
+        EXPECT_FALSE(reason.empty());
+        const auto names_it = AllOf(HasSubstr(std::string(gqa::backend_name(backend))), HasSubstr(reason));
+        EXPECT_THAT(error_message([&] { gqa::Attention rejected(config, weights.view(), backend); }), names_it);
+        const HostTensor<float> x = gqa_test::random_normal({1, 2, 4, 8}, 1.0, 1);
+        std::vector<float> out(x.values.size());
+        EXPECT_THAT(error_message([&] { gqa::apply_rope(config, x.view(), out, std::nullopt, 0, backend); }), names_it);
+        EXPECT_THAT(error_message([&] { gqa::backend_isa(backend); }), names_it);
     }
-    GTEST_SKIP() << "every backend is available here";
+    if (refused == 0) GTEST_SKIP() << "every backend is available here";
 }
 
 }  // namespace

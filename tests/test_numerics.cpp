@@ -1,7 +1,10 @@
 // Numerical edges on every backend: extreme logits stay finite, and a NaN in one
-// batch row's input never reaches another row's outputs or cache.
+// token's input reaches exactly the outputs and cache slot the documented rule names.
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
+#include <optional>
 #include <vector>
 
 #include "test_util.h"
@@ -38,42 +41,90 @@ TEST_P(Numerics, ExtremeLogitsStayFinite) {
     }
 }
 
-// Batch row 0 carries a NaN in one token; row 1 must come out exactly as without it,
-// outputs and cache, through a prefill and a decode step.
-TEST_P(Numerics, NanInOneBatchRowStaysInThatRow) {
-    const gqa::Config config = gqa_test::make_config(64, 4, 2, 16, 32);
+// The documented NaN rule (attention.hpp): a NaN in one token's x reaches exactly
+// the queries of its batch row that may see that token, and that token's cache slot;
+// every other output and cache element is bit-identical to a run without it. Checked
+// causal, with a sliding window and with a mask, across a 64-slot chunk boundary,
+// through a prefill and a decode step.
+struct NanCase {
+    const char *name;
+    std::optional<int> window;
+    bool mask;  // odd query slots may not see slot kNanToken
+};
+
+constexpr int kBatch = 2, kSeq = 70, kNanToken = 3;
+
+bool sees_nan_token(const NanCase &c, int query_slot) {
+    if (query_slot == kNanToken) return true;  // its own q is NaN
+    if (query_slot < kNanToken) return false;
+    if (c.window && query_slot >= kNanToken + *c.window) return false;
+    return !(c.mask && query_slot < kSeq && query_slot % 2 == 1);
+}
+
+struct NanRun {
+    std::vector<float> prefill, step, k_cache, v_cache;
+};
+
+NanRun run_with_optional_nan(const NanCase &c, gqa::Backend backend, bool with_nan) {
+    gqa::Config config = gqa_test::make_config(64, 4, 2, 16, 128);
+    config.window = c.window;
     const gqa_test::LayerWeights weights = random_weights(config, true, 11);
-    constexpr int kSeq = 7;
-    auto run = [&](bool with_nan, std::vector<float> *cache) {
-        gqa::Attention layer(config, weights.view(), GetParam());
-        layer.setup_cache(2, 32);
-        gqa_test::HostTensor<float> x = random_input(config, 2, kSeq, 12);
-        if (with_nan) x.values[3 * config.embed_dim + 5] = std::numeric_limits<float>::quiet_NaN();  // row 0, token 3
-        std::vector<float> out = layer.forward(x.view());
-        const std::vector<float> step = layer.forward(random_input(config, 2, 1, 13).view());
-        out.insert(out.end(), step.begin(), step.end());
-        *cache = gqa_test::copy_of(layer.k_cache());
-        const std::vector<float> v = gqa_test::copy_of(layer.v_cache());
-        cache->insert(cache->end(), v.begin(), v.end());
-        return out;
-    };
-    std::vector<float> clean_cache, nan_cache;
-    const std::vector<float> clean = run(false, &clean_cache), dirty = run(true, &nan_cache);
+    gqa::Attention layer(config, weights.view(), backend);
+    layer.setup_cache(kBatch, 128);
+    gqa_test::HostTensor<float> x = random_input(config, kBatch, kSeq, 12);
+    if (with_nan) x.values[kNanToken * config.embed_dim + 5] = std::numeric_limits<float>::quiet_NaN();
+    std::optional<gqa_test::HostTensor<uint8_t>> mask;
+    if (c.mask) {
+        mask = gqa_test::HostTensor<uint8_t>{std::vector<uint8_t>(kBatch * kSeq * kSeq, 0), {kBatch, kSeq, kSeq}};
+        for (int b = 0; b < kBatch; ++b) {
+            for (int i = 0; i < kSeq; ++i) {
+                for (int t = 0; t <= i; ++t) mask->values[(b * kSeq + i) * kSeq + t] = !(t == kNanToken && i % 2 == 1);
+            }
+        }
+    }
+    NanRun run;
+    run.prefill = layer.forward(x.view(), gqa_test::optional_view(mask));
+    run.step = layer.forward(random_input(config, kBatch, 1, 13).view());
+    run.k_cache = gqa_test::copy_of(layer.k_cache());
+    run.v_cache = gqa_test::copy_of(layer.v_cache());
+    return run;
+}
 
-    const size_t d = size_t(config.embed_dim), prefill_row = kSeq * d;
-    // Outputs: [2, kSeq, d] of the prefill, then [2, 1, d] of the decode step.
-    const std::vector<float> clean_row1(clean.begin() + prefill_row, clean.begin() + 2 * prefill_row);
-    const std::vector<float> dirty_row1(dirty.begin() + prefill_row, dirty.begin() + 2 * prefill_row);
-    EXPECT_EQ(dirty_row1, clean_row1) << "batch row 1's prefill output changed";
-    const std::vector<float> clean_step1(clean.end() - d, clean.end()), dirty_step1(dirty.end() - d, dirty.end());
-    EXPECT_EQ(dirty_step1, clean_step1) << "batch row 1's decode output changed";
+// Each [d] row of `got` is all NaN where `poisoned(row)`, else bit-identical to `clean`.
+void expect_nan_exactly_where(const std::vector<float> &got, const std::vector<float> &clean, size_t row_width,
+                              const std::function<bool(size_t)> &poisoned, const char *what) {
+    ASSERT_EQ(got.size(), clean.size());
+    for (size_t row = 0; row < got.size() / row_width; ++row) {
+        const auto first = got.begin() + row * row_width;
+        const std::vector<float> got_row(first, first + row_width);
+        if (poisoned(row)) {
+            EXPECT_TRUE(std::all_of(got_row.begin(), got_row.end(), [](float v) { return std::isnan(v); }))
+                << what << " row " << row << " sees the NaN token but is not all NaN: " << got_row[0];
+        } else {
+            const auto want = clean.begin() + row * row_width;
+            EXPECT_TRUE(std::equal(got_row.begin(), got_row.end(), want))
+                << what << " row " << row << " does not see the NaN token but changed: " << got_row[0] << " vs "
+                << *want;
+        }
+    }
+}
 
-    // Caches [b, n_kv, T, hd] for k then v: row 1 is the second half of each.
-    const size_t per_cache = clean_cache.size() / 2, per_row = per_cache / 2;
-    for (size_t which : {size_t(0), per_cache}) {
-        const std::vector<float> want(clean_cache.begin() + which + per_row, clean_cache.begin() + which + per_cache);
-        const std::vector<float> got(nan_cache.begin() + which + per_row, nan_cache.begin() + which + per_cache);
-        EXPECT_EQ(got, want) << (which ? "v" : "k") << " cache of batch row 1 changed";
+TEST_P(Numerics, NanReachesExactlyTheQueriesThatSeeIt) {
+    for (const NanCase &c : {NanCase{"causal", std::nullopt, false}, NanCase{"window 3", 3, false},
+                             NanCase{"mask", std::nullopt, true}}) {
+        SCOPED_TRACE(c.name);
+        const NanRun clean = run_with_optional_nan(c, GetParam(), false);
+        const NanRun dirty = run_with_optional_nan(c, GetParam(), true);
+        constexpr size_t d = 64, hd = 16, kv_heads = 2, slots = 128;
+        // out rows are (b, token); batch row 1 never sees it.
+        expect_nan_exactly_where(dirty.prefill, clean.prefill, d,
+                                 [&](size_t row) { return row < kSeq && sees_nan_token(c, int(row)); }, "prefill");
+        expect_nan_exactly_where(dirty.step, clean.step, d,
+                                 [&](size_t row) { return row == 0 && sees_nan_token(c, kSeq); }, "decode step");
+        // cache rows are (b, kv head, slot): only the NaN token's own slot in batch row 0.
+        const auto own_slot = [&](size_t row) { return row < kv_heads * slots && row % slots == kNanToken; };
+        expect_nan_exactly_where(dirty.k_cache, clean.k_cache, hd, own_slot, "k cache");
+        expect_nan_exactly_where(dirty.v_cache, clean.v_cache, hd, own_slot, "v cache");
     }
 }
 

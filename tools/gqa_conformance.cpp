@@ -3,7 +3,8 @@
 // PASS / FAIL / UNSUPPORTED per (case, backend).
 //
 // Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
-// manifest or data file (everything is loaded and checked before anything runs), 77
+// manifest or data file (everything is loaded and checked, and run once on the
+// reference for its shapes, before any backend is compared), 77
 // when the backend asked for is built but cannot run here (no GPU).
 #include <gqa/attention.hpp>
 
@@ -699,9 +700,31 @@ std::vector<gqa::Backend> selected_backends(const std::string &name) {
     return {backend};
 }
 
+// A manifest whose arrays do not fit its config (a weight of the wrong shape, an x
+// of the wrong width, an expected array of another shape than the output) is
+// malformed, not a failure of a backend: each case runs once on the reference
+// first, comparing shapes only (any finite difference passes), and any error there
+// is exit status 2.
+void require_consistent(const std::vector<Case> &cases) {
+    for (const Case &test_case : cases) {
+        Checker shapes_only(std::numeric_limits<double>::max(), 0);
+        try {
+            if (const auto *rope = std::get_if<RopeCase>(&test_case.body)) {
+                run_case(*rope, gqa::Backend::reference, shapes_only);
+            } else if (const auto *layer = std::get_if<LayerCase>(&test_case.body)) {
+                run_case(*layer, gqa::Backend::reference, shapes_only);
+            }
+        } catch (const gqa::Error &error) {
+            throw InvalidInput("case " + test_case.name + ": " + error.what());
+        }
+        if (!shapes_only.passed()) throw InvalidInput("case " + test_case.name + ": " + shapes_only.failures()[0]);
+    }
+}
+
 int run(const Options &options) {
     const std::vector<gqa::Backend> backends = selected_backends(options.backend);
     const std::vector<Case> cases = load_manifest(options.dir);
+    require_consistent(cases);
 
     int passed = 0, failed = 0, unsupported = 0;
     for (const Case &test_case : cases) {

@@ -81,7 +81,9 @@ struct Config {
     bool rope_fp32_angles = false;
 
     bool is_causal = true;  // without a mask: causal (true) or full attention (false)
-    int window = 0;         // > 0: sliding window, key slot in (q - window, q] (TL "local")
+    // A sliding window of this many slots, key slot in (q - window, q] (TL "local");
+    // unset: none. Must be > 0 when set.
+    std::optional<int> window;
     double scale = 0.0;     // multiplies q.k; 0 means 1/sqrt(head_dim)
     int layer_id = -1;      // >= 0: TL scale_attn_by_inverse_layer_idx, scores / (layer_id + 1)
     double softcap = 0.0;   // > 0: score = softcap * tanh(score / softcap) (Gemma-2)
@@ -143,11 +145,21 @@ public:
     //
     // mask [b, s, L], 1 = may attend, L = size() + s or the cache's max_seq_len
     // (torchtune generate() passes the latter). It replaces the causal/window rule.
-    // Without a mask: causal by slot, a sliding window if config.window > 0, or
+    // Without a mask: causal by slot, a sliding window if config.window is set, or
     // everything written if !config.is_causal. A query that may see no key gets 0.
     //
     // input_pos [s] or [b, s] (or [b] when s == 1): RoPE positions. Without it the
-    // positions are the slots, size() + i (0..s-1 on a fresh cache).
+    // positions are the slots, size() + i (0..s-1 on a fresh cache). With a cache they
+    // must be < cache_max_seq_len() and, in each batch row, increase from token to
+    // token across calls (since setup_cache or reset; append_cache sets no position).
+    // Without a cache any order is allowed (e.g. packed sequences).
+    //
+    // NaN rule, on every backend: a NaN or infinity in a token's x propagates. That
+    // token's k and v (its cache slot) become NaN, and so does every output of a query
+    // that may see that slot (by mask, causal rule or window; the token's own query
+    // too, unless it may see no key), in this call and later ones. Nothing else
+    // changes: other queries, other batch rows and their cache slots come out
+    // bit-identical to a run without it.
     void forward(const TensorView<float> &x, std::span<float> out,
                  const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
                  const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
