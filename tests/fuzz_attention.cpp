@@ -1,0 +1,286 @@
+// libFuzzer harness: the fuzzer's bytes pick a layer (sizes, RoPE, window, scale,
+// soft-cap, biases), a KV cache or none, and a sequence of forward calls (lengths,
+// masks, positions); every backend built and runnable here runs it next to the
+// reference, and any difference aborts with a description of the case.
+//
+// Compared after each call: whether it threw (and the message), out, z, and the
+// whole KV cache with its size; a call that threw must leave the cache as it was.
+// Tolerances: atol = rtol = 1e-4 with an fp32 cache. With an fp16 cache, k and v are
+// rounded to fp16 on both sides, and a last-bit difference in the fp32 projection
+// may round to a neighbouring half (2^-11 relative), so outputs get 1e-2 and cache
+// elements one half ulp.
+//
+// Run: gqa-fuzz -max_total_time=60 CORPUS_DIR (scripts/test.sh); regressions:
+// gqa-fuzz -runs=0 tests/fuzz_regressions (CTest fuzz.regressions).
+#include <fuzzer/FuzzedDataProvider.h>
+#include <gqa/attention.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Tensor {
+    std::vector<float> values;
+    std::vector<int64_t> shape;
+    gqa::TensorView<float> view() const { return {values.empty() ? nullptr : values.data(), shape}; }
+};
+
+struct Call {
+    Tensor x;
+    std::optional<std::vector<uint8_t>> mask;
+    std::vector<int64_t> mask_shape;
+    std::optional<std::vector<int32_t>> input_pos;
+    std::vector<int64_t> input_pos_shape;
+};
+
+struct Scenario {
+    gqa::Config config;
+    Tensor wq, wk, wv, wo, bq, bk, bv, bo;
+    std::optional<gqa::CacheType> cache;
+    int cache_batch = 0, cache_len = 0;
+    std::vector<Call> calls;
+    std::string description;
+
+    gqa::Weights weights() const {
+        return {wq.view(), wk.view(), wv.view(), wo.view(), bq.view(), bk.view(), bv.view(), bo.view()};
+    }
+};
+
+Tensor normal_tensor(std::vector<int64_t> shape, double stddev, std::mt19937 &rng) {
+    Tensor t{{}, std::move(shape)};
+    int64_t n = 1;
+    for (int64_t e : t.shape) n *= e;
+    std::normal_distribution<float> normal(0.f, float(stddev));
+    t.values.resize(size_t(n));
+    for (float &v : t.values) v = normal(rng);
+    return t;
+}
+
+std::string shape_text(const std::vector<int64_t> &shape) {
+    std::string text = "[";
+    for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+    return text + "]";
+}
+
+Scenario draw(FuzzedDataProvider &in) {
+    Scenario s;
+    gqa::Config &c = s.config;
+    c.num_kv_heads = in.ConsumeIntegralInRange(1, 3);
+    c.num_heads = c.num_kv_heads * in.ConsumeIntegralInRange(1, 4);
+    c.rope_style = in.PickValueInArray({gqa::RopeStyle::none, gqa::RopeStyle::interleaved, gqa::RopeStyle::rotate_half});
+    // Odd head_dim only without RoPE, where it is valid.
+    c.head_dim = c.rope_style == gqa::RopeStyle::none ? in.ConsumeIntegralInRange(1, 24)
+                                                      : 2 * in.ConsumeIntegralInRange(1, 12);
+    if (c.rope_style != gqa::RopeStyle::none && in.ConsumeBool()) {
+        c.rotary_dim = 2 * in.ConsumeIntegralInRange(1, c.head_dim / 2);
+    }
+    c.rope_fp32_angles = in.ConsumeBool();
+    c.embed_dim = in.ConsumeIntegralInRange(1, 48);
+    c.max_seq_len = in.ConsumeIntegralInRange(1, 96);
+    c.is_causal = in.ConsumeProbability<float>() < 0.8f;
+    if (in.ConsumeProbability<float>() < 0.25f) c.window = in.ConsumeIntegralInRange(1, 9);
+    if (in.ConsumeBool()) c.scale = in.ConsumeFloatingPointInRange(0.05, 2.0);
+    if (in.ConsumeProbability<float>() < 0.2f) c.layer_id = in.ConsumeIntegralInRange(0, 3);
+    if (in.ConsumeProbability<float>() < 0.25f) c.softcap = in.ConsumeFloatingPointInRange(1.0, 50.0);
+    const bool biases = in.ConsumeBool();
+
+    std::mt19937 rng(in.ConsumeIntegral<uint32_t>());
+    const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
+    s.wq = normal_tensor({q, d}, 1 / std::sqrt(double(d)), rng);
+    s.wk = normal_tensor({kv, d}, 1 / std::sqrt(double(d)), rng);
+    s.wv = normal_tensor({kv, d}, 1 / std::sqrt(double(d)), rng);
+    s.wo = normal_tensor({d, q}, 1 / std::sqrt(double(q)), rng);
+    if (biases) {
+        s.bq = normal_tensor({q}, 0.5, rng), s.bk = normal_tensor({kv}, 0.5, rng);
+        s.bv = normal_tensor({kv}, 0.5, rng), s.bo = normal_tensor({d}, 0.5, rng);
+    }
+
+    const int cache_kind = in.ConsumeIntegralInRange(0, 2);
+    const int batch = in.ConsumeIntegralInRange(1, 3);
+    if (cache_kind > 0) {
+        s.cache = cache_kind == 1 ? gqa::CacheType::f32 : gqa::CacheType::f16;
+        s.cache_batch = batch;
+        s.cache_len = in.ConsumeIntegralInRange(1, 96);
+    }
+
+    // Calls until the bytes run out (at most 6). Lengths may overflow the cache or
+    // max_seq_len, positions may go backwards: both sides must then refuse alike.
+    int written = 0;
+    std::vector<int32_t> last_position(batch, -1);
+    const int calls = in.ConsumeIntegralInRange(1, 6);
+    for (int n = 0; n < calls && in.remaining_bytes() > 0; ++n) {
+        Call call;
+        const bool decode = s.cache && written > 0 && in.ConsumeBool();
+        const int seq_len = decode ? 1 : in.ConsumeIntegralInRange(1, 70);
+        call.x = normal_tensor({batch, seq_len, d}, 1.0, rng);
+        const int kv_len = (s.cache ? written : 0) + seq_len;
+        if (in.ConsumeProbability<float>() < 0.3f) {
+            const int mask_len = s.cache && in.ConsumeBool() ? s.cache_len : kv_len;
+            const float density = in.ConsumeProbability<float>();
+            std::bernoulli_distribution allowed(density);
+            call.mask_shape = {batch, seq_len, mask_len};
+            call.mask.emplace(size_t(batch) * seq_len * mask_len);
+            for (uint8_t &m : *call.mask) m = allowed(rng);
+        }
+        if (in.ConsumeProbability<float>() < 0.4f) {
+            const bool per_row = in.ConsumeBool();
+            const int rows = per_row ? batch : 1;
+            call.input_pos_shape = per_row ? std::vector<int64_t>{batch, seq_len} : std::vector<int64_t>{seq_len};
+            call.input_pos.emplace();
+            for (int b = 0; b < rows; ++b) {
+                int32_t p = s.cache ? last_position[b] : -1;
+                for (int i = 0; i < seq_len; ++i) {
+                    p = s.cache || in.ConsumeBool() ? p + in.ConsumeIntegralInRange(1, 3)
+                                                    : in.ConsumeIntegralInRange(0, c.max_seq_len - 1);
+                    call.input_pos->push_back(p);
+                }
+            }
+        }
+        if (s.cache && kv_len <= s.cache_len) {
+            written = kv_len;
+            for (int b = 0; b < batch; ++b) {
+                last_position[b] = call.input_pos ? (*call.input_pos)[size_t(call.input_pos_shape.size() == 2 ? b : 0) *
+                                                                           seq_len + seq_len - 1]
+                                                  : kv_len - 1;
+            }
+        }
+        s.calls.push_back(std::move(call));
+    }
+
+    std::ostringstream text;
+    text << "d=" << c.embed_dim << " heads=" << c.num_heads << " kv_heads=" << c.num_kv_heads
+         << " head_dim=" << c.head_dim << " max_seq_len=" << c.max_seq_len << " rope=" << int(c.rope_style)
+         << " rotary_dim=" << c.rotary_dim << " fp32_angles=" << c.rope_fp32_angles << " causal=" << c.is_causal
+         << " window=" << c.window.value_or(0) << " scale=" << c.scale << " layer_id=" << c.layer_id
+         << " softcap=" << c.softcap << " biases=" << biases << " cache="
+         << (s.cache ? (*s.cache == gqa::CacheType::f16 ? "f16" : "f32") : "none") << " cache_batch=" << s.cache_batch
+         << " cache_len=" << s.cache_len << "\n";
+    for (const Call &call : s.calls) {
+        text << "  call x " << shape_text(call.x.shape) << " mask "
+             << (call.mask ? shape_text(call.mask_shape) : "none") << " input_pos "
+             << (call.input_pos ? shape_text(call.input_pos_shape) : "none") << "\n";
+    }
+    s.description = text.str();
+    return s;
+}
+
+[[noreturn]] void mismatch(const Scenario &s, gqa::Backend backend, const std::string &what) {
+    std::fprintf(stderr, "gqa-fuzz: %s differs from the reference: %s\n%s", std::string(gqa::backend_name(backend)).c_str(),
+                 what.c_str(), s.description.c_str());
+    std::abort();
+}
+
+void compare(const Scenario &s, gqa::Backend backend, const std::string &what, const std::vector<float> &got,
+             const std::vector<float> &want, double tolerance) {
+    if (got.size() != want.size()) mismatch(s, backend, what + ": sizes differ");
+    for (size_t n = 0; n < got.size(); ++n) {
+        const bool both_nan = std::isnan(got[n]) && std::isnan(want[n]);
+        if (!both_nan && !(std::fabs(got[n] - want[n]) <= tolerance * (1 + std::fabs(want[n])))) {
+            mismatch(s, backend,
+                     what + "[" + std::to_string(n) + "] = " + std::to_string(got[n]) + ", reference " +
+                         std::to_string(want[n]));
+        }
+    }
+}
+
+std::vector<float> cache_values(const gqa::Attention &layer, bool keys) {
+    if (!layer.has_cache()) return {};
+    if (layer.cache_type() == gqa::CacheType::f32) {
+        const gqa::TensorView<float> view = keys ? layer.k_cache() : layer.v_cache();
+        return {view.data, view.data + view.numel()};
+    }
+    const gqa::TensorView<uint16_t> view = keys ? layer.k_cache_f16() : layer.v_cache_f16();
+    std::vector<float> values(size_t(view.numel()));
+    for (size_t n = 0; n < values.size(); ++n) values[n] = gqa::half_to_float(view.data[n]);
+    return values;
+}
+
+struct Outcome {
+    std::optional<std::string> error;
+    std::vector<float> out, z, k, v;
+    int size = 0;
+};
+
+Outcome run_call(gqa::Attention &layer, const Call &call) {
+    Outcome outcome;
+    const std::vector<float> k_before = cache_values(layer, true), v_before = cache_values(layer, false);
+    const int size_before = layer.size();
+    std::optional<gqa::TensorView<uint8_t>> mask;
+    if (call.mask) mask = gqa::TensorView<uint8_t>{call.mask->data(), call.mask_shape};
+    std::optional<gqa::TensorView<int32_t>> input_pos;
+    if (call.input_pos) input_pos = gqa::TensorView<int32_t>{call.input_pos->data(), call.input_pos_shape};
+    try {
+        outcome.out = layer.forward(call.x.view(), mask, input_pos);
+        const gqa::TensorView<float> z = layer.z();
+        outcome.z.assign(z.data, z.data + z.numel());
+    } catch (const gqa::Error &error) {
+        outcome.error = error.what();
+    }
+    outcome.k = cache_values(layer, true);
+    outcome.v = cache_values(layer, false);
+    outcome.size = layer.size();
+    if (outcome.error && (outcome.k != k_before || outcome.v != v_before || outcome.size != size_before)) {
+        std::fprintf(stderr, "gqa-fuzz: a refused call (%s) changed the KV cache\n", outcome.error->c_str());
+        std::abort();
+    }
+    return outcome;
+}
+
+std::optional<gqa::Attention> make_layer(const Scenario &s, gqa::Backend backend, std::optional<std::string> &error) {
+    try {
+        gqa::Attention layer(s.config, s.weights(), backend);
+        if (s.cache) layer.setup_cache(s.cache_batch, s.cache_len, *s.cache);
+        return layer;
+    } catch (const gqa::Error &e) {
+        error = e.what();
+        return std::nullopt;
+    }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    FuzzedDataProvider in(data, size);
+    const Scenario s = draw(in);
+    const bool half = s.cache == gqa::CacheType::f16;
+    const double tolerance = half ? 1e-2 : 1e-4;
+    const double cache_tolerance = half ? 1.0 / 1024 : 1e-4;
+
+    std::optional<std::string> reference_error;
+    std::optional<gqa::Attention> reference = make_layer(s, gqa::Backend::reference, reference_error);
+    std::vector<Outcome> want;
+    if (reference) {
+        for (const Call &call : s.calls) want.push_back(run_call(*reference, call));
+    }
+
+    for (gqa::Backend backend : gqa::available_backends()) {
+        if (backend == gqa::Backend::reference || backend == gqa::Backend::best) continue;
+        std::optional<std::string> error;
+        std::optional<gqa::Attention> layer = make_layer(s, backend, error);
+        if (error != reference_error) {
+            mismatch(s, backend, "construction: " + error.value_or("accepted") + " vs " + reference_error.value_or("accepted"));
+        }
+        if (!layer) continue;
+        for (size_t n = 0; n < s.calls.size(); ++n) {
+            const Outcome got = run_call(*layer, s.calls[n]);
+            const std::string at = "call " + std::to_string(n) + " ";
+            if (got.error != want[n].error) {
+                mismatch(s, backend, at + "error: " + got.error.value_or("none") + " vs " + want[n].error.value_or("none"));
+            }
+            compare(s, backend, at + "out", got.out, want[n].out, tolerance);
+            compare(s, backend, at + "z", got.z, want[n].z, tolerance);
+            compare(s, backend, at + "k_cache", got.k, want[n].k, cache_tolerance);
+            compare(s, backend, at + "v_cache", got.v, want[n].v, cache_tolerance);
+            if (got.size != want[n].size) mismatch(s, backend, at + "cache size");
+        }
+    }
+    return 0;
+}
