@@ -106,7 +106,7 @@ void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int bat
     positions.resize(size_t(batch) * seq_len);
     if (!input_pos) {
         if (first_slot + seq_len > position_limit) {
-            fail("position ", first_slot + seq_len - 1, " is past ", limit_name, " (", position_limit, ")");
+            fail("position ", first_slot + seq_len - 1, " is not below ", limit_name, " (", position_limit, ")");
         }
         for (int b = 0; b < batch; ++b) {
             for (int i = 0; i < seq_len; ++i) positions[size_t(b) * seq_len + i] = first_slot + i;
@@ -116,7 +116,8 @@ void fill_positions(const std::optional<TensorView<int32_t>> &input_pos, int bat
     const auto &shape = input_pos->shape;
     const bool shared = shape == std::vector<int64_t>{seq_len};
     const bool per_sample = shape == std::vector<int64_t>{batch, seq_len} || (seq_len == 1 && shape == std::vector<int64_t>{batch});
-    if (!input_pos->data || (!shared && !per_sample)) {
+    if (!input_pos->data) fail("input_pos has no data");
+    if (!shared && !per_sample) {
         fail("input_pos has shape ", shape_string(shape), "; expected [", seq_len, "] or [", batch, ", ", seq_len, "]");
     }
     for (int b = 0; b < batch; ++b) {
@@ -421,9 +422,10 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                         const std::optional<TensorView<int32_t>> &input_pos) {
     State &s = *state_;
     const Config &c = s.config;
-    if (!x.data || x.shape.size() != 3 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] != c.embed_dim) {
-        fail("x has shape ", shape_string(x.shape), "; expected [batch, seq_len, ", c.embed_dim, "]");
+    if (x.shape.size() != 3 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] != c.embed_dim) {
+        fail("x has shape ", shape_string(x.shape), "; expected [batch >= 1, seq_len >= 1, ", c.embed_dim, "]");
     }
+    if (!x.data) fail("x has no data");
     const int batch = int(x.shape[0]), seq_len = int(x.shape[1]);
     if (seq_len > c.max_seq_len) fail("seq_len ", seq_len, " is larger than max_seq_len (", c.max_seq_len, ")");
     const bool cached = has_cache();
@@ -444,12 +446,13 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     if (mask) {
         const auto &m = mask->shape;
         const bool len_ok = m.size() == 3 && (m[2] == kv_len || (cached && m[2] == s.cache_capacity));
-        if (!mask->data || m.size() != 3 || m[0] != batch || m[1] != seq_len || !len_ok) {
+        if (m.size() != 3 || m[0] != batch || m[1] != seq_len || !len_ok) {
             fail("mask has shape ", shape_string(m), "; expected [", batch, ", ", seq_len, ", ", kv_len, "]",
                  cached ? " or [" + std::to_string(batch) + ", " + std::to_string(seq_len) + ", " +
                               std::to_string(s.cache_capacity) + "]"
                         : std::string());
         }
+        if (!mask->data) fail("mask has no data");
     }
     const bool cache_is_shorter = cached && s.cache_capacity < c.max_seq_len;
     fill_positions(input_pos, batch, seq_len, first_slot, cache_is_shorter ? s.cache_capacity : c.max_seq_len,
@@ -575,10 +578,11 @@ Backend Attention::backend() const {
 void apply_rope(const Config &config, const TensorView<float> &x, std::span<float> out,
                 const std::optional<TensorView<int32_t>> &input_pos, int position_offset, Backend backend) {
     validate_rope(config);
-    if (!x.data || x.shape.size() != 4 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] < 1 ||
-        x.shape[3] != config.head_dim) {
-        fail("x has shape ", shape_string(x.shape), "; expected [batch, seq_len, heads, ", config.head_dim, "]");
+    if (x.shape.size() != 4 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] < 1 || x.shape[3] != config.head_dim) {
+        fail("x has shape ", shape_string(x.shape), "; expected [batch >= 1, seq_len >= 1, heads >= 1, ",
+             config.head_dim, "]");
     }
+    if (!x.data) fail("x has no data");
     if (out.size() != size_t(x.numel())) fail("out holds ", out.size(), " floats; expected ", x.numel());
     if (position_offset < 0) fail("position_offset is ", position_offset, "; expected >= 0");
     const int batch = int(x.shape[0]), seq_len = int(x.shape[1]), heads = int(x.shape[2]);

@@ -18,9 +18,14 @@ using testing::AllOf;
 using testing::AnyOf;
 using testing::HasSubstr;
 
-// Runs `call`, which must throw gqa::Error, and returns the message. The messages
-// also go to the test's properties (error_1, error_2, ...), so
-// --gtest_output=xml lists every rejected input with what it says.
+// Every message goes to the test's properties (error_1, error_2, ... in the order
+// thrown), so --gtest_output=xml lists each rejected input with what it says.
+void record_message(const std::string &message) {
+    static int recorded = 0;
+    testing::Test::RecordProperty("error_" + std::to_string(++recorded), message);
+}
+
+// Runs `call`, which must throw gqa::Error, and returns the message.
 template <typename Call>
 std::string error_message(Call &&call) {
     std::string message;
@@ -34,8 +39,7 @@ std::string error_message(Call &&call) {
             }
         },
         gqa::Error);
-    static int recorded = 0;
-    testing::Test::RecordProperty("error_" + std::to_string(++recorded), message);
+    record_message(message);
     return message;
 }
 
@@ -210,7 +214,7 @@ TEST_P(Errors, EmptyInput) {
                                       HasSubstr(gqa_test::shape_text(shape)));
     }
     const HostTensor<float> x = input(cache_batch, 3);
-    expect_rejected_keeping_cache([&] { layer_->forward({nullptr, x.shape}); }, HasSubstr("[2, 3, 30]"));
+    expect_rejected_keeping_cache([&] { layer_->forward({nullptr, x.shape}); }, HasSubstr("x has no data"));
 }
 
 TEST_P(Errors, SequenceLongerThanMaxSeqLen) {
@@ -228,7 +232,8 @@ TEST_P(Errors, BadInputPos) {
     expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, beyond_table.view()); },
                                   HasSubstr("21"));
     const gqa::TensorView<int32_t> without_data{nullptr, {3}};
-    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, without_data); }, HasSubstr("[3]"));
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), std::nullopt, without_data); },
+                                  HasSubstr("input_pos has no data"));
 }
 
 // The cache holds 11 slots while the RoPE table has 16 positions.
@@ -273,7 +278,7 @@ TEST_P(Errors, MaskOfWrongShape) {
     const HostTensor<uint8_t> rank2{std::vector<uint8_t>(2 * 5, 1), {2, 5}};
     expect_rejected_keeping_cache([&] { layer_->forward(x.view(), rank2.view()); }, HasSubstr("[2, 5]"));
     const gqa::TensorView<uint8_t> without_data{nullptr, {cache_batch, 2, 5}};
-    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), without_data); }, HasSubstr("[2, 2, 5]"));
+    expect_rejected_keeping_cache([&] { layer_->forward(x.view(), without_data); }, HasSubstr("mask has no data"));
 }
 
 TEST_P(Errors, AppendCacheOfWrongShapeOrOverflowing) {
