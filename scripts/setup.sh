@@ -3,7 +3,7 @@
 # packages named as arguments (scripts/bench.sh adds its chart's).
 set -euo pipefail
 packages=(cmake ninja-build g++ libhalide14-0-dev libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-          g++-aarch64-linux-gnu qemu-user libopenblas-dev python3 clang libclang-rt-14-dev "$@")
+          g++-aarch64-linux-gnu qemu-user libopenblas-dev python3 clang libclang-rt-14-dev pkg-config "$@")
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up, build, and run every test (GoogleTest suite + conformance vectors, the
-# tuner smoke test, torchtune's numbers), then the x86 suite again built by clang
+# tuner smoke test, torchtune's numbers), the installed package as a consumer uses
+# it (scripts/check_install.sh), then the x86 suite again built by clang
 # under AddressSanitizer + UndefinedBehaviorSanitizer (CMakePresets.json, preset
 # "sanitize", in build-sanitize/), the libFuzzer harness for 60 s (each backend
 # against the reference; a failing input lands in build-sanitize/fuzz-artifacts/)
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build.sh
 ctest --test-dir build --output-on-failure -j2
+scripts/check_install.sh
 cmake --preset sanitize
 cmake --build --preset sanitize
 ctest --preset sanitize
@@ -18,7 +20,7 @@ corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 mkdir -p build-sanitize/fuzz-artifacts
 build-sanitize/tests/gqa-fuzz -max_total_time=60 -timeout=30 -max_len=512 -print_final_stats=1 \
-    -artifact_prefix=build-sanitize/fuzz-artifacts/ "$corpus" tests/fuzz_regressions 2>&1 | grep -v '^#'
+    -artifact_prefix=build-sanitize/fuzz-artifacts/ "$corpus" tests/fuzz_regressions 2>&1 | grep -v -e '^#' -e '^"'
 echo "gqa-demo under LeakSanitizer:"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 build-sanitize/tools/gqa-demo > /dev/null
 echo "no leaks"
