@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs build/ into a temporary prefix and uses it the way a consumer would:
-# examples/consumer through find_package(gqa), and a one-file program through
-# pkg-config. Neither may depend on libHalide. Needs scripts/build.sh first.
+# examples/consumer (C++ and C) through find_package(gqa), and the same two files
+# through pkg-config. No program may depend on libHalide. Needs scripts/build.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scratch=$(mktemp -d)
@@ -23,6 +23,7 @@ configure_and_build() {
 }
 configure_and_build consumer
 "$scratch/consumer/gqa-consumer"
+"$scratch/consumer/gqa-consumer-c"
 configure_and_build consumer-cuda -DGQA_COMPONENTS="x86;cuda"
 "$scratch/consumer-cuda/gqa-consumer"
 # A component of the other architecture is refused at configure time, by name.
@@ -34,13 +35,16 @@ fi
 if [ -f "$prefix/lib/aarch64-linux-gnu/libgqa_arm.a" ]; then
     configure_and_build consumer-arm -DCMAKE_TOOLCHAIN_FILE="$PWD/cmake/toolchain-aarch64-linux-gnu.cmake"
     qemu-aarch64 -L /usr/aarch64-linux-gnu "$scratch/consumer-arm/gqa-consumer"
+    qemu-aarch64 -L /usr/aarch64-linux-gnu "$scratch/consumer-arm/gqa-consumer-c"
 fi
 
 export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
 g++ -std=c++20 examples/consumer/main.cpp -o "$scratch/pkg-config-consumer" $(pkg-config --cflags --libs gqa)
 "$scratch/pkg-config-consumer" > /dev/null
+gcc -std=c11 examples/consumer/main.c -o "$scratch/pkg-config-consumer-c" $(pkg-config --cflags --libs gqa)
+"$scratch/pkg-config-consumer-c" > /dev/null
 
-for program in "$scratch"/consumer*/gqa-consumer "$scratch/pkg-config-consumer"; do
+for program in "$scratch"/consumer*/gqa-consumer* "$scratch"/pkg-config-consumer*; do
     if readelf -d "$program" | grep -i 'NEEDED.*halide'; then
         echo "check_install: $(basename "$program") depends on libHalide" >&2
         exit 1

@@ -1,0 +1,117 @@
+/* gqa-halide C API: one grouped-query attention layer with a KV cache, over the C++
+ * runtime (gqa/attention.hpp), for C programs and foreign-function interfaces.
+ *
+ * Conventions: every function that can fail returns a gqa_status; on failure
+ * gqa_last_error() gives the message (naming the offending value and the expected
+ * one) and the layer and its KV cache are exactly as they were. Tensors are dense,
+ * row-major float32 in torch order; their shapes are given below and by the sizes
+ * passed. Thread-safety: a gqa_attention must not be used from two threads at once;
+ * distinct layers are independent. gqa_last_error() is per thread.
+ */
+#ifndef GQA_GQA_H
+#define GQA_GQA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum gqa_status {
+    GQA_STATUS_OK = 0,
+    GQA_STATUS_INVALID = 1,       /* bad argument, shape or value; or an unavailable backend */
+    GQA_STATUS_OUT_OF_MEMORY = 2,
+    GQA_STATUS_INTERNAL = 3,      /* anything else (a bug: please report it) */
+} gqa_status;
+
+typedef enum gqa_backend {
+    GQA_BACKEND_REFERENCE = 0,  /* plain loops, double accumulation */
+    GQA_BACKEND_X86 = 1,        /* Halide AOT, AVX-512 / AVX2 / SSE4.1 chosen at run time */
+    GQA_BACKEND_ARM = 2,        /* Halide AOT, ARMv8.2 FP16 / ARMv8.0 NEON chosen at run time */
+    GQA_BACKEND_CUDA = 3,       /* Halide AOT for CUDA: weights and KV cache on the GPU */
+    GQA_BACKEND_BEST = 4,       /* the fastest backend available here */
+} gqa_backend;
+
+typedef enum gqa_rope_style {
+    GQA_ROPE_NONE = 0,
+    GQA_ROPE_INTERLEAVED = 1,   /* torchtune / GPT-J: pairs (2j, 2j+1) */
+    GQA_ROPE_ROTATE_HALF = 2,   /* GPT-NeoX / HF Llama / TransformerLens: pairs (j, j + R/2) */
+} gqa_rope_style;
+
+typedef enum gqa_cache_type {
+    GQA_CACHE_F32 = 0,
+    GQA_CACHE_F16 = 1,  /* k and v rounded to IEEE fp16 as written; arithmetic stays fp32 */
+} gqa_cache_type;
+
+/* The layer's configuration; start from gqa_config_default(). The fields mean what
+ * gqa::Config's do. */
+typedef struct gqa_config {
+    int32_t embed_dim;       /* d */
+    int32_t num_heads;       /* query heads */
+    int32_t num_kv_heads;    /* num_heads % num_kv_heads == 0 */
+    int32_t head_dim;
+    int32_t max_seq_len;     /* positions must be < max_seq_len (default 4096) */
+    gqa_rope_style rope_style;  /* default GQA_ROPE_INTERLEAVED */
+    double rope_base;        /* default 10000 */
+    int32_t rotary_dim;      /* 0: head_dim */
+    int32_t rope_fp32_angles;  /* nonzero: torchtune's fp32 angle table */
+    int32_t is_causal;       /* without a mask: causal (default, nonzero) or full attention */
+    int32_t has_window;      /* nonzero: sliding window of `window` slots (> 0) */
+    int32_t window;
+    double scale;            /* 0: 1/sqrt(head_dim) */
+    int32_t layer_id;        /* >= 0: scores / (layer_id + 1); default -1 */
+    double softcap;          /* > 0: softcap * tanh(score / softcap); default 0 */
+} gqa_config;
+
+/* Projection weights in nn.Linear layout [out_features, in_features]:
+ *   wq [num_heads*head_dim, d], wk and wv [num_kv_heads*head_dim, d],
+ *   wo [d, num_heads*head_dim]; biases bq [num_heads*head_dim], bk and bv
+ *   [num_kv_heads*head_dim], bo [d], or NULL for none. Copied at creation. */
+typedef struct gqa_weights {
+    const float *wq, *wk, *wv, *wo;
+    const float *bq, *bk, *bv, *bo;
+} gqa_weights;
+
+typedef struct gqa_attention gqa_attention;
+
+gqa_config gqa_config_default(void);
+
+/* The message of this thread's last failed call ("" if none). */
+const char *gqa_last_error(void);
+const char *gqa_status_name(gqa_status status);
+const char *gqa_backend_name(gqa_backend backend);
+/* 1 when the backend is built into this library and can run here, else 0. */
+int gqa_backend_available(gqa_backend backend);
+
+/* Creates a layer; *layer is NULL on failure. */
+gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *weights, gqa_backend backend,
+                                gqa_attention **layer);
+/* Frees the layer and its cache; NULL is ignored. */
+void gqa_attention_free(gqa_attention *layer);
+/* The backend the layer runs on (GQA_BACKEND_BEST resolved). */
+gqa_backend gqa_attention_backend(const gqa_attention *layer);
+
+/* torchtune KVCache(batch, max_seq_len): zero-filled k/v [batch, num_kv_heads,
+ * max_seq_len, head_dim]; replaces any previous cache. */
+gqa_status gqa_attention_setup_cache(gqa_attention *layer, int32_t batch, int32_t max_seq_len, gqa_cache_type type);
+/* Zeroes the cache; its size becomes 0. */
+gqa_status gqa_attention_reset(gqa_attention *layer);
+/* Tokens written to the cache so far (0 without one). */
+int32_t gqa_attention_cache_size(const gqa_attention *layer);
+
+/* out [batch, seq_len, d] (out_count floats) = attention(x [batch, seq_len, d]).
+ * mask: NULL, or [batch, seq_len, mask_len] bytes, nonzero = may attend, mask_len =
+ *   cache size + seq_len or the cache's max_seq_len (without a cache, seq_len).
+ * input_pos: NULL (positions are the cache slots), or RoPE positions: [seq_len] when
+ *   input_pos_rows is 1, [batch, seq_len] when it is batch.
+ * Semantics, including the NaN rule, as gqa::Attention::forward. */
+gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t batch, int32_t seq_len, float *out,
+                                 size_t out_count, const uint8_t *mask, int32_t mask_len, const int32_t *input_pos,
+                                 int32_t input_pos_rows);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GQA_GQA_H */

@@ -1,0 +1,227 @@
+// The C API (include/gqa/gqa.h): each call forwards to gqa::Attention inside one
+// try block, so no C++ exception crosses into C; failures set a per-thread message.
+#include "gqa/gqa.h"
+
+#include <cstring>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gqa/attention.hpp"
+
+struct gqa_attention {
+    gqa::Attention layer;
+};
+
+namespace {
+
+thread_local std::string last_error;
+
+// Runs `call`, mapping what it throws to a status and this thread's message.
+template <typename Call>
+gqa_status guarded(Call &&call) {
+    try {
+        call();
+        last_error.clear();
+        return GQA_STATUS_OK;
+    } catch (const gqa::Error &error) {
+        last_error = error.what();
+        return GQA_STATUS_INVALID;
+    } catch (const std::bad_alloc &) {
+        last_error = "out of memory";
+        return GQA_STATUS_OUT_OF_MEMORY;
+    } catch (const std::exception &error) {
+        last_error = error.what();
+        return GQA_STATUS_INTERNAL;
+    } catch (...) {
+        last_error = "unknown exception";
+        return GQA_STATUS_INTERNAL;
+    }
+}
+
+[[noreturn]] void invalid(const std::string &message) {
+    throw gqa::Error(message);
+}
+
+// A C caller may pass any int as an enum; in C++ loading an enum object that holds
+// a value outside its enumerators' range is undefined, so read the bits as an int.
+template <typename Enum>
+int enum_value(const Enum &value) {
+    static_assert(sizeof(Enum) == sizeof(int));
+    int bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    return bits;
+}
+
+gqa::Backend to_backend(const gqa_backend &backend) {
+    switch (enum_value(backend)) {
+    case GQA_BACKEND_REFERENCE: return gqa::Backend::reference;
+    case GQA_BACKEND_X86: return gqa::Backend::x86;
+    case GQA_BACKEND_ARM: return gqa::Backend::arm;
+    case GQA_BACKEND_CUDA: return gqa::Backend::cuda;
+    case GQA_BACKEND_BEST: return gqa::Backend::best;
+    }
+    invalid("backend is " + std::to_string(enum_value(backend)) + "; expected a gqa_backend value (0 to 4)");
+}
+
+gqa::Config to_config(const gqa_config &c) {
+    gqa::Config config;
+    config.embed_dim = c.embed_dim;
+    config.num_heads = c.num_heads;
+    config.num_kv_heads = c.num_kv_heads;
+    config.head_dim = c.head_dim;
+    config.max_seq_len = c.max_seq_len;
+    switch (enum_value(c.rope_style)) {
+    case GQA_ROPE_NONE: config.rope_style = gqa::RopeStyle::none; break;
+    case GQA_ROPE_INTERLEAVED: config.rope_style = gqa::RopeStyle::interleaved; break;
+    case GQA_ROPE_ROTATE_HALF: config.rope_style = gqa::RopeStyle::rotate_half; break;
+    default:
+        invalid("rope_style is " + std::to_string(enum_value(c.rope_style)) +
+                "; expected a gqa_rope_style value (0 to 2)");
+    }
+    config.rope_base = c.rope_base;
+    config.rotary_dim = c.rotary_dim;
+    config.rope_fp32_angles = c.rope_fp32_angles != 0;
+    config.is_causal = c.is_causal != 0;
+    if (c.has_window) config.window = c.window;
+    config.scale = c.scale;
+    config.layer_id = c.layer_id;
+    config.softcap = c.softcap;
+    return config;
+}
+
+template <typename T>
+void require_pointer(const T *pointer, const char *name) {
+    if (!pointer) invalid(std::string(name) + " is NULL");
+}
+
+}  // namespace
+
+extern "C" {
+
+gqa_config gqa_config_default(void) {
+    const gqa::Config defaults;
+    gqa_config c{};
+    c.max_seq_len = defaults.max_seq_len;
+    c.rope_style = GQA_ROPE_INTERLEAVED;
+    c.rope_base = defaults.rope_base;
+    c.is_causal = 1;
+    c.layer_id = defaults.layer_id;
+    return c;
+}
+
+const char *gqa_last_error(void) {
+    return last_error.c_str();
+}
+
+const char *gqa_status_name(gqa_status status) {
+    switch (status) {
+    case GQA_STATUS_OK: return "ok";
+    case GQA_STATUS_INVALID: return "invalid";
+    case GQA_STATUS_OUT_OF_MEMORY: return "out of memory";
+    case GQA_STATUS_INTERNAL: return "internal error";
+    }
+    return "unknown status";
+}
+
+const char *gqa_backend_name(gqa_backend backend) {
+    const char *name = "unknown";
+    guarded([&] { name = gqa::backend_name(to_backend(backend)).data(); });
+    return name;
+}
+
+int gqa_backend_available(gqa_backend backend) {
+    int available = 0;
+    guarded([&] {
+        const gqa::Backend b = to_backend(backend);
+        available = b == gqa::Backend::best || gqa::backend_unavailable_reason(b).empty();
+    });
+    return available;
+}
+
+gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *weights, gqa_backend backend,
+                                gqa_attention **layer) {
+    if (layer) *layer = nullptr;
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(config, "config");
+        require_pointer(weights, "weights");
+        const gqa::Config c = to_config(*config);
+        const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim,
+                      d = c.embed_dim;
+        // The C++ layer checks the config before it reads a weight, so these shapes
+        // are only used once the sizes they come from are valid.
+        const auto view = [](const float *data, std::vector<int64_t> shape) {
+            return data ? gqa::TensorView<float>{data, std::move(shape)} : gqa::TensorView<float>{};
+        };
+        const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
+                             view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
+                             view(weights->bv, {kv}),   view(weights->bo, {d})};
+        for (const auto &[data, name] : {std::pair{weights->wq, "wq"}, std::pair{weights->wk, "wk"},
+                                         std::pair{weights->wv, "wv"}, std::pair{weights->wo, "wo"}}) {
+            if (!data) invalid(std::string("weights->") + name + " is NULL");
+        }
+        *layer = new gqa_attention{gqa::Attention(c, w, to_backend(backend))};
+    });
+}
+
+void gqa_attention_free(gqa_attention *layer) {
+    delete layer;
+}
+
+gqa_backend gqa_attention_backend(const gqa_attention *layer) {
+    switch (layer->layer.backend()) {
+    case gqa::Backend::reference: return GQA_BACKEND_REFERENCE;
+    case gqa::Backend::x86: return GQA_BACKEND_X86;
+    case gqa::Backend::arm: return GQA_BACKEND_ARM;
+    case gqa::Backend::cuda: return GQA_BACKEND_CUDA;
+    case gqa::Backend::best: break;
+    }
+    return GQA_BACKEND_BEST;
+}
+
+gqa_status gqa_attention_setup_cache(gqa_attention *layer, int32_t batch, int32_t max_seq_len, gqa_cache_type type) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        const int value = enum_value(type);
+        if (value != GQA_CACHE_F32 && value != GQA_CACHE_F16) {
+            invalid("cache type is " + std::to_string(value) + "; expected GQA_CACHE_F32 or GQA_CACHE_F16");
+        }
+        layer->layer.setup_cache(batch, max_seq_len, value == GQA_CACHE_F16 ? gqa::CacheType::f16 : gqa::CacheType::f32);
+    });
+}
+
+gqa_status gqa_attention_reset(gqa_attention *layer) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        layer->layer.reset();
+    });
+}
+
+int32_t gqa_attention_cache_size(const gqa_attention *layer) {
+    return layer ? layer->layer.size() : 0;
+}
+
+gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t batch, int32_t seq_len, float *out,
+                                 size_t out_count, const uint8_t *mask, int32_t mask_len, const int32_t *input_pos,
+                                 int32_t input_pos_rows) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(out, "out");
+        const int64_t d = layer->layer.config().embed_dim;
+        std::optional<gqa::TensorView<uint8_t>> mask_view;
+        if (mask) mask_view = gqa::TensorView<uint8_t>{mask, {batch, seq_len, mask_len}};
+        std::optional<gqa::TensorView<int32_t>> positions;
+        if (input_pos) {
+            if (input_pos_rows == 1) {
+                positions = gqa::TensorView<int32_t>{input_pos, {seq_len}};
+            } else {
+                positions = gqa::TensorView<int32_t>{input_pos, {input_pos_rows, seq_len}};
+            }
+        }
+        layer->layer.forward({x, {batch, seq_len, d}}, {out, out_count}, mask_view, positions);
+    });
+}
+
+}  // extern "C"

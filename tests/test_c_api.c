@@ -1,0 +1,150 @@
+/* The C API from C: a layer on every available backend against the reference, a
+ * prefill then decode steps through the cache; and failures that return
+ * GQA_STATUS_INVALID with a message naming the value, leaving the cache as it was. */
+#include <gqa/gqa.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { D = 48, HEADS = 6, KV_HEADS = 2, HEAD_DIM = 8, PROMPT = 9, STEPS = 3, MAX_SEQ = 32 };
+
+static int failures = 0;
+
+#define CHECK(condition, ...)                                          \
+    do {                                                               \
+        if (!(condition)) {                                            \
+            fprintf(stderr, "%s:%d: check failed: %s: ", __FILE__, __LINE__, #condition); \
+            fprintf(stderr, __VA_ARGS__);                              \
+            fputc('\n', stderr);                                       \
+            ++failures;                                                \
+        }                                                              \
+    } while (0)
+
+/* Uniform in [-0.5, 0.5) from a hash of (seed, index). */
+static float uniform(unsigned seed, unsigned index) {
+    unsigned h = seed * 0x9e3779b9u + index;
+    h ^= h >> 16, h *= 0x7feb352du, h ^= h >> 15, h *= 0x846ca68bu, h ^= h >> 16;
+    return (float)(h & 0xffff) / 65536.0f - 0.5f;
+}
+
+static void fill(float *values, size_t count, float scale, unsigned seed) {
+    for (size_t i = 0; i < count; ++i) values[i] = scale * uniform(seed, (unsigned)i);
+}
+
+/* NaN counts as infinitely far. An early exit, not an fmax reduction: gcc 12's
+ * aarch64 vectorizer stops with an internal compiler error on that. */
+static double max_abs_diff(const float *got, const float *want, int count) {
+    double worst = 0;
+    for (int i = 0; i < count; ++i) {
+        const double diff = fabs((double)got[i] - want[i]);
+        if (isnan(diff)) return INFINITY;
+        if (diff > worst) worst = diff;
+    }
+    return worst;
+}
+
+static float wq[HEADS * HEAD_DIM * D], wk[KV_HEADS * HEAD_DIM * D], wv[KV_HEADS * HEAD_DIM * D],
+    wo[D * HEADS * HEAD_DIM], bo[D];
+static float prompt[2 * PROMPT * D], steps[STEPS][2 * D];
+
+/* Prefill then STEPS decode steps, batch 2; out holds every output in order. */
+static gqa_status run(gqa_backend backend, gqa_cache_type cache, float *out) {
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
+    config.max_seq_len = MAX_SEQ;
+    const gqa_weights weights = {wq, wk, wv, wo, NULL, NULL, NULL, bo};
+    gqa_attention *layer = NULL;
+    gqa_status status = gqa_attention_create(&config, &weights, backend, &layer);
+    if (status != GQA_STATUS_OK) return status;
+    status = gqa_attention_setup_cache(layer, 2, MAX_SEQ, cache);
+    if (status == GQA_STATUS_OK) {
+        status = gqa_attention_forward(layer, prompt, 2, PROMPT, out, 2 * PROMPT * D, NULL, 0, NULL, 0);
+    }
+    for (int s = 0; s < STEPS && status == GQA_STATUS_OK; ++s) {
+        status = gqa_attention_forward(layer, steps[s], 2, 1, out + (2 * PROMPT + 2 * s) * D, 2 * D, NULL, 0, NULL, 0);
+    }
+    if (status == GQA_STATUS_OK) CHECK(gqa_attention_cache_size(layer) == PROMPT + STEPS, "cache size");
+    gqa_attention_free(layer);
+    return status;
+}
+
+static void backends_match_reference(void) {
+    enum { OUTPUTS = (2 * PROMPT + 2 * STEPS) * D };
+    static float want[OUTPUTS], got[OUTPUTS];
+    for (int half = 0; half <= 1; ++half) {
+        const gqa_cache_type cache = half ? GQA_CACHE_F16 : GQA_CACHE_F32;
+        CHECK(run(GQA_BACKEND_REFERENCE, cache, want) == GQA_STATUS_OK, "reference: %s", gqa_last_error());
+        for (int b = GQA_BACKEND_X86; b <= GQA_BACKEND_CUDA; ++b) {
+            if (!gqa_backend_available((gqa_backend)b)) continue;
+            CHECK(run((gqa_backend)b, cache, got) == GQA_STATUS_OK, "%s: %s", gqa_backend_name((gqa_backend)b),
+                  gqa_last_error());
+            const double worst = max_abs_diff(got, want, OUTPUTS);
+            /* The fp16 cache may round a k or v to the neighbouring half on one side. */
+            CHECK(worst <= (half ? 1e-2 : 1e-4), "%s, %s cache: max |diff| %g", gqa_backend_name((gqa_backend)b),
+                  half ? "fp16" : "fp32", worst);
+            printf("%s, %s cache: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b),
+                   half ? "fp16" : "fp32", worst);
+        }
+    }
+}
+
+static void failures_are_reported(void) {
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = 4, config.head_dim = HEAD_DIM;
+    const gqa_weights weights = {wq, wk, wv, wo, NULL, NULL, NULL, NULL};
+    gqa_attention *layer = (gqa_attention *)&config; /* must come back NULL */
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "6 heads over 4 kv heads");
+    CHECK(layer == NULL, "layer set on failure");
+    CHECK(strstr(gqa_last_error(), "num_kv_heads (4)") != NULL, "message: %s", gqa_last_error());
+
+    config.num_kv_heads = KV_HEADS;
+    config.has_window = 1, config.window = 0;
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "window 0");
+    CHECK(strstr(gqa_last_error(), "window is 0") != NULL, "message: %s", gqa_last_error());
+    config.has_window = 0;
+
+    const gqa_weights no_wk = {wq, NULL, wv, wo, NULL, NULL, NULL, NULL};
+    CHECK(gqa_attention_create(&config, &no_wk, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "wk NULL");
+    CHECK(strstr(gqa_last_error(), "wk") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_create(&config, &weights, (gqa_backend)9, &layer) == GQA_STATUS_INVALID, "backend 9");
+    CHECK(strstr(gqa_last_error(), "backend is 9") != NULL, "message: %s", gqa_last_error());
+
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_BEST, &layer) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_setup_cache(layer, 2, 12, GQA_CACHE_F32) == GQA_STATUS_OK, "%s", gqa_last_error());
+    static float out[2 * PROMPT * D];
+    CHECK(gqa_attention_forward(layer, prompt, 2, PROMPT, out, 2 * PROMPT * D, NULL, 0, NULL, 0) == GQA_STATUS_OK,
+          "%s", gqa_last_error());
+    CHECK(gqa_last_error()[0] == '\0', "a successful call leaves the message empty");
+    /* 9 cached + 9 new > 12 slots: refused, cache untouched. */
+    CHECK(gqa_attention_forward(layer, prompt, 2, PROMPT, out, 2 * PROMPT * D, NULL, 0, NULL, 0) ==
+              GQA_STATUS_INVALID, "overflow");
+    CHECK(strstr(gqa_last_error(), "overflow") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_cache_size(layer) == PROMPT, "size after a refused call: %d", gqa_attention_cache_size(layer));
+    CHECK(gqa_attention_forward(layer, prompt, 2, 1, out, 5, NULL, 0, NULL, 0) == GQA_STATUS_INVALID, "out size");
+    CHECK(strstr(gqa_last_error(), "out holds 5 floats") != NULL, "message: %s", gqa_last_error());
+    const uint8_t mask[2 * 1 * 7] = {0};
+    CHECK(gqa_attention_forward(layer, prompt, 2, 1, out, 2 * D, mask, 7, NULL, 0) == GQA_STATUS_INVALID, "mask");
+    CHECK(strstr(gqa_last_error(), "[2, 1, 7]") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_setup_cache(layer, 2, 12, (gqa_cache_type)5) == GQA_STATUS_INVALID, "cache type 5");
+    CHECK(strstr(gqa_last_error(), "cache type is 5") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_cache_size(layer) == PROMPT, "size after a refused setup_cache");
+    CHECK(gqa_attention_reset(layer) == GQA_STATUS_OK && gqa_attention_cache_size(layer) == 0, "reset");
+    gqa_attention_free(layer);
+    gqa_attention_free(NULL);
+}
+
+int main(void) {
+    fill(wq, sizeof wq / sizeof *wq, 0.3f, 1);
+    fill(wk, sizeof wk / sizeof *wk, 0.3f, 2);
+    fill(wv, sizeof wv / sizeof *wv, 0.3f, 3);
+    fill(wo, sizeof wo / sizeof *wo, 0.3f, 4);
+    fill(bo, sizeof bo / sizeof *bo, 1.0f, 5);
+    fill(prompt, sizeof prompt / sizeof *prompt, 2.0f, 6);
+    fill(&steps[0][0], sizeof steps / sizeof steps[0][0], 2.0f, 7);
+    backends_match_reference();
+    failures_are_reported();
+    if (failures) fprintf(stderr, "%d checks failed\n", failures);
+    return failures ? 1 : 0;
+}
