@@ -18,14 +18,6 @@ using detail::RopeTables;
 
 namespace {
 
-std::string shape_string(const std::vector<int64_t> &shape) {
-    std::ostringstream s;
-    s << '[';
-    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-    s << ']';
-    return s.str();
-}
-
 template <typename... Parts>
 [[noreturn]] void fail(const Parts &...parts) {
     std::ostringstream s;
@@ -196,6 +188,14 @@ RopeTables make_rope_tables(const Config &c) {
 }
 
 }  // namespace detail
+
+std::string shape_string(const std::vector<int64_t> &shape) {
+    std::ostringstream s;
+    s << '[';
+    for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+    s << ']';
+    return s.str();
+}
 
 std::string_view backend_name(Backend backend) {
     switch (backend) {

@@ -64,12 +64,6 @@ Tensor normal_tensor(std::vector<int64_t> shape, double stddev, std::mt19937 &rn
     return t;
 }
 
-std::string shape_text(const std::vector<int64_t> &shape) {
-    std::string text = "[";
-    for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-    return text + "]";
-}
-
 Scenario draw(FuzzedDataProvider &in) {
     Scenario s;
     gqa::Config &c = s.config;
@@ -164,9 +158,9 @@ Scenario draw(FuzzedDataProvider &in) {
          << (s.cache ? (*s.cache == gqa::CacheType::f16 ? "f16" : "f32") : "none") << " cache_batch=" << s.cache_batch
          << " cache_len=" << s.cache_len << "\n";
     for (const Call &call : s.calls) {
-        text << "  call x " << shape_text(call.x.shape) << " mask "
-             << (call.mask ? shape_text(call.mask_shape) : "none") << " input_pos "
-             << (call.input_pos ? shape_text(call.input_pos_shape) : "none") << "\n";
+        text << "  call x " << gqa::shape_string(call.x.shape) << " mask "
+             << (call.mask ? gqa::shape_string(call.mask_shape) : "none") << " input_pos "
+             << (call.input_pos ? gqa::shape_string(call.input_pos_shape) : "none") << "\n";
     }
     s.description = text.str();
     return s;

@@ -211,7 +211,7 @@ TEST_P(Errors, EmptyInput) {
     for (const std::vector<int64_t> &shape : {std::vector<int64_t>{0, 3, 30}, std::vector<int64_t>{cache_batch, 0, 30}}) {
         const std::vector<float> none;
         expect_rejected_keeping_cache([&] { layer_->forward({none.data(), shape}); },
-                                      HasSubstr(gqa_test::shape_text(shape)));
+                                      HasSubstr(gqa::shape_string(shape)));
     }
     const HostTensor<float> x = input(cache_batch, 3);
     expect_rejected_keeping_cache([&] { layer_->forward({nullptr, x.shape}); }, HasSubstr("x has no data"));
@@ -288,7 +288,7 @@ TEST_P(Errors, AppendCacheOfWrongShapeOrOverflowing) {
     const HostTensor<float> good = kv(cache_batch, 2, 2, 6);
     for (const HostTensor<float> &bad : {kv(3, 2, 2, 6), kv(cache_batch, 1, 2, 6), kv(cache_batch, 2, 2, 5)}) {
         expect_rejected_keeping_cache([&] { layer_->append_cache(bad.view(), good.view()); },
-                                      HasSubstr(gqa_test::shape_text(bad.shape)));
+                                      HasSubstr(gqa::shape_string(bad.shape)));
     }
     const HostTensor<float> three = kv(cache_batch, 2, 3, 6);
     expect_rejected_keeping_cache([&] { layer_->append_cache(good.view(), three.view()); },

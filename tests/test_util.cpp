@@ -11,12 +11,6 @@ int64_t element_count(const std::vector<int64_t> &shape) {
     return gqa::TensorView<float>{nullptr, shape}.numel();
 }
 
-std::string shape_text(const std::vector<int64_t> &shape) {
-    std::string text = "[";
-    for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
-    return text + "]";
-}
-
 HostTensor<float> random_normal(std::vector<int64_t> shape, double stddev, uint32_t seed) {
     std::mt19937 engine(seed);
     std::normal_distribution<float> normal(0.0f, static_cast<float>(stddev));

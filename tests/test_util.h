@@ -38,8 +38,6 @@ std::optional<gqa::TensorView<T>> optional_view(const std::optional<HostTensor<T
 }
 
 int64_t element_count(const std::vector<int64_t> &shape);
-// "[2, 3, 30]": how the library's messages print a shape.
-std::string shape_text(const std::vector<int64_t> &shape);
 
 // Same seed, same values (std::mt19937 with the standard library's distributions).
 HostTensor<float> random_normal(std::vector<int64_t> shape, double stddev, uint32_t seed);

@@ -112,14 +112,6 @@ std::string_view dtype_name(Dtype dtype) {
     return "?";
 }
 
-std::string shape_string(const std::vector<int64_t> &shape) {
-    std::ostringstream text;
-    text << '[';
-    for (size_t i = 0; i < shape.size(); ++i) text << (i ? ", " : "") << shape[i];
-    text << ']';
-    return text.str();
-}
-
 // One array of the manifest; the alternative held is its dtype.
 struct Tensor {
     std::vector<int64_t> shape;
@@ -162,7 +154,7 @@ Tensor load_tensor(const fs::path &dir, const json &entry, const std::string &wh
     int64_t count = 1;
     for (int64_t extent : shape) {
         if (extent < 0 || (extent > 0 && count > max_elements / extent)) {
-            throw InvalidInput(where + ": unusable shape " + shape_string(shape));
+            throw InvalidInput(where + ": unusable shape " + gqa::shape_string(shape));
         }
         count *= extent;
     }
@@ -173,7 +165,7 @@ Tensor load_tensor(const fs::path &dir, const json &entry, const std::string &wh
     if (error) throw InvalidInput(where + ": cannot read " + path.string() + ": " + error.message());
     if (file_size != static_cast<uintmax_t>(count * element_size)) {
         throw InvalidInput(where + ": " + path.string() + " has " + std::to_string(file_size) + " bytes, but " +
-                           dtype_text + " " + shape_string(shape) + " needs " + std::to_string(count * element_size));
+                           dtype_text + " " + gqa::shape_string(shape) + " needs " + std::to_string(count * element_size));
     }
 
     Tensor tensor{shape, {}};
@@ -199,7 +191,7 @@ Tensor load_required(const fs::path &dir, const json &parent, const std::string 
 
 void require_rank(const Tensor &tensor, size_t rank, const std::string &where) {
     if (tensor.shape.size() != rank) {
-        throw InvalidInput(where + ": shape " + shape_string(tensor.shape) + ", expected rank " + std::to_string(rank));
+        throw InvalidInput(where + ": shape " + gqa::shape_string(tensor.shape) + ", expected rank " + std::to_string(rank));
     }
 }
 
@@ -549,8 +541,8 @@ public:
 
     void compare(const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
         if (got.shape != want.shape || (got.data == nullptr && want.numel() > 0)) {
-            fail(what + ": shape " + shape_string(got.shape) + (got.data ? "" : " without data") + ", expected " +
-                 shape_string(want.shape));
+            fail(what + ": shape " + gqa::shape_string(got.shape) + (got.data ? "" : " without data") + ", expected " +
+                 gqa::shape_string(want.shape));
             return;
         }
         const auto &wanted = std::get<std::vector<float>>(want.values);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "gqa/safetensors.hpp"
 #include "layer_flops.h"
 
 namespace {
@@ -21,14 +22,20 @@ struct Options {
                        .rope_base = 500000.0};
     int prefill = 512;
     int decode_steps = 16;
+    std::string weights_path;  // a .safetensors checkpoint; random weights without one
+    std::string prefix = "model.layers.0.self_attn.";
+    gqa::ProjectionNames names;
 };
 
 void usage() {
     std::puts(
-        "usage: gqa-demo [--embed D] [--heads H] [--kv-heads K] [--head-dim HD] [--prefill S] [--decode N]\n"
+        "usage: gqa-demo [--embed D] [--heads H] [--kv-heads K] [--head-dim HD] [--rope-base B]\n"
+        "                [--prefill S] [--decode N] [--weights FILE.safetensors [--prefix P] [--o-name NAME]]\n"
         "Runs one attention layer (default: Llama-3.2-1B, embed 2048, 32 heads, 8 kv heads, head_dim 64)\n"
         "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache\n"
-        "(fp32, and fp16 for the compiled backends).");
+        "(fp32, and fp16 for the compiled backends). Random weights, or P{q,k,v,o}_proj.weight (and\n"
+        "biases) from a checkpoint; the default prefix is model.layers.0.self_attn. (Hugging Face),\n"
+        "torchtune's is layers.0.attn. with --o-name output_proj.");
 }
 
 bool parse(int argc, char **argv, Options &o) {
@@ -36,7 +43,24 @@ bool parse(int argc, char **argv, Options &o) {
         const std::string arg = argv[i];
         if (arg == "--help" || arg == "-h") return usage(), std::exit(0), true;
         if (i + 1 >= argc) return false;
-        const int value = std::atoi(argv[++i]);
+        const std::string text = argv[++i];
+        if (arg == "--weights") {
+            o.weights_path = text;
+            continue;
+        }
+        if (arg == "--prefix") {
+            o.prefix = text;
+            continue;
+        }
+        if (arg == "--o-name") {
+            o.names.o = text;
+            continue;
+        }
+        if (arg == "--rope-base") {
+            o.config.rope_base = std::atof(text.c_str());
+            continue;
+        }
+        const int value = std::atoi(text.c_str());
         if (arg == "--embed") o.config.embed_dim = value;
         else if (arg == "--heads") o.config.num_heads = value;
         else if (arg == "--kv-heads") o.config.num_kv_heads = value;
@@ -104,16 +128,23 @@ int main(int argc, char **argv) {
                     c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, o.prefill, o.decode_steps);
         std::mt19937 rng(2024);
         const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
-        const float w_std = 1.f / std::sqrt(float(c.embed_dim));
-        const auto wq = random_vector(size_t(q_width) * c.embed_dim, w_std, rng);
-        const auto wk = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
-        const auto wv = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
-        const auto wo = random_vector(size_t(c.embed_dim) * q_width, 1.f / std::sqrt(float(q_width)), rng);
+        // A checkpoint's weights, or random ones (LoadedWeights holds either).
+        gqa::LoadedWeights loaded;
+        if (!o.weights_path.empty()) {
+            loaded = gqa::load_safetensors(o.weights_path, o.prefix, c, o.names);
+            std::printf("weights: %s{%s,%s,%s,%s} from %s\n", o.prefix.c_str(), o.names.q.c_str(), o.names.k.c_str(),
+                        o.names.v.c_str(), o.names.o.c_str(), o.weights_path.c_str());
+        } else {
+            const float w_std = 1.f / std::sqrt(float(c.embed_dim));
+            loaded.wq = random_vector(size_t(q_width) * c.embed_dim, w_std, rng);
+            loaded.wk = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+            loaded.wv = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+            loaded.wo = random_vector(size_t(c.embed_dim) * q_width, 1.f / std::sqrt(float(q_width)), rng);
+            loaded.q_shape = {q_width, c.embed_dim}, loaded.kv_shape = {kv_width, c.embed_dim};
+            loaded.o_shape = {c.embed_dim, q_width};
+        }
+        const gqa::Weights weights = loaded.view();
         const auto x = random_vector(size_t(o.prefill + o.decode_steps) * c.embed_dim, 1.f, rng);
-        const gqa::Weights weights{{wq.data(), {q_width, c.embed_dim}},
-                                   {wk.data(), {kv_width, c.embed_dim}},
-                                   {wv.data(), {kv_width, c.embed_dim}},
-                                   {wo.data(), {c.embed_dim, q_width}}};
 
         // The reference goes first: it is what every other run is compared with.
         std::vector<Variant> variants;

@@ -53,6 +53,9 @@ std::string backend_isa(Backend backend);
 // stays fp32.
 enum class CacheType { f32, f16 };
 
+// "[2, 3, 30]": how the library's messages print a tensor shape.
+std::string shape_string(const std::vector<int64_t> &shape);
+
 // IEEE 754 binary16 bits <-> float, rounding to nearest even: how an f16 cache
 // stores values.
 uint16_t float_to_half(float value);

@@ -1,0 +1,41 @@
+// One attention layer's projections from a .safetensors file (the format of Hugging
+// Face checkpoints): an 8-byte little-endian header length, a JSON header naming
+// each tensor's dtype, shape and byte range, then the data.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "gqa/attention.hpp"
+
+namespace gqa {
+
+// The tensor names under the layer's prefix, without ".weight" / ".bias".
+// Hugging Face Llama/Mistral/Qwen: "q_proj" ... "o_proj" (the defaults), under
+// "model.layers.<i>.self_attn."; torchtune: "output_proj" for o, under
+// "layers.<i>.attn.".
+struct ProjectionNames {
+    std::string q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj";
+};
+
+// The four weights (and whichever biases the file has), converted to fp32 and
+// owned; view() gives the gqa::Weights a layer is built from.
+class LoadedWeights {
+public:
+    Weights view() const;
+
+    std::vector<float> wq, wk, wv, wo;
+    std::vector<float> bq, bk, bv, bo;  // empty: not in the file
+    std::vector<int64_t> q_shape, kv_shape, o_shape;
+};
+
+// Reads <prefix><name>.weight for q, k, v and o (and <prefix><name>.bias where
+// present) from `path`. F32, F16 and BF16 tensors are converted to fp32. Each
+// weight must have the nn.Linear shape `config` implies: wq [n_h*hd, d], wk/wv
+// [n_kv*hd, d], wo [d, n_h*hd]. Throws gqa::Error naming the file and the tensor
+// for a file that cannot be read or parsed, a missing tensor, another dtype, a
+// wrong shape or a byte range outside the data.
+LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,
+                               const ProjectionNames &names = {});
+
+}  // namespace gqa
