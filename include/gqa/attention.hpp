@@ -2,7 +2,11 @@
 //
 // Semantics follow torchtune's MultiHeadAttention + KVCache and TransformerLens'
 // GroupedQueryAttention (see the README's feature table). All tensors are dense,
-// row-major, in torch order; shapes below are torch shapes.
+// row-major, in torch order; shapes below are torch shapes. The generated pipelines
+// see the same memory in Halide order, innermost dimension first, so every shape
+// reads reversed there: x [b, s, d] is (d, s, b), a cache [b, n_kv, T, hd] is
+// (hd, T, n_kv, b), and q [b, s, n_h, hd] is (hd, r, n_kv, s, b) with head
+// h = kv_head * (n_h / n_kv) + r (generators/attention_algorithm.h).
 //
 // Thread-safety: an Attention object is not safe to use from two threads at once;
 // distinct objects are independent and may run concurrently.

@@ -34,7 +34,8 @@ public:
 // weight must have the nn.Linear shape `config` implies: wq [n_h*hd, d], wk/wv
 // [n_kv*hd, d], wo [d, n_h*hd]. Throws gqa::Error naming the file and the tensor
 // for a file that cannot be read or parsed, a missing tensor, another dtype, a
-// wrong shape or a byte range outside the data.
+// wrong shape or a byte range outside the data. Safe to call from several threads
+// at once (each call opens the file itself).
 LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,
                                const ProjectionNames &names = {});
 
