@@ -43,6 +43,10 @@ void validate_rope(const Config &c) {
     if (c.rope_style == RopeStyle::none) return;
     require_finite("rope_base", c.rope_base);
     require_positive("rope_base", c.rope_base);
+    if (c.rotary_dim == 0 && c.head_dim % 2 != 0) {
+        fail("head_dim is ", c.head_dim, " with RoPE, which rotates pairs; expected an even head_dim, or an even ",
+             "rotary_dim below it");
+    }
     const int rotary = effective_rotary_dim(c);
     if (rotary <= 0 || rotary % 2 != 0 || rotary > c.head_dim) {
         fail("rotary_dim is ", rotary, " (head_dim ", c.head_dim, "); expected an even number in [2, head_dim]");

@@ -70,10 +70,10 @@ Scenario draw(FuzzedDataProvider &in) {
     c.num_kv_heads = in.ConsumeIntegralInRange(1, 3);
     c.num_heads = c.num_kv_heads * in.ConsumeIntegralInRange(1, 4);
     c.rope_style = in.PickValueInArray({gqa::RopeStyle::none, gqa::RopeStyle::interleaved, gqa::RopeStyle::rotate_half});
-    // Odd head_dim only without RoPE, where it is valid.
-    c.head_dim = c.rope_style == gqa::RopeStyle::none ? in.ConsumeIntegralInRange(1, 24)
-                                                      : 2 * in.ConsumeIntegralInRange(1, 12);
-    if (c.rope_style != gqa::RopeStyle::none && in.ConsumeBool()) {
+    c.head_dim = in.ConsumeIntegralInRange(1, 24);
+    // RoPE rotates pairs: an odd head_dim needs an even rotary_dim below it.
+    if (c.rope_style != gqa::RopeStyle::none && c.head_dim == 1) c.rope_style = gqa::RopeStyle::none;
+    if (c.rope_style != gqa::RopeStyle::none && (c.head_dim % 2 != 0 || in.ConsumeBool())) {
         c.rotary_dim = 2 * in.ConsumeIntegralInRange(1, c.head_dim / 2);
     }
     c.rope_fp32_angles = in.ConsumeBool();
