@@ -54,7 +54,7 @@ int enum_value(const Enum &value) {
     return bits;
 }
 
-gqa::Backend to_backend(const gqa_backend &backend) {
+std::optional<gqa::Backend> known_backend(const gqa_backend &backend) {
     switch (enum_value(backend)) {
     case GQA_BACKEND_REFERENCE: return gqa::Backend::reference;
     case GQA_BACKEND_X86: return gqa::Backend::x86;
@@ -62,6 +62,11 @@ gqa::Backend to_backend(const gqa_backend &backend) {
     case GQA_BACKEND_CUDA: return gqa::Backend::cuda;
     case GQA_BACKEND_BEST: return gqa::Backend::best;
     }
+    return std::nullopt;
+}
+
+gqa::Backend to_backend(const gqa_backend &backend) {
+    if (const std::optional<gqa::Backend> known = known_backend(backend)) return *known;
     invalid("backend is " + std::to_string(enum_value(backend)) + "; expected a gqa_backend value (0 to 4)");
 }
 
@@ -125,19 +130,16 @@ const char *gqa_status_name(gqa_status status) {
     return "unknown status";
 }
 
+// These two return no status, so they leave this thread's message alone: a caller
+// may print it next to a backend's name.
 const char *gqa_backend_name(gqa_backend backend) {
-    const char *name = "unknown";
-    guarded([&] { name = gqa::backend_name(to_backend(backend)).data(); });
-    return name;
+    const std::optional<gqa::Backend> known = known_backend(backend);
+    return known ? gqa::backend_name(*known).data() : "unknown";
 }
 
 int gqa_backend_available(gqa_backend backend) {
-    int available = 0;
-    guarded([&] {
-        const gqa::Backend b = to_backend(backend);
-        available = b == gqa::Backend::best || gqa::backend_unavailable_reason(b).empty();
-    });
-    return available;
+    const std::optional<gqa::Backend> known = known_backend(backend);
+    return known && (*known == gqa::Backend::best || gqa::backend_unavailable_reason(*known).empty());
 }
 
 gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *weights, gqa_backend backend,
@@ -151,17 +153,14 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
         const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim,
                       d = c.embed_dim;
         // The C++ layer checks the config before it reads a weight, so these shapes
-        // are only used once the sizes they come from are valid.
+        // are only used once the sizes they come from are valid. A NULL weight is an
+        // empty view, which it reports as "<name> has no data" (or no bias).
         const auto view = [](const float *data, std::vector<int64_t> shape) {
             return data ? gqa::TensorView<float>{data, std::move(shape)} : gqa::TensorView<float>{};
         };
         const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
                              view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
                              view(weights->bv, {kv}),   view(weights->bo, {d})};
-        for (const auto &[data, name] : {std::pair{weights->wq, "wq"}, std::pair{weights->wk, "wk"},
-                                         std::pair{weights->wv, "wv"}, std::pair{weights->wo, "wo"}}) {
-            if (!data) invalid(std::string("weights->") + name + " is NULL");
-        }
         *layer = new gqa_attention{gqa::Attention(c, w, to_backend(backend))};
     });
 }

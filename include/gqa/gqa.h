@@ -77,7 +77,8 @@ typedef struct gqa_attention gqa_attention;
 
 gqa_config gqa_config_default(void);
 
-/* The message of this thread's last failed call ("" if none). */
+/* The message of this thread's last call that returns a gqa_status: why it failed,
+ * or "" when it succeeded. */
 const char *gqa_last_error(void);
 const char *gqa_status_name(gqa_status status);
 const char *gqa_backend_name(gqa_backend backend);
