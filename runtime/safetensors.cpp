@@ -75,22 +75,23 @@ public:
                  std::to_string(count * element_size) + " bytes (" + dtype + " " + shape_string(shape) +
                  ") inside the " + std::to_string(data_size_) + " data bytes");
         }
-        std::vector<char> bytes(offsets[1] - offsets[0]);
         in_.clear();
         in_.seekg(std::streamoff(data_begin_ + offsets[0]));
-        if (!in_.read(bytes.data(), std::streamsize(bytes.size()))) fail("tensor '" + name + "' cannot be read");
         std::vector<float> values(count);
+        const auto read_into = [&](void *to, size_t size) {
+            if (!in_.read(static_cast<char *>(to), std::streamsize(size))) fail("tensor '" + name + "' cannot be read");
+        };
         if (dtype == "F32") {
-            std::memcpy(values.data(), bytes.data(), bytes.size());
+            read_into(values.data(), count * 4);  // little-endian fp32, as stored
         } else {
+            std::vector<uint16_t> halves(count);
+            read_into(halves.data(), count * 2);
             for (size_t i = 0; i < count; ++i) {
-                uint16_t bits;
-                std::memcpy(&bits, bytes.data() + 2 * i, 2);
                 if (dtype == "F16") {
-                    values[i] = half_to_float(bits);
+                    values[i] = half_to_float(halves[i]);
                 } else {
                     // bfloat16 is the top half of a float32.
-                    const uint32_t wide = uint32_t(bits) << 16;
+                    const uint32_t wide = uint32_t(halves[i]) << 16;
                     std::memcpy(&values[i], &wide, 4);
                 }
             }
