@@ -16,7 +16,7 @@ add_halide_generator(gqa_generators
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU
 # runs. Spelled out, never `host`: on Zen 4 Halide 14 would pick sapphirerapids
-# and emit AVX512-FP16 (shared/HALIDE14.md §3.4).
+# and emit AVX512-FP16 (docs/halide14.md §2.1).
 set(GQA_X86_TARGETS
     x86-64-linux-avx-avx2-avx512-avx512_skylake-f16c-fma-sse41
     x86-64-linux-avx-avx2-f16c-fma-sse41

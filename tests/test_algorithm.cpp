@@ -81,7 +81,7 @@ public:
                 for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_root();
             }
         }
-        // Spelled out: `host` on Zen 4 selects AVX512-FP16 (shared/HALIDE14.md §3.4).
+        // Spelled out: `host` on Zen 4 selects AVX512-FP16 (docs/halide14.md §2.1).
         z_.compile_jit(Target("x86-64-linux-avx-avx2-f16c-fma-sse41"));
     }
 

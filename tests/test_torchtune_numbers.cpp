@@ -1,9 +1,9 @@
-// torchtune's own test numbers, reproduced without Python (shared/SEMANTICS.md §3.1,
-// §3.2): its attention tests assert the output mean of a GQA, MHA and MQA layer
+// torchtune's own test numbers, reproduced without Python (docs/semantics.md §10.1,
+// §10.2): its attention tests assert the output mean of a GQA, MHA and MQA layer
 // (embed 4096, 32 heads, head_dim 128, batch 4, seq 2048, every weight a linear ramp,
 // x = torch.randn after manual_seed(16)), with and without a KV cache; its RoPE
 // test asserts the mean, sum and max of RoPE applied to randn(4, 2048, 32, 128)
-// after manual_seed(0). torch's CPU randn is ported below (§3.5).
+// after manual_seed(0). torch's CPU randn is ported below (§10.3).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -82,7 +82,7 @@ void cephes_sincosf(float x, float *sin_out, float *cos_out) {
     *cos_out = cos_value;
 }
 
-// torch.manual_seed(seed); torch.randn(n) on the CPU, for float (SEMANTICS §3.5): a
+// torch.manual_seed(seed); torch.randn(n) on the CPU, for float (docs/semantics.md §10.3): a
 // 32-bit Mersenne Twister, 24-bit uniforms, Box-Muller over blocks of 16 in float
 // arithmetic, and the last 16 drawn afresh when n is not a multiple of 16.
 std::vector<float> torch_randn(size_t n, uint32_t seed) {

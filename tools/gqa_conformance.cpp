@@ -1,5 +1,5 @@
 // gqa-conformance: runs the conformance vectors of a directory (manifest.json plus the
-// raw arrays it names, format in SEMANTICS.md §4) on the library's backends and prints
+// raw arrays it names, format in docs/semantics.md §11) on the library's backends and prints
 // PASS / FAIL / UNSUPPORTED per (case, backend).
 //
 // Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
