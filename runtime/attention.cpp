@@ -285,6 +285,16 @@ struct Attention::State {
     int cache_batch = 0, cache_capacity = 0, cache_size = 0;
     std::vector<int32_t> last_position;  // per batch row, of the latest token forward wrote; -1: none
     uint64_t cache_version = 0;  // bumped whenever the host copy is rewritten here
+    // A device backend's copy was written by forward since the host copy was last
+    // brought up to date or rewritten (then the host's is the valid one).
+    bool cache_newer_on_device = false;
+
+    // Brings the host copy of the cache up to date before it is read or written here.
+    void pull_cache() {
+        if (!cache_newer_on_device) return;
+        kernels->copy_to_host(detail::HostArray::kv_cache);
+        cache_newer_on_device = false;
+    }
 
     KvStore cache_store() {
         if (cache_type == CacheType::f16) {
@@ -349,6 +359,7 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     s.k_cache.shrink_to_fit(), s.v_cache.shrink_to_fit(), s.k_half.shrink_to_fit(), s.v_half.shrink_to_fit();
     s.cache_type = type;
     ++s.cache_version;
+    s.cache_newer_on_device = false;
     s.cache_batch = batch_size;
     s.cache_capacity = max_seq_len;
     s.cache_size = 0;
@@ -365,6 +376,7 @@ void Attention::remove_cache() {
     s.k_half = {}, s.v_half = {};
     s.cache_type = CacheType::f32;
     s.cache_batch = s.cache_capacity = s.cache_size = 0;
+    s.cache_newer_on_device = false;
     s.last_position.clear();
 }
 
@@ -375,6 +387,7 @@ void Attention::reset() {
     std::fill(s.k_half.begin(), s.k_half.end(), 0);
     std::fill(s.v_half.begin(), s.v_half.end(), 0);
     ++s.cache_version;
+    s.cache_newer_on_device = false;
     s.cache_size = 0;
     std::fill(s.last_position.begin(), s.last_position.end(), -1);
 }
@@ -395,8 +408,7 @@ void Attention::append_cache(const TensorView<float> &k, const TensorView<float>
     if (s.cache_size + n > s.cache_capacity) {
         fail("KV cache overflow: ", s.cache_size, " tokens cached + ", n, " appended > max_seq_len ", s.cache_capacity);
     }
-    // A device copy may be newer than the host's: bring it back before writing here.
-    s.kernels->copy_to_host(detail::HostArray::kv_cache);
+    s.pull_cache();  // the slots before size() must survive the upload that follows
     const bool half = s.cache_type == CacheType::f16;
     for (int64_t b = 0; b < s.cache_batch; ++b) {
         for (int64_t h = 0; h < n_kv; ++h) {
@@ -492,6 +504,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     s.kernels->output({s.z.data(), batch, seq_len, out.data()});
 
     if (cached) {
+        s.cache_newer_on_device = true;
         s.cache_size += seq_len;
         for (int b = 0; b < batch; ++b) s.last_position[b] = s.positions[size_t(b) * seq_len + seq_len - 1];
     }
@@ -530,13 +543,13 @@ TensorView<float> Attention::z() const {
 namespace {
 
 // A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
-template <typename T>
-TensorView<T> cache_view(const Attention &layer, detail::Kernels &kernels, const detail::AlignedVector<T> &store,
+template <typename T, typename State>
+TensorView<T> cache_view(const Attention &layer, State &state, const detail::AlignedVector<T> &store,
                          CacheType type, const char *accessor, const char *other) {
     if (!layer.has_cache()) fail("no KV cache: call setup_cache first");
     if (layer.cache_type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
                                          " elements; read it with ", other, "(), not ", accessor, "()");
-    kernels.copy_to_host(detail::HostArray::kv_cache);
+    state.pull_cache();
     const Config &c = layer.config();
     return {store.data(), {layer.cache_batch(), c.num_kv_heads, layer.cache_max_seq_len(), c.head_dim}};
 }
@@ -544,19 +557,19 @@ TensorView<T> cache_view(const Attention &layer, detail::Kernels &kernels, const
 }  // namespace
 
 TensorView<float> Attention::k_cache() const {
-    return cache_view(*this, *state_->kernels, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
+    return cache_view(*this, *state_, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
 }
 
 TensorView<float> Attention::v_cache() const {
-    return cache_view(*this, *state_->kernels, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
+    return cache_view(*this, *state_, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
 }
 
 TensorView<uint16_t> Attention::k_cache_f16() const {
-    return cache_view(*this, *state_->kernels, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
+    return cache_view(*this, *state_, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
 }
 
 TensorView<uint16_t> Attention::v_cache_f16() const {
-    return cache_view(*this, *state_->kernels, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
+    return cache_view(*this, *state_, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
 }
 
 CacheType Attention::cache_type() const {

@@ -101,6 +101,9 @@ public:
     // Brings the layer's host copy of `array` up to date before the caller reads it
     // (the KV cache, or z / pattern of the last attend). Host backends hold it already.
     virtual void copy_to_host(HostArray) {}
+    // Returns once the work of the calls above has finished: a GPU backend only
+    // queues it, so whoever times the kernels alone (the bench) waits here.
+    virtual void finish() {}
 };
 
 // weights/biases already validated; biases may be null. `rope` outlives the kernels.

@@ -115,6 +115,11 @@ public:
         return buffer_.device;
     }
 
+    // Waits for the device work queued so far (Halide syncs the whole stream).
+    void sync(Backend backend) {
+        if (buffer_.device) check(halide_device_sync(nullptr, &buffer_), backend, "waiting for the device");
+    }
+
 private:
     halide_dimension_t extent_ = {};
     halide_buffer_t buffer_ = {};
@@ -295,6 +300,10 @@ public:
         }
     }
 
+    void finish() override {
+        if (device_) z_.sync(platform_.backend);
+    }
+
 private:
     struct KvArrays {
         DeviceArray &k, &v;
@@ -352,9 +361,16 @@ private:
 
     // The device copy of the layer's KV cache, or scratch standing in for one.
     KvArrays kv_arrays(const KvStore &kv) {
-        if (kv.version == 0) return {scratch_k_, scratch_v_};
+        const size_t bytes = kv_store_elements(dims_, kv.batch, kv.capacity) * element_type(kv).bytes();
+        if (kv.version == 0) {
+            // Sized for the whole store now: attend's views reach the padded slots past
+            // what project's views cover, and growing the array then would drop the
+            // keys and values project just wrote.
+            scratch_k_.reserve(device_, bytes, platform_.backend);
+            scratch_v_.reserve(device_, bytes, platform_.backend);
+            return {scratch_k_, scratch_v_};
+        }
         if (kv.k != cache_.host_k || kv.version != cache_.version) {
-            const size_t bytes = kv_store_elements(dims_, kv.batch, kv.capacity) * element_type(kv).bytes();
             upload_bytes(kv.k, cache_k_, bytes);
             upload_bytes(kv.v, cache_v_, bytes);
             cache_ = {kv.k, kv.v, kv.version, bytes};

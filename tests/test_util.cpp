@@ -109,6 +109,14 @@ testing::AssertionResult all_close(std::span<const float> got, std::span<const f
                                        << ", want " << want[first];
 }
 
+testing::AssertionResult within_half_cache_error(std::span<const float> got, std::span<const float> reference_half,
+                                                 std::span<const float> exact) {
+    const double bound = 2 * max_abs_diff(reference_half, exact), error = max_abs_diff(got, exact);
+    if (got.size() == exact.size() && error <= bound) return testing::AssertionSuccess();
+    return testing::AssertionFailure() << "error " << error << " against the fp32-cache result is over " << bound
+                                       << ", twice the reference's own fp16 error";
+}
+
 std::vector<gqa::Backend> runnable_backends() {
     std::vector<gqa::Backend> backends = gqa::available_backends();
     std::erase(backends, gqa::Backend::best);

@@ -80,6 +80,13 @@ double max_abs_diff(std::span<const float> got, std::span<const float> want);
 testing::AssertionResult all_close(std::span<const float> got, std::span<const float> want, double atol = 1e-4,
                                    double rtol = 1e-4);
 
+// The fp16-cache rule: a backend's fp16 result may differ from the exact (fp32
+// cache) one by at most twice what the reference's own fp16 path does. Not atol:
+// where two backends' fp32 k or v differ in summation order, one value can round
+// to a neighbouring half, so fp16 results differ by more than fp32 rounding.
+testing::AssertionResult within_half_cache_error(std::span<const float> got, std::span<const float> reference_half,
+                                                 std::span<const float> exact);
+
 // available_backends() without Backend::best, which duplicates one of them.
 std::vector<gqa::Backend> runnable_backends();
 // runnable_backends() without the reference: what is checked against it.
