@@ -2,15 +2,19 @@
 // OpenBLAS baseline, on the W1/W2/W3 layer shapes; the full layer and the
 // attention core alone; prefill of 512 tokens and decode against 2048 and 8192
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
-// weights and caches exceed the L3, as in a real model). Counters: GFLOP/s, GB/s
-// of the bytes that must be read, and both as fractions of this machine's FMA peak
-// and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run among
-// the others). Names: part/mode/backend/shape (tools/bench_report.py reads them).
+// weights and caches exceed the last-level cache, as in a real model). Counters:
+// GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
+// limits of the device that runs them: for the CPU backends this machine's FMA
+// peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
+// among the others); for CUDA the GPU's fp32 peak and memory bandwidth, read from
+// its driver. Names: part/mode/backend/shape (tools/bench_report.py reads them).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -18,6 +22,7 @@
 #include "../generators/layout.h"
 #include "../runtime/backend.h"
 #include "baseline_layer.h"
+#include "device_limits.h"
 #include "gqa/attention.hpp"
 #include "layer_flops.h"
 #include "probes.h"
@@ -32,13 +37,27 @@ constexpr int kMaxSeqLen = 8192 + kDecodeSteps;
 using Shape = gqa_tools::Workload;
 const auto kShapes = gqa_tools::workloads(kMaxSeqLen);
 
-constexpr size_t kL3Bytes = 32u << 20;     // this machine's L3 (cold chains are 3x it)
 const int kThreads = int(std::max(1u, std::thread::hardware_concurrency()));
 
 struct Limits {
-    double fma_gflops = 0, dram_gbs = 0;
+    double gflops = 0, gbs = 0;
+    size_t last_level_cache_bytes = 0;  // a cold chain holds 3x this
 };
-Limits limits;
+Limits cpu_limits;
+std::optional<gqa_bench::DeviceLimits> gpu;  // set when the CUDA backend runs
+
+// The L3 the kernel reports (glibc's sysconf gave 320 MiB for this VM's 32 MiB);
+// 32 MiB where it reports none.
+size_t cpu_l3_bytes() {
+    std::ifstream file("/sys/devices/system/cpu/cpu0/cache/index3/size");
+    size_t kib = 0;
+    return file >> kib ? kib << 10 : size_t(32) << 20;
+}
+
+const Limits &limits_of(int backend) {
+    static const Limits cuda = gpu ? Limits{gpu->fp32_gflops, gpu->dram_gbs, gpu->l2_bytes} : Limits{};
+    return gqa::Backend(backend) == gqa::Backend::cuda ? cuda : cpu_limits;
+}
 
 using gqa_tools::random_values;
 using LayerWeights = gqa_tools::WorkloadWeights;
@@ -143,12 +162,15 @@ std::unique_ptr<Layer> make_layer(const Shape &s, const LayerWeights &w, int bac
     return std::make_unique<OurLayer>(s, w, gqa::Backend(backend));
 }
 
-void report(benchmark::State &state, double flops, double bytes) {
+void report(benchmark::State &state, int backend, double flops, double bytes) {
     using benchmark::Counter;
+    const Limits &limits = limits_of(backend);
     state.counters["GFLOP/s"] = Counter(flops * 1e-9, Counter::kIsIterationInvariantRate);
     state.counters["GB/s"] = Counter(bytes * 1e-9, Counter::kIsIterationInvariantRate);
-    state.counters["peak_frac"] = Counter(flops * 1e-9 / limits.fma_gflops, Counter::kIsIterationInvariantRate);
-    state.counters["bw_frac"] = Counter(bytes * 1e-9 / limits.dram_gbs, Counter::kIsIterationInvariantRate);
+    if (limits.gflops > 0) {
+        state.counters["peak_frac"] = Counter(flops * 1e-9 / limits.gflops, Counter::kIsIterationInvariantRate);
+        state.counters["bw_frac"] = Counter(bytes * 1e-9 / limits.gbs, Counter::kIsIterationInvariantRate);
+    }
 }
 
 // Causal prefill of a fresh layer (no cache for ours, an emptied one for the baseline).
@@ -163,14 +185,16 @@ void layer_prefill(benchmark::State &state, const Shape &s, int backend) {
         benchmark::DoNotOptimize(out.data());
     }
     const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, kPrefillTokens);
-    report(state, gqa_tools::layer_flops(s.config, kPrefillTokens, (kPrefillTokens + 1) / 2.0), bytes);
+    report(state, backend, gqa_tools::layer_flops(s.config, kPrefillTokens, (kPrefillTokens + 1) / 2.0), bytes);
 }
 
 // One-token decodes against `context` cached tokens. Cold: a chain of layers, each
-// with its own weights and cache, used in turn, with more bytes than 3x the L3.
+// with its own weights and cache, used in turn, with more bytes than 3x the
+// last-level cache of the device that runs them.
 void layer_decode(benchmark::State &state, const Shape &s, int backend, int context, bool cold, gqa::CacheType type) {
     const size_t per_layer = weight_bytes(s) + cache_bytes(s.config, context + kDecodeSteps, type);
-    const int chain = cold ? int(std::max<size_t>(2, (3 * kL3Bytes + per_layer - 1) / per_layer)) : 1;
+    const size_t cold_bytes = 3 * limits_of(backend).last_level_cache_bytes;
+    const int chain = cold ? int(std::max<size_t>(2, (cold_bytes + per_layer - 1) / per_layer)) : 1;
     std::vector<LayerWeights> weights;
     std::vector<std::unique_ptr<Layer>> layers;
     for (int l = 0; l < chain; ++l) {
@@ -196,7 +220,7 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
     }
     const double keys = context + kDecodeSteps / 2.0;  // the cache grows between refills
     const double bytes = weight_bytes(s) + cache_bytes(s.config, int(keys), type) + 2.0 * d * sizeof(float);
-    report(state, gqa_tools::layer_flops(s.config, 1, keys), bytes);
+    report(state, backend, gqa_tools::layer_flops(s.config, 1, keys), bytes);
     state.counters["layers"] = chain;
 }
 
@@ -245,7 +269,7 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
         }
     }
     const double flops = 2.0 * kPrefillTokens * d * (2.0 * q_width + 2.0 * kv_width);
-    report(state, flops, weight_bytes(s) + 2.0 * x.size() * sizeof(float));
+    report(state, backend, flops, weight_bytes(s) + 2.0 * x.size() * sizeof(float));
 }
 
 // The attention core alone: rotated q against a filled cache, causal. Ours through
@@ -281,6 +305,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
                                            float(1.0 / std::sqrt(double(hd))), 0.f, z.data(), nullptr};
         for (auto _ : state) {
             kernels->attend(call);
+            kernels->finish();
             benchmark::DoNotOptimize(z.data());
         }
     }
@@ -288,7 +313,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
     const double visible = double(kv_len - queries) * queries + queries * (queries + 1) / 2.0;
     const double flops = 4.0 * c.num_heads * hd * visible;
     const double bytes = cache_bytes(c, kv_len) + 2.0 * q.size() * sizeof(float);
-    report(state, flops, bytes);
+    report(state, backend, flops, bytes);
 }
 
 void probe_fma(benchmark::State &state) {
@@ -344,12 +369,25 @@ int main(int argc, char **argv) {
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
     std::fprintf(stderr, "gqa-bench: measuring this machine's FMA peak and DRAM read bandwidth ...\n");
-    limits.fma_gflops = gqa_bench::measure_fma_peak_gflops(kThreads);
-    limits.dram_gbs = gqa_bench::measure_dram_read_gbs(kThreads, size_t(1) << 30);
-    std::fprintf(stderr, "gqa-bench: %.1f GFLOP/s fp32 FMA on %d threads, %.1f GB/s DRAM read\n", limits.fma_gflops,
-                 kThreads, limits.dram_gbs);
-    benchmark::AddCustomContext("fma_peak_gflops", std::to_string(limits.fma_gflops));
-    benchmark::AddCustomContext("dram_read_gbs", std::to_string(limits.dram_gbs));
+    cpu_limits = {gqa_bench::measure_fma_peak_gflops(kThreads),
+                  gqa_bench::measure_dram_read_gbs(kThreads, size_t(1) << 30), cpu_l3_bytes()};
+    std::fprintf(stderr, "gqa-bench: %.1f GFLOP/s fp32 FMA on %d threads, %.1f GB/s DRAM read, %zu MiB L3\n",
+                 cpu_limits.gflops, kThreads, cpu_limits.gbs, cpu_limits.last_level_cache_bytes >> 20);
+    benchmark::AddCustomContext("fma_peak_gflops", std::to_string(cpu_limits.gflops));
+    benchmark::AddCustomContext("dram_read_gbs", std::to_string(cpu_limits.gbs));
+    const auto available = gqa::available_backends();
+    if (std::find(available.begin(), available.end(), gqa::Backend::cuda) != available.end()) {
+        gpu = gqa_bench::cuda_device_limits();
+        if (!gpu) std::fprintf(stderr, "gqa-bench: the CUDA driver did not give the device's limits; no fractions\n");
+    }
+    if (gpu) {
+        std::fprintf(stderr, "gqa-bench: %s, %d SMs, compute %d.%d: %.1f TFLOP/s fp32, %.0f GB/s, %zu MiB L2\n",
+                     gpu->name.c_str(), gpu->sm_count, gpu->compute_major, gpu->compute_minor, gpu->fp32_gflops * 1e-3,
+                     gpu->dram_gbs, gpu->l2_bytes >> 20);
+        benchmark::AddCustomContext("gpu_name", gpu->name);
+        benchmark::AddCustomContext("gpu_fp32_gflops", std::to_string(gpu->fp32_gflops));
+        benchmark::AddCustomContext("gpu_dram_gbs", std::to_string(gpu->dram_gbs));
+    }
     register_all();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
