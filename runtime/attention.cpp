@@ -2,13 +2,18 @@
 // cache and the per-call scratch (grown, never shrunk, so a steady stream of calls
 // allocates nothing), and runs the three stages on the chosen backend.
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <initializer_list>
+#include <new>
+#include <stdexcept>
 #include <sstream>
 #include <utility>
 
 #include "../generators/layout.h"
 #include "aligned_vector.h"
 #include "backend.h"
+#include "test_hooks.h"
 
 namespace gqa {
 
@@ -31,6 +36,47 @@ void require_positive(const char *name, double value) {
 
 void require_finite(const char *name, double value) {
     if (!std::isfinite(value)) fail(name, " is ", value, "; expected a finite number");
+}
+
+// Halide addresses every array the pipelines see with 32-bit extents and strides,
+// so none may hold more elements than this; the layer refuses larger ones up front.
+constexpr int64_t kMaxArrayElements = INT32_MAX;
+
+// The product of `factors` (each >= 0), or -1 when it exceeds kMaxArrayElements.
+int64_t elements_within_limit(std::initializer_list<int64_t> factors) {
+    int64_t product = 1;
+    for (int64_t f : factors) {
+        if (f != 0 && product > kMaxArrayElements / f) return -1;
+        product *= f;
+    }
+    return product;
+}
+
+// `name` of `factors` elements: refused when over the limit, with how it was sized.
+void require_array_size(const char *name, std::initializer_list<int64_t> factors, const char *sized_by) {
+    if (elements_within_limit(factors) >= 0) return;
+    fail(name, " would hold more than ", kMaxArrayElements, " elements (", sized_by,
+         "), the most a Halide buffer addresses");
+}
+
+// A KV store (backend.h): batch x n_kv x capacity slots plus the key-slot padding.
+void require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity) {
+    const int64_t slots = elements_within_limit({batch, d.num_kv_heads, capacity});
+    if (slots >= 0 && elements_within_limit({slots + layout::kKeySlotPadding, d.head_dim}) >= 0) return;
+    fail(name, " would hold more than ", kMaxArrayElements, " elements (batch ", batch, " x num_kv_heads ",
+         d.num_kv_heads, " x ", capacity, " slots x head_dim ", d.head_dim, "), the most a Halide buffer addresses");
+}
+
+// Allocations report a failure as gqa::Error naming what they were for.
+template <typename Allocate>
+void allocate(const char *what, size_t elements, size_t element_bytes, Allocate &&allocation) {
+    try {
+        allocation();
+    } catch (const std::bad_alloc &) {
+        fail("could not allocate ", elements * element_bytes, " bytes for ", what);
+    } catch (const std::length_error &) {
+        fail("could not allocate ", elements * element_bytes, " bytes for ", what);
+    }
 }
 
 int effective_rotary_dim(const Config &c) {
@@ -61,6 +107,8 @@ void validate_config(const Config &c) {
         fail("num_heads (", c.num_heads, ") must be a multiple of num_kv_heads (", c.num_kv_heads, ")");
     }
     validate_rope(c);
+    require_array_size("the RoPE table", {c.max_seq_len, c.head_dim}, "max_seq_len x head_dim");
+    require_array_size("wq", {c.num_heads, c.head_dim, c.embed_dim}, "num_heads x head_dim x embed_dim");
     if (c.window && *c.window <= 0) fail("window is ", *c.window, "; expected > 0, or unset for no sliding window");
     require_finite("scale", c.scale);
     if (c.scale < 0) fail("scale is ", c.scale, "; expected > 0, or 0 for 1/sqrt(head_dim)");
@@ -146,8 +194,8 @@ void require_increasing(const std::vector<int32_t> &positions, const std::vector
 }
 
 template <typename T>
-void grow(detail::AlignedVector<T> &v, size_t n) {
-    if (v.size() < n) v.resize(n);
+void grow(detail::AlignedVector<T> &v, size_t n, const char *what) {
+    if (v.size() < n) allocate(what, n, sizeof(T), [&] { v.resize(n); });
 }
 
 }  // namespace
@@ -303,14 +351,51 @@ struct Attention::State {
         return {k_cache.data(), v_cache.data(), cache_batch, cache_capacity, false, cache_version};
     }
 
-    // Per-call scratch.
-    detail::AlignedVector<float> q, z, pattern, k_scratch, v_scratch;
+    // Per-call scratch. A forward writes z and the pattern into the spares, which
+    // become z and pattern only once every stage succeeded.
+    detail::AlignedVector<float> q, z, pattern, z_spare, pattern_spare, k_scratch, v_scratch;
     std::vector<int32_t> positions;
     bool record_pattern = false;
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
     bool has_pattern = false;
 
+    // Undoes what a failed forward wrote to the cache: its slots [first, first +
+    // count), past size(), are zero again on the host, and a device copy is
+    // replaced from there. If the device cannot even return its copy, that copy
+    // keeps the failed call's values past size(); every later call overwrites a
+    // slot before it reads it.
+    void discard_slots(int first, int count) noexcept {
+        try {
+            pull_cache();
+        } catch (const Error &) {
+            return;
+        }
+        const size_t n_kv = dims.num_kv_heads, hd = dims.head_dim;
+        for (size_t row = 0; row < size_t(cache_batch) * n_kv; ++row) {
+            const size_t from = (row * cache_capacity + first) * hd, to = from + size_t(count) * hd;
+            if (cache_type == CacheType::f16) {
+                std::fill(k_half.begin() + from, k_half.begin() + to, 0);
+                std::fill(v_half.begin() + from, v_half.begin() + to, 0);
+            } else {
+                std::fill(k_cache.begin() + from, k_cache.begin() + to, 0.f);
+                std::fill(v_cache.begin() + from, v_cache.begin() + to, 0.f);
+            }
+        }
+        ++cache_version;
+    }
 };
+
+namespace detail {
+
+namespace {
+thread_local ForwardStage injected_failure = ForwardStage::none;
+}
+
+void fail_next_forward_after(ForwardStage stage) {
+    injected_failure = stage;
+}
+
+}  // namespace detail
 
 Attention::Attention(const Config &config, const Weights &weights, Backend backend) : state_(nullptr) {
     validate_config(config);
@@ -350,13 +435,21 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
         fail("cache type is ", int(type), "; expected CacheType::f32 or CacheType::f16");
     }
     State &s = *state_;
+    require_kv_store_size("the KV cache's k and v", s.dims, batch_size, max_seq_len);
     const size_t elements = detail::kv_store_elements(s.dims, batch_size, max_seq_len);
     const bool half = type == CacheType::f16;
-    s.k_cache.assign(half ? 0 : elements, 0.f);
-    s.v_cache.assign(half ? 0 : elements, 0.f);
-    s.k_half.assign(half ? elements : 0, 0);
-    s.v_half.assign(half ? elements : 0, 0);
-    s.k_cache.shrink_to_fit(), s.v_cache.shrink_to_fit(), s.k_half.shrink_to_fit(), s.v_half.shrink_to_fit();
+    // Built aside and swapped in, so that a failed allocation leaves the old cache.
+    detail::AlignedVector<float> k_cache, v_cache;
+    detail::AlignedVector<uint16_t> k_half, v_half;
+    allocate("the KV cache", 2 * elements, half ? sizeof(uint16_t) : sizeof(float), [&] {
+        if (half) {
+            k_half.assign(elements, 0), v_half.assign(elements, 0);
+        } else {
+            k_cache.assign(elements, 0.f), v_cache.assign(elements, 0.f);
+        }
+    });
+    std::swap(s.k_cache, k_cache), std::swap(s.v_cache, v_cache);
+    std::swap(s.k_half, k_half), std::swap(s.v_half, v_half);
     s.cache_type = type;
     ++s.cache_version;
     s.cache_newer_on_device = false;
@@ -442,8 +535,12 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
         fail("x has shape ", shape_string(x.shape), "; expected [batch >= 1, seq_len >= 1, ", c.embed_dim, "]");
     }
     if (!x.data) fail("x has no data");
+    // Checked as given, in 64 bits, before anything is narrowed to int.
+    if (x.shape[1] > c.max_seq_len) fail("seq_len ", x.shape[1], " is larger than max_seq_len (", c.max_seq_len, ")");
+    if (x.shape[0] > INT32_MAX) fail("x has batch ", x.shape[0], "; expected at most ", INT32_MAX);
+    require_array_size("x", {x.shape[0], x.shape[1], c.embed_dim}, "batch x seq_len x embed_dim");
+    require_array_size("q", {x.shape[0], x.shape[1], c.num_heads, c.head_dim}, "batch x seq_len x num_heads x head_dim");
     const int batch = int(x.shape[0]), seq_len = int(x.shape[1]);
-    if (seq_len > c.max_seq_len) fail("seq_len ", seq_len, " is larger than max_seq_len (", c.max_seq_len, ")");
     const bool cached = has_cache();
     if (cached && batch != s.cache_batch) {
         fail("x has batch ", batch, " but the KV cache was set up for batch ", s.cache_batch);
@@ -459,6 +556,13 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     const int first_slot = cached ? s.cache_size : 0;
     const int kv_len = first_slot + seq_len;
+    if (!cached) {
+        require_kv_store_size("the k and v of the call", s.dims, batch, seq_len);
+    }
+    if (s.record_pattern) {
+        require_array_size("the attention pattern", {batch, c.num_heads, seq_len, kv_len},
+                           "batch x num_heads x seq_len x kv_len");
+    }
     if (mask) {
         const auto &m = mask->shape;
         const bool len_ok = m.size() == 3 && (m[2] == kv_len || (cached && m[2] == s.cache_capacity));
@@ -475,34 +579,51 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                    cache_is_shorter ? "the KV cache's max_seq_len" : "max_seq_len", s.positions);
     if (cached) require_increasing(s.positions, s.last_position, batch, seq_len);
 
-    // Everything is valid: from here on the cache is written.
+    // Everything is valid. The stages write the cache's new slots and the spare z
+    // and pattern; only when all three succeed does the layer take them.
     const LayerDims &d = s.dims;
-    grow(s.q, tokens * d.q_width());
-    grow(s.z, tokens * d.q_width());
+    grow(s.q, tokens * d.q_width(), "q");
+    grow(s.z_spare, tokens * d.q_width(), "z");
     KvStore kv;
     if (cached) {
         kv = s.cache_store();
     } else {
-        grow(s.k_scratch, detail::kv_store_elements(d, batch, seq_len));
-        grow(s.v_scratch, detail::kv_store_elements(d, batch, seq_len));
+        grow(s.k_scratch, detail::kv_store_elements(d, batch, seq_len), "k");
+        grow(s.v_scratch, detail::kv_store_elements(d, batch, seq_len), "v");
         kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false, 0};
     }
-    s.has_pattern = s.record_pattern;
-    if (s.record_pattern) grow(s.pattern, tokens * d.num_heads * kv_len);
+    if (s.record_pattern) grow(s.pattern_spare, tokens * d.num_heads * kv_len, "the attention pattern");
 
-    s.kernels->project({x.data, batch, seq_len, s.positions.data(), s.q.data(), kv, first_slot});
-    detail::AttendCall attend{s.q.data(), batch, seq_len, kv, kv_len, nullptr, 0, false, 0,
-                              float(s.scale), float(c.softcap), s.z.data(), s.record_pattern ? s.pattern.data() : nullptr};
-    if (mask) {
-        attend.mask = mask->data;
-        attend.mask_len = int(mask->shape[2]);
-    } else {
-        attend.causal = c.is_causal || c.window.has_value();
-        attend.window = c.window.value_or(0);
+    const detail::ForwardStage failing = std::exchange(detail::injected_failure, detail::ForwardStage::none);
+    auto after = [failing](detail::ForwardStage stage, const char *name) {
+        if (failing == stage) fail("injected failure after ", name);
+    };
+    try {
+        s.kernels->project({x.data, batch, seq_len, s.positions.data(), s.q.data(), kv, first_slot});
+        after(detail::ForwardStage::project, "project");
+        detail::AttendCall attend{s.q.data(), batch, seq_len, kv, kv_len, nullptr, 0, false, 0, float(s.scale),
+                                  float(c.softcap), s.z_spare.data(),
+                                  s.record_pattern ? s.pattern_spare.data() : nullptr};
+        if (mask) {
+            attend.mask = mask->data;
+            attend.mask_len = int(mask->shape[2]);
+        } else {
+            attend.causal = c.is_causal || c.window.has_value();
+            attend.window = c.window.value_or(0);
+        }
+        s.kernels->attend(attend);
+        after(detail::ForwardStage::attend, "attend");
+        s.kernels->output({s.z_spare.data(), batch, seq_len, out.data()});
+        after(detail::ForwardStage::output, "output");
+    } catch (...) {
+        if (cached) s.discard_slots(first_slot, seq_len);
+        throw;
     }
-    s.kernels->attend(attend);
-    s.kernels->output({s.z.data(), batch, seq_len, out.data()});
 
+    std::swap(s.z, s.z_spare);
+    if (s.record_pattern) std::swap(s.pattern, s.pattern_spare);
+    s.has_pattern = s.record_pattern;
+    s.kernels->commit();
     if (cached) {
         s.cache_newer_on_device = true;
         s.cache_size += seq_len;

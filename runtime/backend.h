@@ -101,6 +101,10 @@ public:
     // Brings the layer's host copy of `array` up to date before the caller reads it
     // (the KV cache, or z / pattern of the last attend). Host backends hold it already.
     virtual void copy_to_host(HostArray) {}
+    // The z and pattern of the last attend become the ones copy_to_host reads: the
+    // layer calls this once every stage of a forward succeeded, so a failed one
+    // leaves the previous results readable.
+    virtual void commit() {}
     // Returns once the work of the calls above has finished: a GPU backend only
     // queues it, so whoever times the kernels alone (the bench) waits here.
     virtual void finish() {}

@@ -170,6 +170,7 @@ void gqa_attention_free(gqa_attention *layer) {
 }
 
 gqa_backend gqa_attention_backend(const gqa_attention *layer) {
+    if (!layer) return GQA_BACKEND_NONE;
     switch (layer->layer.backend()) {
     case gqa::Backend::reference: return GQA_BACKEND_REFERENCE;
     case gqa::Backend::x86: return GQA_BACKEND_X86;
@@ -199,7 +200,7 @@ gqa_status gqa_attention_reset(gqa_attention *layer) {
 }
 
 int32_t gqa_attention_cache_size(const gqa_attention *layer) {
-    return layer ? layer->layer.size() : 0;
+    return layer ? layer->layer.size() : -1;
 }
 
 gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t batch, int32_t seq_len, float *out,

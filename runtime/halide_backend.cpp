@@ -247,19 +247,19 @@ public:
         const int window = c.window > 0 ? c.window : c.kv_len + 1;
         const int causal = c.causal ? 1 : 0, use_mask = c.mask ? 1 : 0;
         if (device_) {
-            place(q, q_, Sync::device_only), place(z, z_, Sync::device_only);
+            place(q, q_, Sync::device_only), place(z, z_[pending_], Sync::device_only);
             place(mask, mask_, Sync::upload);
             KvArrays kv = kv_arrays(c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
-            last_z_ = {c.z, z.bytes()};
+            pending_z_ = {c.z, z.bytes()};
         }
         if (c.pattern) {
             const int64_t plane = int64_t(c.seq_len) * c.kv_len;
             View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
                                            {c.batch, plane * dims_.num_heads}});
             if (device_) {
-                place(pattern, pattern_, Sync::device_only);
-                last_pattern_ = {c.pattern, pattern.bytes()};
+                place(pattern, pattern_[pending_], Sync::device_only);
+                pending_pattern_ = {c.pattern, pattern.bytes()};
             }
             run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
                                      k.get(), v.get(), z.get(), pattern.get()),
@@ -279,7 +279,7 @@ public:
         View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
         if (device_) {
             place_constant(w, out_weights_), place_constant(bias, out_bias_);
-            place(z, z_, Sync::device_only), place(out, out_array_, Sync::download);
+            place(z, z_[pending_], Sync::device_only), place(out, out_array_, Sync::download);
         }
         auto *pipeline = c.seq_len == 1 ? platform_.output_decode : platform_.output_prefill;
         run(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
@@ -295,13 +295,19 @@ public:
                 download_bytes(cache_.host_v, cache_v_, cache_.bytes);
             }
             return;
-        case HostArray::z: return download_bytes(last_z_.host, z_, last_z_.bytes);
-        case HostArray::pattern: return download_bytes(last_pattern_.host, pattern_, last_pattern_.bytes);
+        case HostArray::z: return download_bytes(last_z_.host, z_[1 - pending_], last_z_.bytes);
+        case HostArray::pattern: return download_bytes(last_pattern_.host, pattern_[1 - pending_], last_pattern_.bytes);
         }
     }
 
+    void commit() override {
+        if (!device_) return;
+        last_z_ = pending_z_, last_pattern_ = pending_pattern_;
+        pending_ = 1 - pending_;
+    }
+
     void finish() override {
-        if (device_) z_.sync(platform_.backend);
+        if (device_) z_[pending_].sync(platform_.backend);
     }
 
 private:
@@ -386,11 +392,15 @@ private:
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
 
     DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_;
-    DeviceArray x_, positions_, mask_, q_, z_, pattern_, out_array_;
+    DeviceArray x_, positions_, mask_, q_, out_array_;
+    // z and the pattern: a forward writes pair `pending_`; the other holds the last
+    // committed forward's (Kernels::commit).
+    DeviceArray z_[2], pattern_[2];
+    int pending_ = 0;
     DeviceArray cache_k_, cache_v_, scratch_k_, scratch_v_;
     std::set<const DeviceArray *> uploaded_;
     MirroredCache cache_;
-    HostRegion last_z_, last_pattern_;
+    HostRegion pending_z_, pending_pattern_, last_z_, last_pattern_;
 };
 
 // The standalone RoPE on a platform's pipeline: on host memory, or (device set)

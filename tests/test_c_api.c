@@ -137,6 +137,13 @@ static void failures_are_reported(void) {
     CHECK(gqa_attention_reset(layer) == GQA_STATUS_OK && gqa_attention_cache_size(layer) == 0, "reset");
     gqa_attention_free(layer);
     gqa_attention_free(NULL);
+    /* NULL handles: a status, or the documented sentinel. */
+    CHECK(gqa_attention_backend(NULL) == GQA_BACKEND_NONE, "backend of NULL");
+    CHECK(gqa_attention_cache_size(NULL) == -1, "cache size of NULL");
+    CHECK(gqa_attention_reset(NULL) == GQA_STATUS_INVALID && strstr(gqa_last_error(), "layer is NULL") != NULL,
+          "reset(NULL): %s", gqa_last_error());
+    CHECK(gqa_attention_setup_cache(NULL, 1, 4, GQA_CACHE_F32) == GQA_STATUS_INVALID, "setup_cache(NULL)");
+    CHECK(gqa_attention_forward(NULL, prompt, 1, 1, out, D, NULL, 0, NULL, 0) == GQA_STATUS_INVALID, "forward(NULL)");
 }
 
 int main(void) {

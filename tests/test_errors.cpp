@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <limits>
 #include <optional>
+#include <climits>
 #include <string>
 #include <vector>
 
@@ -266,6 +267,31 @@ TEST_P(Errors, InputPosNotIncreasingInTheCache) {
 TEST_P(Errors, CacheOverflow) {
     const HostTensor<float> x = input(cache_batch, 9);  // 3 + 9 > 11
     expect_rejected_keeping_cache([&] { layer_->forward(x.view()); }, AnyOf(HasSubstr("9"), HasSubstr("12")));
+}
+
+// Sizes whose arrays Halide could not address (or whose bytes overflow) are named
+// as given, before anything is allocated or narrowed.
+TEST_P(Errors, OversizedCacheIsRefusedKeepingTheOldOne) {
+    for (const auto &[batch, slots] : {std::pair{1000000, 1 << 30}, std::pair{INT_MAX, INT_MAX}}) {
+        expect_rejected_keeping_cache([&] { layer_->setup_cache(batch, slots); },
+                                      AllOf(HasSubstr("KV cache"), HasSubstr(std::to_string(batch)),
+                                            HasSubstr(std::to_string(slots))));
+    }
+}
+
+TEST_P(Errors, MaxSeqLenBeyondTheRopeTable) {
+    gqa::Config config = config_;
+    config.max_seq_len = INT_MAX;
+    expect_rejected_at_construction(config, weights_, AllOf(HasSubstr("RoPE table"), HasSubstr("max_seq_len")));
+}
+
+TEST_P(Errors, HugeInputIsNamedAsGiven) {
+    const float value = 0;
+    const gqa::TensorView<float> huge{&value, {int64_t(1) << 40, int64_t(1) << 40, config_.embed_dim}};
+    expect_rejected_keeping_cache([&] { layer_->forward(huge, std::span<float>()); }, HasSubstr("1099511627776"));
+    const gqa::TensorView<float> wide_batch{&value, {int64_t(1) << 40, 1, config_.embed_dim}};
+    expect_rejected_keeping_cache([&] { layer_->forward(wide_batch, std::span<float>()); },
+                                  HasSubstr("batch 1099511627776"));
 }
 
 TEST_P(Errors, BatchDiffersFromCache) {

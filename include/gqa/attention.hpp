@@ -24,7 +24,10 @@ namespace gqa {
 
 // Every failure of this library: bad shapes or values, an unbuilt backend, a
 // pipeline error. The message names the offending value and what was expected.
-// A call that throws leaves the layer and its KV cache exactly as they were.
+// A call that throws, for any reason (a pipeline or an allocation failing too),
+// leaves the layer, its KV cache (contents and size), z() and pattern() exactly as
+// they were. Sizes are checked as given, in 64 bits: no array the pipelines see may
+// hold more than 2^31 - 1 elements (Halide's 32-bit extents and strides).
 class Error : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;

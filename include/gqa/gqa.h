@@ -31,6 +31,7 @@ typedef enum gqa_backend {
     GQA_BACKEND_ARM = 2,        /* Halide AOT, ARMv8.2 FP16 / ARMv8.0 NEON chosen at run time */
     GQA_BACKEND_CUDA = 3,       /* Halide AOT for CUDA: weights and KV cache on the GPU */
     GQA_BACKEND_BEST = 4,       /* the fastest backend available here */
+    GQA_BACKEND_NONE = -1,      /* returned by gqa_attention_backend(NULL) */
 } gqa_backend;
 
 typedef enum gqa_rope_style {
@@ -90,7 +91,7 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
                                 gqa_attention **layer);
 /* Frees the layer and its cache; NULL is ignored. */
 void gqa_attention_free(gqa_attention *layer);
-/* The backend the layer runs on (GQA_BACKEND_BEST resolved). */
+/* The backend the layer runs on (GQA_BACKEND_BEST resolved); GQA_BACKEND_NONE for NULL. */
 gqa_backend gqa_attention_backend(const gqa_attention *layer);
 
 /* torchtune KVCache(batch, max_seq_len): zero-filled k/v [batch, num_kv_heads,
@@ -98,7 +99,7 @@ gqa_backend gqa_attention_backend(const gqa_attention *layer);
 gqa_status gqa_attention_setup_cache(gqa_attention *layer, int32_t batch, int32_t max_seq_len, gqa_cache_type type);
 /* Zeroes the cache; its size becomes 0. */
 gqa_status gqa_attention_reset(gqa_attention *layer);
-/* Tokens written to the cache so far (0 without one). */
+/* Tokens written to the cache so far (0 without one); -1 for a NULL layer. */
 int32_t gqa_attention_cache_size(const gqa_attention *layer);
 
 /* out [batch, seq_len, d] (out_count floats) = attention(x [batch, seq_len, d]).
