@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "../generators/layout.h"
-#include "../runtime/backend.h"
+#include "../runtime/backend_registry.h"
 #include "baseline_layer.h"
 #include "device_limits.h"
 #include "gqa/attention.hpp"
@@ -224,19 +224,14 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
     state.counters["layers"] = chain;
 }
 
-// A compiled backend's kernels (runtime/backend.h), for the parts measured below
-// the layer; null for the reference. `rope` must outlive them.
+// A compiled backend's kernels (runtime/backend_registry.h), for the parts measured
+// below the layer; null for the reference. `rope` must outlive them.
 std::unique_ptr<gqa::detail::Kernels> make_kernels(const Shape &s, const LayerWeights &weights,
                                                    const gqa::detail::RopeTables &rope, int backend) {
     const gqa::Config &c = s.config;
     const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim};
-    if (gqa::Backend(backend) == gqa::detail::kHalideBackend) {
-        return gqa::detail::make_halide_kernels(dims, weights.view(c), rope);
-    }
-#ifdef GQA_HAVE_CUDA
-    if (gqa::Backend(backend) == gqa::Backend::cuda) return gqa::detail::make_cuda_kernels(dims, weights.view(c), rope);
-#endif
-    return nullptr;
+    if (gqa::Backend(backend) == gqa::Backend::reference) return nullptr;
+    return gqa::detail::built_backend(gqa::Backend(backend))->make_kernels(dims, weights.view(c), rope);
 }
 
 // The projections alone at prefill (the fused q/k/v GEMM with RoPE, and the output
@@ -273,7 +268,7 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
 }
 
 // The attention core alone: rotated q against a filled cache, causal. Ours through
-// the backend's kernels (runtime/backend.h), the baseline through its own loop.
+// the backend's kernels (runtime/backend_registry.h), the baseline through its own loop.
 void core(benchmark::State &state, const Shape &s, int backend, int queries, int kv_len) {
     const gqa::Config &c = s.config;
     const int hd = c.head_dim, n_kv = c.num_kv_heads;

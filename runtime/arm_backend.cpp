@@ -6,20 +6,7 @@
 
 #include <asm/hwcap.h>
 
-#include "gqa_attend_decode_arm.h"
-#include "gqa_attend_decode_f16_arm.h"
-#include "gqa_attend_pattern_arm.h"
-#include "gqa_attend_pattern_f16_arm.h"
-#include "gqa_attend_prefill_arm.h"
-#include "gqa_attend_prefill_f16_arm.h"
-#include "gqa_output_decode_arm.h"
-#include "gqa_output_prefill_arm.h"
-#include "gqa_project_decode_arm.h"
-#include "gqa_project_decode_f16_arm.h"
-#include "gqa_project_prefill_arm.h"
-#include "gqa_project_prefill_f16_arm.h"
-#include "gqa_rope_arm.h"
-#include "halide_backend.h"
+#include "gqa_pipelines_arm.h"
 
 namespace gqa::detail {
 namespace {
@@ -50,18 +37,15 @@ const char *arm_isa_name(const uint64_t *features) {
 }  // namespace
 
 const HalidePlatform &halide_platform() {
-    static const HalidePlatform platform{Backend::arm,
-                                         {gqa_project_prefill_arm, gqa_project_decode_arm, gqa_attend_prefill_arm,
-                                          gqa_attend_decode_arm, gqa_attend_pattern_arm},
-                                         {gqa_project_prefill_f16_arm, gqa_project_decode_f16_arm,
-                                          gqa_attend_prefill_f16_arm, gqa_attend_decode_f16_arm,
-                                          gqa_attend_pattern_f16_arm},
-                                         gqa_output_prefill_arm,
-                                         gqa_output_decode_arm,
-                                         gqa_rope_arm,
-                                         hwcap_can_use_target_features,
-                                         arm_isa_name};
+    static const HalidePlatform platform{.backend = Backend::arm,
+                                         .pipelines = pipelines_arm,
+                                         .can_use_target_features = hwcap_can_use_target_features,
+                                         .isa_name = arm_isa_name};
     return platform;
+}
+
+BackendEntry arm_backend_entry() {
+    return halide_cpu_backend_entry(Backend::arm);
 }
 
 }  // namespace gqa::detail

@@ -12,7 +12,7 @@
 
 #include "../generators/layout.h"
 #include "aligned_vector.h"
-#include "backend.h"
+#include "backend_registry.h"
 #include "test_hooks.h"
 
 namespace gqa {
@@ -268,54 +268,37 @@ Backend backend_from_name(std::string_view name) {
 }
 
 std::vector<Backend> available_backends() {
-    std::vector<Backend> backends{Backend::reference};
-#ifdef GQA_HALIDE_BACKEND
-    backends.push_back(detail::kHalideBackend);
-#endif
-#ifdef GQA_HAVE_CUDA
-    if (detail::cuda_unavailable_reason().empty()) backends.push_back(Backend::cuda);
-#endif
+    std::vector<Backend> backends;
+    for (const detail::BackendEntry &entry : detail::built_backends()) {
+        if (entry.unavailable_reason().empty()) backends.push_back(entry.backend);
+    }
     return backends;
 }
 
 bool backend_built(Backend backend) {
-    switch (backend) {
-    case Backend::reference: return true;
-    case Backend::cuda:
-#ifdef GQA_HAVE_CUDA
-        return true;
-#else
-        return false;
-#endif
-    case Backend::best: return true;
-    case Backend::x86:
-    case Backend::arm:
-#ifdef GQA_HALIDE_BACKEND
-        return backend == detail::kHalideBackend;
-#else
-        return false;
-#endif
-    }
-    return false;
+    return backend == Backend::best || detail::built_backend(backend) != nullptr;
 }
 
 std::string backend_unavailable_reason(Backend backend) {
-    if (!backend_built(backend)) return "it is not built into this library";
-#ifdef GQA_HAVE_CUDA
-    if (backend == Backend::cuda) return detail::cuda_unavailable_reason();
-#endif
-    return "";
+    if (backend == Backend::best) return "";
+    const detail::BackendEntry *entry = detail::built_backend(backend);
+    return entry ? entry->unavailable_reason() : "it is not built into this library";
 }
 
 std::string backend_isa(Backend backend) {
-    backend = resolve_backend(backend);
-#ifdef GQA_HALIDE_BACKEND
-    if (backend == detail::kHalideBackend) return detail::halide_isa();
-#endif
-    // The CUDA libraries carry PTX for this capability; the driver compiles it for the GPU.
-    if (backend == Backend::cuda) return "cuda_capability_70";
-    return "";
+    return detail::built_backend(resolve_backend(backend))->isa();
 }
+
+namespace detail {
+
+const BackendEntry *built_backend(Backend backend) {
+    for (const BackendEntry &entry : built_backends()) {
+        if (entry.backend == backend) return &entry;
+    }
+    return nullptr;
+}
+
+}  // namespace detail
 
 struct Attention::State {
     Config config;
@@ -407,13 +390,7 @@ Attention::Attention(const Config &config, const Weights &weights, Backend backe
     s->rope = detail::make_rope_tables(config);
     s->scale = (config.scale > 0 ? config.scale : 1.0 / std::sqrt(double(config.head_dim))) /
                (config.layer_id >= 0 ? config.layer_id + 1 : 1);
-#ifdef GQA_HALIDE_BACKEND
-    if (s->backend == detail::kHalideBackend) s->kernels = detail::make_halide_kernels(s->dims, weights, s->rope);
-#endif
-#ifdef GQA_HAVE_CUDA
-    if (s->backend == Backend::cuda) s->kernels = detail::make_cuda_kernels(s->dims, weights, s->rope);
-#endif
-    if (s->backend == Backend::reference) s->kernels = detail::make_reference_kernels(s->dims, weights, s->rope);
+    s->kernels = detail::built_backend(s->backend)->make_kernels(s->dims, weights, s->rope);
     state_ = s.release();
 }
 
@@ -728,14 +705,7 @@ void apply_rope(const Config &config, const TensorView<float> &x, std::span<floa
     fill_positions(input_pos, batch, seq_len, position_offset, config.max_seq_len, "max_seq_len", positions);
     const RopeTables rope = detail::make_rope_tables(config);
     const detail::RopeCall call{x.data, batch * seq_len, heads, config.head_dim, positions.data(), out.data()};
-    const Backend chosen = resolve_backend(backend);
-#ifdef GQA_HALIDE_BACKEND
-    if (chosen == detail::kHalideBackend) return detail::halide_rope(rope, call);
-#endif
-#ifdef GQA_HAVE_CUDA
-    if (chosen == Backend::cuda) return detail::cuda_rope(rope, call);
-#endif
-    detail::reference_rope(rope, call);
+    detail::built_backend(resolve_backend(backend))->rope(rope, call);
 }
 
 }  // namespace gqa

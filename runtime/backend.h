@@ -110,27 +110,4 @@ public:
     virtual void finish() {}
 };
 
-// weights/biases already validated; biases may be null. `rope` outlives the kernels.
-std::unique_ptr<Kernels> make_reference_kernels(const LayerDims &dims, const Weights &weights,
-                                                const RopeTables &rope);
-void reference_rope(const RopeTables &rope, const RopeCall &call);
-
-// The Halide AOT backend of this build's architecture, Backend::GQA_HALIDE_BACKEND
-// (halide_backend.cpp).
-#ifdef GQA_HALIDE_BACKEND
-constexpr Backend kHalideBackend = Backend::GQA_HALIDE_BACKEND;
-std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
-void halide_rope(const RopeTables &rope, const RopeCall &call);
-// The instruction set of the variant its multitarget dispatch runs on this CPU.
-std::string halide_isa();
-#endif
-
-// The CUDA backend (x86-64 hosts): the same Halide backend over the CUDA pipelines.
-#ifdef GQA_HAVE_CUDA
-// Empty when a CUDA driver and device are usable, else why not.
-const std::string &cuda_unavailable_reason();
-std::unique_ptr<Kernels> make_cuda_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope);
-void cuda_rope(const RopeTables &rope, const RopeCall &call);
-#endif
-
 }  // namespace gqa::detail

@@ -6,22 +6,10 @@
 #include <dlfcn.h>
 
 #include <string>
+#include <string_view>
 
 #include "HalideRuntimeCuda.h"
-#include "gqa_attend_decode_cuda.h"
-#include "gqa_attend_decode_f16_cuda.h"
-#include "gqa_attend_pattern_cuda.h"
-#include "gqa_attend_pattern_f16_cuda.h"
-#include "gqa_attend_prefill_cuda.h"
-#include "gqa_attend_prefill_f16_cuda.h"
-#include "gqa_output_decode_cuda.h"
-#include "gqa_output_prefill_cuda.h"
-#include "gqa_project_decode_cuda.h"
-#include "gqa_project_decode_f16_cuda.h"
-#include "gqa_project_prefill_cuda.h"
-#include "gqa_project_prefill_f16_cuda.h"
-#include "gqa_rope_cuda.h"
-#include "halide_backend.h"
+#include "gqa_pipelines_cuda.h"
 
 namespace gqa::detail {
 namespace {
@@ -45,34 +33,42 @@ std::string probe_cuda() {
     return "";
 }
 
+// The compute capability the PTX was generated for (the driver compiles it for the
+// GPU), as the libraries' Halide target names it.
 const char *cuda_isa_name(const uint64_t *) {
-    return "cuda_capability_70";
+    static const std::string capability = [] {
+        const std::string_view targets = pipeline_targets_cuda;
+        const size_t at = targets.find("cuda_capability_");
+        return std::string(targets.substr(at, targets.find_first_of("- ", at) - at));
+    }();
+    return capability.c_str();
+}
+
+const HalidePlatform &cuda_platform() {
+    static const HalidePlatform platform{.backend = Backend::cuda,
+                                         .pipelines = pipelines_cuda,
+                                         .can_use_target_features = nullptr,
+                                         .isa_name = cuda_isa_name};
+    return platform;
 }
 
 }  // namespace
 
-const std::string &cuda_unavailable_reason() {
-    static const std::string reason = probe_cuda();
-    return reason;
-}
-
-const HalidePlatform &cuda_platform() {
-    static const HalidePlatform platform{Backend::cuda,
-                                         {gqa_project_prefill_cuda, gqa_project_decode_cuda, gqa_attend_prefill_cuda,
-                                          gqa_attend_decode_cuda, gqa_attend_pattern_cuda},
-                                         {gqa_project_prefill_f16_cuda, gqa_project_decode_f16_cuda,
-                                          gqa_attend_prefill_f16_cuda, gqa_attend_decode_f16_cuda,
-                                          gqa_attend_pattern_f16_cuda},
-                                         gqa_output_prefill_cuda,
-                                         gqa_output_decode_cuda,
-                                         gqa_rope_cuda,
-                                         nullptr,
-                                         cuda_isa_name};
-    return platform;
-}
-
-const halide_device_interface_t *cuda_device_interface() {
-    return halide_cuda_device_interface();
+BackendEntry cuda_backend_entry() {
+    return {.backend = Backend::cuda,
+            .unavailable_reason =
+                [] {
+                    static const std::string reason = probe_cuda();
+                    return reason;
+                },
+            .isa = [] { return std::string(cuda_isa_name(nullptr)); },
+            .make_kernels =
+                [](const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+                    return make_halide_kernels(cuda_platform(), halide_cuda_device_interface(), dims, weights, rope);
+                },
+            .rope = [](const RopeTables &rope, const RopeCall &call) {
+                run_halide_rope(cuda_platform(), halide_cuda_device_interface(), rope, call);
+            }};
 }
 
 }  // namespace gqa::detail

@@ -281,7 +281,7 @@ public:
             place_constant(w, out_weights_), place_constant(bias, out_bias_);
             place(z, z_[pending_], Sync::device_only), place(out, out_array_, Sync::download);
         }
-        auto *pipeline = c.seq_len == 1 ? platform_.output_decode : platform_.output_prefill;
+        auto *pipeline = c.seq_len == 1 ? platform_.pipelines.output_decode : platform_.pipelines.output_prefill;
         run(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
         if (device_) download(out);
     }
@@ -326,7 +326,7 @@ private:
     };
 
     const CachePipelines &pipelines(const KvStore &kv) const {
-        return kv.half ? platform_.f16 : platform_.f32;
+        return kv.half ? platform_.pipelines.f16 : platform_.pipelines.f32;
     }
     static halide_type_t element_type(const KvStore &kv) {
         return kv.half ? kF16 : kF32;
@@ -403,9 +403,29 @@ private:
     HostRegion pending_z_, pending_pattern_, last_z_, last_pattern_;
 };
 
+// The instruction set of the variant the multitarget dispatch runs on this CPU.
+std::string halide_cpu_isa() {
+    if (const char *isa = chosen_isa.load()) return isa;
+    // Either no pipeline has run yet or the baseline did: a one-token RoPE makes
+    // the dispatch decide, then no answer means the baseline.
+    RopeTables rope;
+    rope.head_dim = 2, rope.positions = 1, rope.rotary_dim = 2;
+    rope.cos = {1.f, 1.f}, rope.sin = {0.f, 0.f};
+    const float x[2] = {0.f, 0.f};
+    float out[2];
+    const int32_t position = 0;
+    run_halide_rope(halide_platform(), nullptr, rope,
+                    {.x = x, .tokens = 1, .heads = 1, .head_dim = 2, .positions = &position, .out = out});
+    if (const char *isa = chosen_isa.load()) return isa;
+    const uint64_t no_features[(halide_target_feature_end + 63) / 64] = {};
+    return halide_platform().isa_name(no_features);
+}
+
+}  // namespace
+
 // The standalone RoPE on a platform's pipeline: on host memory, or (device set)
 // through temporary device arrays, inputs up and the result back down.
-void run_rope(const HalidePlatform &platform, const halide_device_interface_t *device, const RopeTables &rope,
+void run_halide_rope(const HalidePlatform &platform, const halide_device_interface_t *device, const RopeTables &rope,
               const RopeCall &c) {
     install_halide_hooks();
     DeviceArray x_array, positions_array, cos_array, sin_array, out_array;  // outlive the views
@@ -420,45 +440,27 @@ void run_rope(const HalidePlatform &platform, const halide_device_interface_t *d
         }
         place_on_device(out, out_array, device, platform.backend, Sync::download);
     }
-    check(platform.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
+    check(platform.pipelines.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
           platform.backend, "pipeline gqa_rope");
     if (device) check(halide_copy_to_host(nullptr, out.get()), platform.backend, "copy to host");
 }
 
-}  // namespace
-
-std::unique_ptr<Kernels> make_halide_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-    return std::make_unique<HalideKernels>(halide_platform(), nullptr, dims, weights, rope);
+std::unique_ptr<Kernels> make_halide_kernels(const HalidePlatform &platform, const halide_device_interface_t *device,
+                                             const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+    return std::make_unique<HalideKernels>(platform, device, dims, weights, rope);
 }
 
-void halide_rope(const RopeTables &rope, const RopeCall &c) {
-    run_rope(halide_platform(), nullptr, rope, c);
-}
-
-#ifdef GQA_HAVE_CUDA
-std::unique_ptr<Kernels> make_cuda_kernels(const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-    return std::make_unique<HalideKernels>(cuda_platform(), cuda_device_interface(), dims, weights, rope);
-}
-
-void cuda_rope(const RopeTables &rope, const RopeCall &c) {
-    run_rope(cuda_platform(), cuda_device_interface(), rope, c);
-}
-#endif
-
-std::string halide_isa() {
-    if (const char *isa = chosen_isa.load()) return isa;
-    // Either no pipeline has run yet or the baseline did: a one-token RoPE makes
-    // the dispatch decide, then no answer means the baseline.
-    RopeTables rope;
-    rope.head_dim = 2, rope.positions = 1, rope.rotary_dim = 2;
-    rope.cos = {1.f, 1.f}, rope.sin = {0.f, 0.f};
-    const float x[2] = {0.f, 0.f};
-    float out[2];
-    const int32_t position = 0;
-    halide_rope(rope, {x, 1, 1, 2, &position, out});
-    if (const char *isa = chosen_isa.load()) return isa;
-    const uint64_t no_features[(halide_target_feature_end + 63) / 64] = {};
-    return halide_platform().isa_name(no_features);
+BackendEntry halide_cpu_backend_entry(Backend backend) {
+    return {.backend = backend,
+            .unavailable_reason = [] { return std::string(); },
+            .isa = halide_cpu_isa,
+            .make_kernels =
+                [](const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+                    return make_halide_kernels(halide_platform(), nullptr, dims, weights, rope);
+                },
+            .rope = [](const RopeTables &rope, const RopeCall &call) {
+                run_halide_rope(halide_platform(), nullptr, rope, call);
+            }};
 }
 
 }  // namespace gqa::detail

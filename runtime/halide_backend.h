@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "HalideRuntime.h"
-#include "backend.h"
+#include "backend_registry.h"
 
 namespace gqa::detail {
 
@@ -28,16 +28,26 @@ using RopePipeline = int (*)(halide_buffer_t *x, halide_buffer_t *positions, hal
 
 // The pipelines that write or read the KV cache, for one cache element type.
 struct CachePipelines {
-    ProjectPipeline project_prefill, project_decode;
-    AttendPipeline attend_prefill, attend_decode;
+    ProjectPipeline project_prefill;
+    AttendPipeline attend_prefill;
+    ProjectPipeline project_decode;
+    AttendPipeline attend_decode;
     AttendPatternPipeline attend_pattern;
+};
+
+// Every pipeline of one backend. Filled, by name, in the header that
+// cmake/GqaHalideLibraries.cmake generates with the libraries:
+// gqa_pipelines_<backend>.h defines gqa::detail::pipelines_<backend> and
+// pipeline_targets_<backend> (the Halide targets they were compiled for).
+struct PipelineTable {
+    RopePipeline rope;
+    OutputPipeline output_prefill, output_decode;
+    CachePipelines f32, f16;
 };
 
 struct HalidePlatform {
     Backend backend;
-    CachePipelines f32, f16;
-    OutputPipeline output_prefill, output_decode;
-    RopePipeline rope;
+    PipelineTable pipelines;
     // Installed as Halide's halide_can_use_target_features hook: whether this CPU
     // runs a multitarget variant needing `features` (halide_target_feature_t bits).
     // Null for a GPU platform, whose libraries have one variant.
@@ -46,14 +56,19 @@ struct HalidePlatform {
     const char *(*isa_name)(const uint64_t *features);
 };
 
-// Defined by the architecture's file (x86_backend.cpp or arm_backend.cpp).
+// The CPU pipelines of this build, defined by the architecture's file
+// (x86_backend.cpp or arm_backend.cpp).
 const HalidePlatform &halide_platform();
 
-#ifdef GQA_HAVE_CUDA
-// cuda_backend.cpp: the CUDA pipelines, and the device they run on.
-const HalidePlatform &cuda_platform();
-const halide_device_interface_t *cuda_device_interface();
-#endif
+// Kernels over a platform's pipelines: on host memory (device null), or with
+// weights and the KV cache kept in the memory of `device`.
+std::unique_ptr<Kernels> make_halide_kernels(const HalidePlatform &platform, const halide_device_interface_t *device,
+                                             const LayerDims &dims, const Weights &weights, const RopeTables &rope);
+void run_halide_rope(const HalidePlatform &platform, const halide_device_interface_t *device, const RopeTables &rope,
+                     const RopeCall &call);
+
+// The registry entry of this build's CPU backend (Backend::x86 or Backend::arm).
+BackendEntry halide_cpu_backend_entry(Backend backend);
 
 inline bool has_target_feature(const uint64_t *features, int feature) {
     return (features[feature / 64] >> (feature % 64)) & 1;

@@ -5,7 +5,7 @@
 #include <limits>
 
 #include "../generators/layout.h"
-#include "backend.h"
+#include "backend_registry.h"
 
 namespace gqa::detail {
 namespace {
@@ -155,8 +155,6 @@ private:
     std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_;
 };
 
-}  // namespace
-
 void reference_rope(const RopeTables &rope, const RopeCall &c) {
     std::vector<double> head(c.head_dim);
     for (int m = 0; m < c.tokens; ++m) {
@@ -172,6 +170,16 @@ void reference_rope(const RopeTables &rope, const RopeCall &c) {
 std::unique_ptr<Kernels> make_reference_kernels(const LayerDims &dims, const Weights &weights,
                                                 const RopeTables &rope) {
     return std::make_unique<ReferenceKernels>(dims, weights, rope);
+}
+
+}  // namespace
+
+BackendEntry reference_backend_entry() {
+    return {.backend = Backend::reference,
+            .unavailable_reason = [] { return std::string(); },
+            .isa = [] { return std::string(); },
+            .make_kernels = make_reference_kernels,
+            .rope = reference_rope};
 }
 
 }  // namespace gqa::detail

@@ -4,20 +4,7 @@
 #include <cstring>
 #include <string>
 
-#include "gqa_attend_decode_f16_x86.h"
-#include "gqa_attend_decode_x86.h"
-#include "gqa_attend_pattern_f16_x86.h"
-#include "gqa_attend_pattern_x86.h"
-#include "gqa_attend_prefill_f16_x86.h"
-#include "gqa_attend_prefill_x86.h"
-#include "gqa_output_decode_x86.h"
-#include "gqa_output_prefill_x86.h"
-#include "gqa_project_decode_f16_x86.h"
-#include "gqa_project_decode_x86.h"
-#include "gqa_project_prefill_f16_x86.h"
-#include "gqa_project_prefill_x86.h"
-#include "gqa_rope_x86.h"
-#include "halide_backend.h"
+#include "gqa_pipelines_x86.h"
 
 namespace gqa::detail {
 namespace {
@@ -57,18 +44,15 @@ const char *x86_isa_name(const uint64_t *features) {
 const HalidePlatform &halide_platform() {
     static const int checked_cap = isa_cap_rank();  // a bad GQA_X86_ISA throws here, before any pipeline runs
     (void)checked_cap;
-    static const HalidePlatform platform{Backend::x86,
-                                         {gqa_project_prefill_x86, gqa_project_decode_x86, gqa_attend_prefill_x86,
-                                          gqa_attend_decode_x86, gqa_attend_pattern_x86},
-                                         {gqa_project_prefill_f16_x86, gqa_project_decode_f16_x86,
-                                          gqa_attend_prefill_f16_x86, gqa_attend_decode_f16_x86,
-                                          gqa_attend_pattern_f16_x86},
-                                         gqa_output_prefill_x86,
-                                         gqa_output_decode_x86,
-                                         gqa_rope_x86,
-                                         capped_can_use_target_features,
-                                         x86_isa_name};
+    static const HalidePlatform platform{.backend = Backend::x86,
+                                         .pipelines = pipelines_x86,
+                                         .can_use_target_features = capped_can_use_target_features,
+                                         .isa_name = x86_isa_name};
     return platform;
+}
+
+BackendEntry x86_backend_entry() {
+    return halide_cpu_backend_entry(Backend::x86);
 }
 
 }  // namespace gqa::detail
