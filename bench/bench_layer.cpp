@@ -253,12 +253,12 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
         std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
         if (!kernels) return state.SkipWithError("no projections for this backend");
         std::vector<float> q(size_t(kPrefillTokens) * q_width), z(q.size(), 0.5f);
-        std::vector<float> k((size_t(kPrefillTokens) + gqa::layout::kKeySlotPadding) * kv_width), v(k.size());
+        gqa::detail::KvCache scratch;
+        scratch.reserve_scratch({d, c.num_heads, c.num_kv_heads, hd}, 1, kPrefillTokens);
         std::vector<int32_t> positions(kPrefillTokens);
         for (int i = 0; i < kPrefillTokens; ++i) positions[i] = i;
-        const gqa::detail::KvStore store{k.data(), v.data(), 1, kPrefillTokens, false, 0};
         for (auto _ : state) {
-            kernels->project({x.data(), 1, kPrefillTokens, positions.data(), q.data(), store, 0});
+            kernels->project({x.data(), 1, kPrefillTokens, positions.data(), q.data(), &scratch, 0});
             kernels->output({z.data(), 1, kPrefillTokens, out.data()});
             benchmark::DoNotOptimize(out.data());
         }
@@ -288,15 +288,10 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         const gqa::detail::RopeTables rope = gqa::detail::make_rope_tables(c);
         std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
         if (!kernels) return state.SkipWithError("no attention core for this backend");
-        // The cache layout of the layer: [n_kv, kv_len, hd] plus the key-slot padding.
-        const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, n_kv, hd};
-        std::vector<float> k_store(gqa::detail::kv_store_elements(dims, 1, kv_len)), v_store(k_store.size());
-        for (int h = 0; h < n_kv; ++h) {
-            std::copy_n(k.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, k_store.data() + size_t(h) * kv_len * hd);
-            std::copy_n(v.data() + size_t(h) * kv_len * hd, size_t(kv_len) * hd, v_store.data() + size_t(h) * kv_len * hd);
-        }
-        const gqa::detail::KvStore store{k_store.data(), v_store.data(), 1, kv_len, false, 1};
-        const gqa::detail::AttendCall call{q.data(), 1, queries, store, kv_len, nullptr, 0, true, 0,
+        gqa::detail::KvCache cache;
+        cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, gqa::CacheType::f32, 1, kv_len);
+        cache.write_slots(k.data(), v.data(), 0, kv_len);
+        const gqa::detail::AttendCall call{q.data(), 1, queries, &cache, kv_len, nullptr, 0, true, 0,
                                            float(1.0 / std::sqrt(double(hd))), 0.f, z.data(), nullptr};
         for (auto _ : state) {
             kernels->attend(call);

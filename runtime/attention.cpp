@@ -17,7 +17,6 @@
 
 namespace gqa {
 
-using detail::KvStore;
 using detail::LayerDims;
 using detail::RopeTables;
 
@@ -59,10 +58,9 @@ void require_array_size(const char *name, std::initializer_list<int64_t> factors
          "), the most a Halide buffer addresses");
 }
 
-// A KV store (backend.h): batch x n_kv x capacity slots plus the key-slot padding.
+// A KV cache or the scratch standing in for one (kv_cache.h).
 void require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity) {
-    const int64_t slots = elements_within_limit({batch, d.num_kv_heads, capacity});
-    if (slots >= 0 && elements_within_limit({slots + layout::kKeySlotPadding, d.head_dim}) >= 0) return;
+    if (detail::KvCache::elements(d, batch, capacity, kMaxArrayElements)) return;
     fail(name, " would hold more than ", kMaxArrayElements, " elements (batch ", batch, " x num_kv_heads ",
          d.num_kv_heads, " x ", capacity, " slots x head_dim ", d.head_dim, "), the most a Halide buffer addresses");
 }
@@ -308,35 +306,14 @@ struct Attention::State {
     std::unique_ptr<detail::Kernels> kernels;
     double scale = 0;
 
-    // KV cache (when set up): [batch, n_kv, capacity, hd] + key-slot padding, in the
-    // pair of vectors of its element type (the other pair stays empty).
-    detail::AlignedVector<float> k_cache, v_cache;
-    detail::AlignedVector<uint16_t> k_half, v_half;
-    CacheType cache_type = CacheType::f32;
-    int cache_batch = 0, cache_capacity = 0, cache_size = 0;
+    detail::KvCache cache;  // allocated() once set up
+    int cache_size = 0;
     std::vector<int32_t> last_position;  // per batch row, of the latest token forward wrote; -1: none
-    uint64_t cache_version = 0;  // bumped whenever the host copy is rewritten here
-    // A device backend's copy was written by forward since the host copy was last
-    // brought up to date or rewritten (then the host's is the valid one).
-    bool cache_newer_on_device = false;
-
-    // Brings the host copy of the cache up to date before it is read or written here.
-    void pull_cache() {
-        if (!cache_newer_on_device) return;
-        kernels->copy_to_host(detail::HostArray::kv_cache);
-        cache_newer_on_device = false;
-    }
-
-    KvStore cache_store() {
-        if (cache_type == CacheType::f16) {
-            return {k_half.data(), v_half.data(), cache_batch, cache_capacity, true, cache_version};
-        }
-        return {k_cache.data(), v_cache.data(), cache_batch, cache_capacity, false, cache_version};
-    }
 
     // Per-call scratch. A forward writes z and the pattern into the spares, which
     // become z and pattern only once every stage succeeded.
-    detail::AlignedVector<float> q, z, pattern, z_spare, pattern_spare, k_scratch, v_scratch;
+    detail::AlignedVector<float> q, z, pattern, z_spare, pattern_spare;
+    detail::KvCache scratch;  // k and v of a call without a cache
     std::vector<int32_t> positions;
     bool record_pattern = false;
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
@@ -349,22 +326,11 @@ struct Attention::State {
     // slot before it reads it.
     void discard_slots(int first, int count) noexcept {
         try {
-            pull_cache();
+            cache.pull(*kernels);
         } catch (const Error &) {
             return;
         }
-        const size_t n_kv = dims.num_kv_heads, hd = dims.head_dim;
-        for (size_t row = 0; row < size_t(cache_batch) * n_kv; ++row) {
-            const size_t from = (row * cache_capacity + first) * hd, to = from + size_t(count) * hd;
-            if (cache_type == CacheType::f16) {
-                std::fill(k_half.begin() + from, k_half.begin() + to, 0);
-                std::fill(v_half.begin() + from, v_half.begin() + to, 0);
-            } else {
-                std::fill(k_cache.begin() + from, k_cache.begin() + to, 0.f);
-                std::fill(v_cache.begin() + from, v_cache.begin() + to, 0.f);
-            }
-        }
-        ++cache_version;
+        cache.zero_slots(first, count);
     }
 };
 
@@ -413,51 +379,27 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     }
     State &s = *state_;
     require_kv_store_size("the KV cache's k and v", s.dims, batch_size, max_seq_len);
-    const size_t elements = detail::kv_store_elements(s.dims, batch_size, max_seq_len);
-    const bool half = type == CacheType::f16;
-    // Built aside and swapped in, so that a failed allocation leaves the old cache.
-    detail::AlignedVector<float> k_cache, v_cache;
-    detail::AlignedVector<uint16_t> k_half, v_half;
-    allocate("the KV cache", 2 * elements, half ? sizeof(uint16_t) : sizeof(float), [&] {
-        if (half) {
-            k_half.assign(elements, 0), v_half.assign(elements, 0);
-        } else {
-            k_cache.assign(elements, 0.f), v_cache.assign(elements, 0.f);
-        }
-    });
-    std::swap(s.k_cache, k_cache), std::swap(s.v_cache, v_cache);
-    std::swap(s.k_half, k_half), std::swap(s.v_half, v_half);
-    s.cache_type = type;
-    ++s.cache_version;
-    s.cache_newer_on_device = false;
-    s.cache_batch = batch_size;
-    s.cache_capacity = max_seq_len;
+    const size_t elements = size_t(*detail::KvCache::elements(s.dims, batch_size, max_seq_len, kMaxArrayElements));
+    allocate("the KV cache", 2 * elements, type == CacheType::f16 ? sizeof(uint16_t) : sizeof(float),
+             [&] { s.cache.allocate(s.dims, type, batch_size, max_seq_len); });
     s.cache_size = 0;
     s.last_position.assign(batch_size, -1);
 }
 
 bool Attention::has_cache() const {
-    return state_->cache_capacity > 0;
+    return state_->cache.allocated();
 }
 
 void Attention::remove_cache() {
     State &s = *state_;
-    s.k_cache = {}, s.v_cache = {};
-    s.k_half = {}, s.v_half = {};
-    s.cache_type = CacheType::f32;
-    s.cache_batch = s.cache_capacity = s.cache_size = 0;
-    s.cache_newer_on_device = false;
+    s.cache.release();
+    s.cache_size = 0;
     s.last_position.clear();
 }
 
 void Attention::reset() {
     State &s = *state_;
-    std::fill(s.k_cache.begin(), s.k_cache.end(), 0.f);
-    std::fill(s.v_cache.begin(), s.v_cache.end(), 0.f);
-    std::fill(s.k_half.begin(), s.k_half.end(), 0);
-    std::fill(s.v_half.begin(), s.v_half.end(), 0);
-    ++s.cache_version;
-    s.cache_newer_on_device = false;
+    s.cache.zero();
     s.cache_size = 0;
     std::fill(s.last_position.begin(), s.last_position.end(), -1);
 }
@@ -465,37 +407,22 @@ void Attention::reset() {
 void Attention::append_cache(const TensorView<float> &k, const TensorView<float> &v) {
     State &s = *state_;
     if (!has_cache()) fail("no KV cache: call setup_cache first");
-    const int64_t n_kv = s.dims.num_kv_heads, hd = s.dims.head_dim;
+    const int64_t n_kv = s.dims.num_kv_heads, hd = s.dims.head_dim, batch = s.cache.batch();
     for (const auto &[name, t] : {std::pair{"k", &k}, std::pair{"v", &v}}) {
         const auto &shape = t->shape;
-        if (!t->data || shape.size() != 4 || shape[0] != s.cache_batch || shape[1] != n_kv || shape[2] < 1 ||
+        if (!t->data || shape.size() != 4 || shape[0] != batch || shape[1] != n_kv || shape[2] < 1 ||
             shape[3] != hd) {
-            fail(name, " has shape ", shape_string(shape), "; expected [", s.cache_batch, ", ", n_kv, ", n, ", hd, "]");
+            fail(name, " has shape ", shape_string(shape), "; expected [", batch, ", ", n_kv, ", n, ", hd, "]");
         }
     }
     if (k.shape[2] != v.shape[2]) fail("k holds ", k.shape[2], " slots but v holds ", v.shape[2]);
+    if (s.cache_size + k.shape[2] > s.cache.capacity()) {
+        fail("KV cache overflow: ", s.cache_size, " tokens cached + ", k.shape[2], " appended > max_seq_len ",
+             s.cache.capacity());
+    }
     const int n = int(k.shape[2]);
-    if (s.cache_size + n > s.cache_capacity) {
-        fail("KV cache overflow: ", s.cache_size, " tokens cached + ", n, " appended > max_seq_len ", s.cache_capacity);
-    }
-    s.pull_cache();  // the slots before size() must survive the upload that follows
-    const bool half = s.cache_type == CacheType::f16;
-    for (int64_t b = 0; b < s.cache_batch; ++b) {
-        for (int64_t h = 0; h < n_kv; ++h) {
-            const size_t from = size_t((b * n_kv + h) * n) * hd;
-            const size_t to = size_t((b * n_kv + h) * s.cache_capacity + s.cache_size) * hd;
-            for (size_t e = 0; e < size_t(n) * hd; ++e) {
-                if (half) {
-                    s.k_half[to + e] = float_to_half(k.data[from + e]);
-                    s.v_half[to + e] = float_to_half(v.data[from + e]);
-                } else {
-                    s.k_cache[to + e] = k.data[from + e];
-                    s.v_cache[to + e] = v.data[from + e];
-                }
-            }
-        }
-    }
-    ++s.cache_version;
+    s.cache.pull(*s.kernels);  // the slots before size() must survive the upload that follows
+    s.cache.write_slots(k.data, v.data, s.cache_size, n);
     s.cache_size += n;
 }
 
@@ -519,12 +446,12 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     require_array_size("q", {x.shape[0], x.shape[1], c.num_heads, c.head_dim}, "batch x seq_len x num_heads x head_dim");
     const int batch = int(x.shape[0]), seq_len = int(x.shape[1]);
     const bool cached = has_cache();
-    if (cached && batch != s.cache_batch) {
-        fail("x has batch ", batch, " but the KV cache was set up for batch ", s.cache_batch);
+    if (cached && batch != s.cache.batch()) {
+        fail("x has batch ", batch, " but the KV cache was set up for batch ", s.cache.batch());
     }
-    if (cached && s.cache_size + seq_len > s.cache_capacity) {
+    if (cached && s.cache_size + seq_len > s.cache.capacity()) {
         fail("KV cache overflow: ", s.cache_size, " tokens cached + ", seq_len, " new > max_seq_len ",
-             s.cache_capacity);
+             s.cache.capacity());
     }
     const size_t tokens = size_t(batch) * seq_len;
     if (out.size() != tokens * c.embed_dim) {
@@ -542,17 +469,17 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     if (mask) {
         const auto &m = mask->shape;
-        const bool len_ok = m.size() == 3 && (m[2] == kv_len || (cached && m[2] == s.cache_capacity));
+        const bool len_ok = m.size() == 3 && (m[2] == kv_len || (cached && m[2] == s.cache.capacity()));
         if (m.size() != 3 || m[0] != batch || m[1] != seq_len || !len_ok) {
             fail("mask has shape ", shape_string(m), "; expected [", batch, ", ", seq_len, ", ", kv_len, "]",
                  cached ? " or [" + std::to_string(batch) + ", " + std::to_string(seq_len) + ", " +
-                              std::to_string(s.cache_capacity) + "]"
+                              std::to_string(s.cache.capacity()) + "]"
                         : std::string());
         }
         if (!mask->data) fail("mask has no data");
     }
-    const bool cache_is_shorter = cached && s.cache_capacity < c.max_seq_len;
-    fill_positions(input_pos, batch, seq_len, first_slot, cache_is_shorter ? s.cache_capacity : c.max_seq_len,
+    const bool cache_is_shorter = cached && s.cache.capacity() < c.max_seq_len;
+    fill_positions(input_pos, batch, seq_len, first_slot, cache_is_shorter ? s.cache.capacity() : c.max_seq_len,
                    cache_is_shorter ? "the KV cache's max_seq_len" : "max_seq_len", s.positions);
     if (cached) require_increasing(s.positions, s.last_position, batch, seq_len);
 
@@ -561,14 +488,12 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     const LayerDims &d = s.dims;
     grow(s.q, tokens * d.q_width(), "q");
     grow(s.z_spare, tokens * d.q_width(), "z");
-    KvStore kv;
-    if (cached) {
-        kv = s.cache_store();
-    } else {
-        grow(s.k_scratch, detail::kv_store_elements(d, batch, seq_len), "k");
-        grow(s.v_scratch, detail::kv_store_elements(d, batch, seq_len), "v");
-        kv = {s.k_scratch.data(), s.v_scratch.data(), batch, seq_len, false, 0};
+    if (!cached) {
+        const size_t elements = size_t(*detail::KvCache::elements(d, batch, seq_len, kMaxArrayElements));
+        allocate("the k and v of the call", 2 * elements, sizeof(float),
+                 [&] { s.scratch.reserve_scratch(d, batch, seq_len); });
     }
+    detail::KvCache &kv = cached ? s.cache : s.scratch;
     if (s.record_pattern) grow(s.pattern_spare, tokens * d.num_heads * kv_len, "the attention pattern");
 
     const detail::ForwardStage failing = std::exchange(detail::injected_failure, detail::ForwardStage::none);
@@ -576,9 +501,9 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
         if (failing == stage) fail("injected failure after ", name);
     };
     try {
-        s.kernels->project({x.data, batch, seq_len, s.positions.data(), s.q.data(), kv, first_slot});
+        s.kernels->project({x.data, batch, seq_len, s.positions.data(), s.q.data(), &kv, first_slot});
         after(detail::ForwardStage::project, "project");
-        detail::AttendCall attend{s.q.data(), batch, seq_len, kv, kv_len, nullptr, 0, false, 0, float(s.scale),
+        detail::AttendCall attend{s.q.data(), batch, seq_len, &kv, kv_len, nullptr, 0, false, 0, float(s.scale),
                                   float(c.softcap), s.z_spare.data(),
                                   s.record_pattern ? s.pattern_spare.data() : nullptr};
         if (mask) {
@@ -602,7 +527,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     s.has_pattern = s.record_pattern;
     s.kernels->commit();
     if (cached) {
-        s.cache_newer_on_device = true;
+        s.cache.written_on_device();
         s.cache_size += seq_len;
         for (int b = 0; b < batch; ++b) s.last_position[b] = s.positions[size_t(b) * seq_len + seq_len - 1];
     }
@@ -641,45 +566,48 @@ TensorView<float> Attention::z() const {
 namespace {
 
 // A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
-template <typename T, typename State>
-TensorView<T> cache_view(const Attention &layer, State &state, const detail::AlignedVector<T> &store,
-                         CacheType type, const char *accessor, const char *other) {
-    if (!layer.has_cache()) fail("no KV cache: call setup_cache first");
-    if (layer.cache_type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
-                                         " elements; read it with ", other, "(), not ", accessor, "()");
-    state.pull_cache();
-    const Config &c = layer.config();
-    return {store.data(), {layer.cache_batch(), c.num_kv_heads, layer.cache_max_seq_len(), c.head_dim}};
+template <typename T>
+TensorView<T> cache_view(detail::KvCache &cache, detail::Kernels &kernels, const void *array, CacheType type,
+                         const char *accessor, const char *other) {
+    if (!cache.allocated()) fail("no KV cache: call setup_cache first");
+    if (cache.type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
+                                   " elements; read it with ", other, "(), not ", accessor, "()");
+    cache.pull(kernels);
+    return {static_cast<const T *>(array), {cache.batch(), cache.num_kv_heads(), cache.capacity(), cache.head_dim()}};
 }
 
 }  // namespace
 
 TensorView<float> Attention::k_cache() const {
-    return cache_view(*this, *state_, state_->k_cache, CacheType::f32, "k_cache", "k_cache_f16");
+    return cache_view<float>(state_->cache, *state_->kernels, state_->cache.k(), CacheType::f32, "k_cache",
+                             "k_cache_f16");
 }
 
 TensorView<float> Attention::v_cache() const {
-    return cache_view(*this, *state_, state_->v_cache, CacheType::f32, "v_cache", "v_cache_f16");
+    return cache_view<float>(state_->cache, *state_->kernels, state_->cache.v(), CacheType::f32, "v_cache",
+                             "v_cache_f16");
 }
 
 TensorView<uint16_t> Attention::k_cache_f16() const {
-    return cache_view(*this, *state_, state_->k_half, CacheType::f16, "k_cache_f16", "k_cache");
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, state_->cache.k(), CacheType::f16, "k_cache_f16",
+                                "k_cache");
 }
 
 TensorView<uint16_t> Attention::v_cache_f16() const {
-    return cache_view(*this, *state_, state_->v_half, CacheType::f16, "v_cache_f16", "v_cache");
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, state_->cache.v(), CacheType::f16, "v_cache_f16",
+                                "v_cache");
 }
 
 CacheType Attention::cache_type() const {
-    return state_->cache_type;
+    return state_->cache.type();
 }
 
 int Attention::cache_batch() const {
-    return state_->cache_batch;
+    return state_->cache.batch();
 }
 
 int Attention::cache_max_seq_len() const {
-    return state_->cache_capacity;
+    return state_->cache.capacity();
 }
 
 const Config &Attention::config() const {

@@ -8,17 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "../generators/layout.h"
 #include "gqa/attention.hpp"
+#include "kv_cache.h"
 
 namespace gqa::detail {
-
-struct LayerDims {
-    int embed_dim, num_heads, num_kv_heads, head_dim;
-    int group() const { return num_heads / num_kv_heads; }
-    int q_width() const { return num_heads * head_dim; }
-    int kv_width() const { return num_kv_heads * head_dim; }
-};
 
 // RoPE as per-dim tables (see generators/attention_algorithm.h, rotate()):
 // cos/sin [positions, head_dim] row-major, sign folded into sin, pass-through
@@ -30,23 +23,6 @@ struct RopeTables {
 };
 RopeTables make_rope_tables(const Config &config);
 
-// A KV cache or the per-call scratch standing in for one: [batch, n_kv, capacity, hd]
-// row-major, followed by layout::kKeySlotPadding * hd elements of padding. Elements
-// are fp32, or IEEE fp16 bits when `half`. `version` changes whenever the layer
-// rewrites the cache on the host (set up, reset), so backends holding a device copy
-// know to refresh it; 0 marks per-call scratch, whose contents need not be kept.
-struct KvStore {
-    void *k = nullptr, *v = nullptr;
-    int batch = 0, capacity = 0;
-    bool half = false;
-    uint64_t version = 0;
-};
-
-// Elements in each of a store's k and v arrays, padding included.
-inline size_t kv_store_elements(const LayerDims &dims, int batch, int capacity) {
-    return (size_t(batch) * dims.num_kv_heads * capacity + layout::kKeySlotPadding) * dims.head_dim;
-}
-
 // x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
 // [write_slot, write_slot + s) of `kv`.
 struct ProjectCall {
@@ -54,7 +30,7 @@ struct ProjectCall {
     int batch, seq_len;
     const int32_t *positions;  // [b*s], each in [0, rope.positions)
     float *q;
-    KvStore kv;
+    KvCache *kv;  // the layer's cache, or scratch standing in for one
     int write_slot;
 };
 
@@ -63,7 +39,7 @@ struct ProjectCall {
 struct AttendCall {
     const float *q;
     int batch, seq_len;
-    KvStore kv;
+    const KvCache *kv;
     int kv_len;
     const uint8_t *mask;     // [b, s, mask_len] or null
     int mask_len;

@@ -207,20 +207,16 @@ public:
         View positions(c.positions, kI32, {{tokens, 1}});
         View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
-        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        const CachePipelines &cache = pipelines(c.kv);
-        const halide_type_t type = element_type(c.kv);
-        const size_t offset = size_t(c.write_slot) * hd * type.bytes();
-        View k(static_cast<uint8_t *>(c.kv.k) + offset, type,
-               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
-        View v(static_cast<uint8_t *>(c.kv.v) + offset, type,
-               {{hd, 1}, {c.seq_len, hd}, {dims_.num_kv_heads, head_stride}, {c.batch, head_stride * dims_.num_kv_heads}});
+        const CachePipelines &cache = pipelines(*c.kv);
+        const size_t offset = c.kv->slot_index(0, 0, c.write_slot) * c.kv->element_bytes();
+        View k = slots_view(*c.kv, c.kv->k(), c.write_slot, c.seq_len);
+        View v = slots_view(*c.kv, c.kv->v(), c.write_slot, c.seq_len);
         if (device_) {
             place_constant(w, qkv_weights_), place_constant(bias, qkv_bias_);
             place_constant(cos, rope_cos_), place_constant(sin, rope_sin_);
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
-            KvArrays kv = kv_arrays(c.kv);
+            KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only, offset), place(v, kv.v, Sync::device_only, offset);
         }
         auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
@@ -234,13 +230,10 @@ public:
         const int64_t row = int64_t(dims_.num_heads) * hd;
         View q(c.q, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
         View z(c.z, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
-        // The pipelines read whole chunks of key slots; the store's padding covers them.
+        // The pipelines read whole chunks of key slots; the cache's padding covers them.
         const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
-        const int64_t head_stride = int64_t(c.kv.capacity) * hd;
-        const CachePipelines &cache = pipelines(c.kv);
-        const halide_type_t type = element_type(c.kv);
-        View k(c.kv.k, type, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
-        View v(c.kv.v, type, {{hd, 1}, {slots, hd}, {n_kv, head_stride}, {c.batch, head_stride * n_kv}});
+        const CachePipelines &cache = pipelines(*c.kv);
+        View k = slots_view(*c.kv, c.kv->k(), 0, slots), v = slots_view(*c.kv, c.kv->v(), 0, slots);
         if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
         View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
@@ -249,7 +242,7 @@ public:
         if (device_) {
             place(q, q_, Sync::device_only), place(z, z_[pending_], Sync::device_only);
             place(mask, mask_, Sync::upload);
-            KvArrays kv = kv_arrays(c.kv);
+            KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
             pending_z_ = {c.z, z.bytes()};
         }
@@ -314,7 +307,7 @@ private:
     struct KvArrays {
         DeviceArray &k, &v;
     };
-    // The host cache the device copy mirrors; a new store or version is uploaded.
+    // The host cache the device copy mirrors; a cache of another version is uploaded.
     struct MirroredCache {
         void *host_k = nullptr, *host_v = nullptr;
         uint64_t version = 0;
@@ -325,11 +318,17 @@ private:
         size_t bytes = 0;
     };
 
-    const CachePipelines &pipelines(const KvStore &kv) const {
-        return kv.half ? platform_.pipelines.f16 : platform_.pipelines.f32;
+    const CachePipelines &pipelines(const KvCache &kv) const {
+        return kv.type() == CacheType::f16 ? platform_.pipelines.f16 : platform_.pipelines.f32;
     }
-    static halide_type_t element_type(const KvStore &kv) {
-        return kv.half ? kF16 : kF32;
+
+    // Slots [first, first + slots) of every kv head and batch row of one of the
+    // cache's arrays, as the pipelines see them: (hd, slot, kv head, row).
+    static View slots_view(const KvCache &kv, const void *array, int first, int slots) {
+        return View(static_cast<const uint8_t *>(array) + kv.slot_index(0, 0, first) * kv.element_bytes(),
+                    kv.type() == CacheType::f16 ? kF16 : kF32,
+                    {{kv.head_dim(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
+                     {kv.batch(), kv.row_stride()}});
     }
 
     void run(int status, const char *pipeline) const {
@@ -360,15 +359,15 @@ private:
         download(view);
     }
 
-    void upload_bytes(void *host, DeviceArray &array, size_t bytes) {
+    void upload_bytes(const void *host, DeviceArray &array, size_t bytes) {
         View view(host, kU8, {{int(bytes), 1}});
         place(view, array, Sync::upload);
     }
 
     // The device copy of the layer's KV cache, or scratch standing in for one.
-    KvArrays kv_arrays(const KvStore &kv) {
-        const size_t bytes = kv_store_elements(dims_, kv.batch, kv.capacity) * element_type(kv).bytes();
-        if (kv.version == 0) {
+    KvArrays kv_arrays(const KvCache &kv) {
+        const size_t bytes = kv.bytes();
+        if (kv.version() == 0) {
             // Sized for the whole store now: attend's views reach the padded slots past
             // what project's views cover, and growing the array then would drop the
             // keys and values project just wrote.
@@ -376,10 +375,11 @@ private:
             scratch_v_.reserve(device_, bytes, platform_.backend);
             return {scratch_k_, scratch_v_};
         }
-        if (kv.k != cache_.host_k || kv.version != cache_.version) {
-            upload_bytes(kv.k, cache_k_, bytes);
-            upload_bytes(kv.v, cache_v_, bytes);
-            cache_ = {kv.k, kv.v, kv.version, bytes};
+        if (kv.version() != cache_.version) {
+            upload_bytes(kv.k(), cache_k_, bytes);
+            upload_bytes(kv.v(), cache_v_, bytes);
+            // The layer's own memory, which copy_to_host later writes back into.
+            cache_ = {const_cast<void *>(kv.k()), const_cast<void *>(kv.v()), kv.version(), bytes};
         }
         return {cache_k_, cache_v_};
     }

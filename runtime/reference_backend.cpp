@@ -25,19 +25,6 @@ void rotate(const RopeTables &rope, double *head, int pos) {
     }
 }
 
-// Cache elements as the pipelines store them: fp32, or fp16 rounded to nearest even.
-void store(const KvStore &kv, void *base, size_t index, double value) {
-    if (kv.half) {
-        static_cast<uint16_t *>(base)[index] = float_to_half(float(value));
-    } else {
-        static_cast<float *>(base)[index] = float(value);
-    }
-}
-
-double load(const KvStore &kv, const void *base, size_t index) {
-    return kv.half ? half_to_float(static_cast<const uint16_t *>(base)[index]) : static_cast<const float *>(base)[index];
-}
-
 class ReferenceKernels final : public Kernels {
 public:
     ReferenceKernels(const LayerDims &dims, const Weights &w, const RopeTables &rope) : dims_(dims), rope_(rope) {
@@ -65,10 +52,10 @@ public:
                 }
                 for (int h = 0; h < dims_.num_kv_heads; ++h) {
                     rotate(rope_, &k[h * hd], pos);
-                    const size_t slot = cache_index(c.kv, b, h, c.write_slot + s);
+                    const size_t slot = c.kv->slot_index(b, h, c.write_slot + s);
                     for (int e = 0; e < hd; ++e) {
-                        store(c.kv, c.kv.k, slot + e, k[h * hd + e]);
-                        store(c.kv, c.kv.v, slot + e, v[h * hd + e]);
+                        c.kv->store(c.kv->k(), slot + e, k[h * hd + e]);
+                        c.kv->store(c.kv->v(), slot + e, v[h * hd + e]);
                     }
                 }
             }
@@ -92,9 +79,9 @@ public:
                                      (!c.causal || t <= query_slot) && (c.window <= 0 || t > query_slot - c.window);
                         if (!visible[t]) continue;
                         sees_any = true;
-                        const size_t k = cache_index(c.kv, b, kvh, t);
+                        const size_t k = c.kv->slot_index(b, kvh, t);
                         double dot = 0;
-                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * load(c.kv, c.kv.k, k + e);
+                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * c.kv->load(c.kv->k(), k + e);
                         double score = dot * c.scale;
                         if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
                         scores[t] = score;
@@ -116,8 +103,8 @@ public:
                             c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
                         }
                         if (!visible[t]) continue;
-                        const size_t v = cache_index(c.kv, b, kvh, t);
-                        for (int e = 0; e < hd; ++e) z[e] += p * load(c.kv, c.kv.v, v + e);
+                        const size_t v = c.kv->slot_index(b, kvh, t);
+                        for (int e = 0; e < hd; ++e) z[e] += p * c.kv->load(c.kv->v(), v + e);
                     }
                     float *z_out = c.z + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     for (int e = 0; e < hd; ++e) z_out[e] = float(z[e]);
@@ -144,10 +131,6 @@ private:
             for (size_t i = 0; i < in; ++i) acc += double(x[i]) * w[o * in + i];
             out[o] = acc;
         }
-    }
-
-    size_t cache_index(const KvStore &kv, int b, int kvh, int slot) const {
-        return ((static_cast<size_t>(b) * dims_.num_kv_heads + kvh) * kv.capacity + slot) * dims_.head_dim;
     }
 
     LayerDims dims_;

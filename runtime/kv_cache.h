@@ -1,0 +1,98 @@
+// The KV cache as the runtime holds it, or the per-call scratch standing in for
+// one. Everything about its memory lives here: the element type, the padded
+// layout and its arithmetic, the values' conversions, and which copy (host or a
+// device backend's) is the valid one. A new cache type is a change here plus the
+// pipelines that read it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "aligned_vector.h"
+#include "gqa/attention.hpp"
+
+namespace gqa::detail {
+
+class Kernels;
+
+struct LayerDims {
+    int embed_dim, num_heads, num_kv_heads, head_dim;
+    int group() const { return num_heads / num_kv_heads; }
+    int q_width() const { return num_heads * head_dim; }
+    int kv_width() const { return num_kv_heads * head_dim; }
+};
+
+// k and v, each [batch, n_kv, capacity, hd] row-major and then key-slot padding
+// (layout::kKeySlotPadding * hd elements: the attend pipelines read whole chunks of
+// slots past the valid ones, masked). Elements are fp32, or IEEE fp16 bits.
+class KvCache {
+public:
+    // Elements of each of k and v for this size, padding included; nullopt when more
+    // than `limit`.
+    static std::optional<int64_t> elements(const LayerDims &dims, int64_t batch, int64_t capacity, int64_t limit);
+
+    // A zero-filled cache, replacing the contents. A failed allocation throws
+    // std::bad_alloc and leaves the cache as it was. Sizes already validated.
+    void allocate(const LayerDims &dims, CacheType type, int batch, int capacity);
+    // Per-call scratch (fp32): grown to hold batch x capacity, never shrunk; its
+    // contents are not kept from one call to the next.
+    void reserve_scratch(const LayerDims &dims, int batch, int capacity);
+    void release();
+
+    bool allocated() const { return capacity_ > 0; }
+    CacheType type() const { return type_; }
+    int batch() const { return batch_; }
+    int capacity() const { return capacity_; }
+    int num_kv_heads() const { return num_kv_heads_; }
+    int head_dim() const { return head_dim_; }
+    size_t element_bytes() const { return type_ == CacheType::f16 ? sizeof(uint16_t) : sizeof(float); }
+    size_t elements() const { return elements_; }
+    size_t bytes() const { return elements_ * element_bytes(); }
+    // Strides in elements between neighbouring slots, kv heads and batch rows.
+    int64_t slot_stride() const { return head_dim_; }
+    int64_t head_stride() const { return int64_t(capacity_) * head_dim_; }
+    int64_t row_stride() const { return head_stride() * num_kv_heads_; }
+    // The first element of `slot` of kv head `head` in batch row `row`.
+    size_t slot_index(int row, int head, int slot) const {
+        return size_t(row) * row_stride() + size_t(head) * head_stride() + size_t(slot) * slot_stride();
+    }
+
+    void *k() { return k_.data(); }
+    void *v() { return v_.data(); }
+    const void *k() const { return k_.data(); }
+    const void *v() const { return v_.data(); }
+
+    // One element, as a double, and stored (rounded to the element type).
+    double load(const void *array, size_t index) const;
+    void store(void *array, size_t index, double value);
+
+    // Host writes (each makes the host copy the valid one). The host copy must be
+    // current first (pull) where older slots are to survive.
+    void zero();
+    void zero_slots(int first, int count);
+    // k and v [batch, n_kv, n, hd] into slots [first, first + n), rounded to the type.
+    void write_slots(const float *k, const float *v, int first, int n);
+
+    // Where the valid copy lives. A device backend mirrors the cache and uploads
+    // the host's copy whenever version() differs from the one it holds; 0 marks
+    // scratch, whose contents need not survive. After a forward wrote the device's
+    // copy the layer marks it newer, and pull() brings it back before the host's
+    // is read or written.
+    uint64_t version() const { return version_; }
+    void written_on_device() { newer_on_device_ = true; }
+    void pull(Kernels &kernels);
+
+private:
+    void host_written();
+
+    CacheType type_ = CacheType::f32;
+    int batch_ = 0, capacity_ = 0, num_kv_heads_ = 0, head_dim_ = 0;
+    size_t elements_ = 0;
+    // Element storage: fp32 values or fp16 bits, by type_.
+    AlignedVector<std::byte> k_, v_;
+    uint64_t version_ = 0;
+    bool newer_on_device_ = false;
+};
+
+}  // namespace gqa::detail
