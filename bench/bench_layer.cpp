@@ -258,8 +258,14 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
         std::vector<int32_t> positions(kPrefillTokens);
         for (int i = 0; i < kPrefillTokens; ++i) positions[i] = i;
         for (auto _ : state) {
-            kernels->project({x.data(), 1, kPrefillTokens, positions.data(), q.data(), &scratch, 0});
-            kernels->output({z.data(), 1, kPrefillTokens, out.data()});
+            kernels->project({.x = x.data(),
+                              .batch = 1,
+                              .seq_len = kPrefillTokens,
+                              .positions = positions.data(),
+                              .q = q.data(),
+                              .kv = &scratch,
+                              .write_slot = 0});
+            kernels->output({.z = z.data(), .batch = 1, .seq_len = kPrefillTokens, .out = out.data()});
             benchmark::DoNotOptimize(out.data());
         }
     }
@@ -291,8 +297,19 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         gqa::detail::KvCache cache;
         cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, gqa::CacheType::f32, 1, kv_len);
         cache.write_slots(k.data(), v.data(), 0, kv_len);
-        const gqa::detail::AttendCall call{q.data(), 1, queries, &cache, kv_len, nullptr, 0, true, 0,
-                                           float(1.0 / std::sqrt(double(hd))), 0.f, z.data(), nullptr};
+        const gqa::detail::AttendCall call{.q = q.data(),
+                                           .batch = 1,
+                                           .seq_len = queries,
+                                           .kv = &cache,
+                                           .kv_len = kv_len,
+                                           .mask = nullptr,
+                                           .mask_len = 0,
+                                           .causal = true,
+                                           .window = 0,
+                                           .scale = float(1.0 / std::sqrt(double(hd))),
+                                           .softcap = 0.f,
+                                           .z = z.data(),
+                                           .pattern = nullptr};
         for (auto _ : state) {
             kernels->attend(call);
             kernels->finish();

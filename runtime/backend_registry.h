@@ -26,6 +26,9 @@ struct BackendEntry {
 std::span<const BackendEntry> built_backends();
 // The entry of `backend`, or null when this library was built without it.
 const BackendEntry *built_backend(Backend backend);
+// `backend`, or for Backend::best the fastest available; an unavailable one is a
+// gqa::Error saying why.
+Backend resolve_backend(Backend backend);
 
 // Entries of the backends that exist (one per file; the generated list names those built).
 BackendEntry reference_backend_entry();
