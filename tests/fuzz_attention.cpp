@@ -5,10 +5,8 @@
 //
 // Compared after each call: whether it threw (and the message), out, z, and the
 // whole KV cache with its size; a call that threw must leave the cache as it was.
-// Tolerances: atol = rtol = 1e-4 with an fp32 cache. With an fp16 cache, k and v are
-// rounded to fp16 on both sides, and a last-bit difference in the fp32 projection
-// may round to a neighbouring half (2^-11 relative), so outputs get 1e-2 and cache
-// elements one half ulp.
+// Tolerances: tools/tolerance.h; with an fp16 cache, its bounds against the
+// reference's own fp16 run (the fuzzer makes no exact run).
 //
 // Run: gqa-fuzz -max_total_time=60 CORPUS_DIR (scripts/test.sh); regressions:
 // gqa-fuzz -runs=0 tests/fuzz_regressions (CTest fuzz.regressions).
@@ -24,6 +22,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include "../tools/tolerance.h"
 
 namespace {
 
@@ -177,7 +177,7 @@ void compare(const Scenario &s, gqa::Backend backend, const std::string &what, c
     if (got.size() != want.size()) mismatch(s, backend, what + ": sizes differ");
     for (size_t n = 0; n < got.size(); ++n) {
         const bool both_nan = std::isnan(got[n]) && std::isnan(want[n]);
-        if (!both_nan && !(std::fabs(got[n] - want[n]) <= tolerance * (1 + std::fabs(want[n])))) {
+        if (!both_nan && gqa_tools::tolerance_excess(got[n], want[n], tolerance, tolerance) > 0) {
             mismatch(s, backend,
                      what + "[" + std::to_string(n) + "] = " + std::to_string(got[n]) + ", reference " +
                          std::to_string(want[n]));
@@ -245,8 +245,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FuzzedDataProvider in(data, size);
     const Scenario s = draw(in);
     const bool half = s.cache == gqa::CacheType::f16;
-    const double tolerance = half ? 1e-2 : 1e-4;
-    const double cache_tolerance = half ? 1.0 / 1024 : 1e-4;
+    const double tolerance = half ? GQA_HALF_CACHE_TOL : GQA_ATOL;
+    const double cache_tolerance = half ? GQA_HALF_ULP : GQA_ATOL;
 
     std::optional<std::string> reference_error;
     std::optional<gqa::Attention> reference = make_layer(s, gqa::Backend::reference, reference_error);

@@ -3,6 +3,8 @@
  * GQA_STATUS_INVALID with a message naming the value, leaving the cache as it was. */
 #include <gqa/gqa.h>
 
+#include "../tools/tolerance.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -82,7 +84,7 @@ static void backends_match_reference(void) {
                   gqa_last_error());
             const double worst = max_abs_diff(got, want, OUTPUTS);
             /* The fp16 cache may round a k or v to the neighbouring half on one side. */
-            CHECK(worst <= (half ? 1e-2 : 1e-4), "%s, %s cache: max |diff| %g", gqa_backend_name((gqa_backend)b),
+            CHECK(worst <= (half ? GQA_HALF_CACHE_TOL : GQA_ATOL), "%s, %s cache: max |diff| %g", gqa_backend_name((gqa_backend)b),
                   half ? "fp16" : "fp32", worst);
             printf("%s, %s cache: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b),
                    half ? "fp16" : "fp32", worst);

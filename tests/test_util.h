@@ -4,6 +4,8 @@
 
 #include <gqa/attention.hpp>
 
+#include "../tools/tolerance.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -76,14 +78,11 @@ ForwardOutput run_forward(const gqa::Config &config, const LayerWeights &weights
 std::vector<float> copy_of(const gqa::TensorView<float> &view);
 
 double max_abs_diff(std::span<const float> got, std::span<const float> want);
-// Every element |got - want| <= atol + rtol * |want|, sizes equal.
-testing::AssertionResult all_close(std::span<const float> got, std::span<const float> want, double atol = 1e-4,
-                                   double rtol = 1e-4);
+// Every element within the fp32 tolerance (tools/tolerance.h), sizes equal.
+testing::AssertionResult all_close(std::span<const float> got, std::span<const float> want, double atol = GQA_ATOL,
+                                   double rtol = GQA_RTOL);
 
-// The fp16-cache rule: a backend's fp16 result may differ from the exact (fp32
-// cache) one by at most twice what the reference's own fp16 path does. Not atol:
-// where two backends' fp32 k or v differ in summation order, one value can round
-// to a neighbouring half, so fp16 results differ by more than fp32 rounding.
+// The fp16-cache rule of tools/tolerance.h against the exact (fp32-cache) result.
 testing::AssertionResult within_half_cache_error(std::span<const float> got, std::span<const float> reference_half,
                                                  std::span<const float> exact);
 

@@ -26,6 +26,8 @@
 #include <variant>
 #include <vector>
 
+#include "tolerance.h"
+
 namespace {
 
 using nlohmann::json;
@@ -550,9 +552,9 @@ public:
         double worst_excess = 0;
         for (size_t i = 0; i < wanted.size(); ++i) {
             const double error = std::abs(double(got.data[i]) - double(wanted[i]));
-            const double excess = error - (atol_ + rtol_ * std::abs(double(wanted[i])));
+            const double excess = gqa_tools::tolerance_excess(got.data[i], wanted[i], atol_, rtol_);
             if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
-            if (!(excess <= 0)) {
+            if (excess > 0) {
                 ++outside;
                 if (worst < 0 || !(excess <= worst_excess)) {
                     worst = int64_t(i);
@@ -624,7 +626,7 @@ void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check)
 
 struct Options {
     std::string backend = "all";
-    double atol = 1e-4, rtol = 1e-4;
+    double atol = GQA_ATOL, rtol = GQA_RTOL;
     fs::path dir;
 };
 

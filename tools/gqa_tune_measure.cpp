@@ -3,8 +3,8 @@
 // For one workload and mode it first checks this build's backend against the
 // reference backend on the workload's shape: a prefill of --check-tokens tokens
 // (19 by default, which leaves a partial register tile), or for decode a cache
-// filled with that many, then decode steps; every output element within
-// atol = rtol = 1e-4. (An autoscheduled pipeline may hold only near the sizes it
+// filled with that many, then decode steps; every output element within the fp32
+// tolerance of tools/tolerance.h. (An autoscheduled pipeline may hold only near the sizes it
 // was scheduled for, so the tuner checks those at the timed size.) Only then does it time the layer: a causal prefill of 512
 // tokens, or one decode step against a cache of --keys tokens (the same layer
 // repeated, so the weights stay as warm as the machine lets them). It prints one
@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "tolerance.h"
 #include "workloads.h"
 
 namespace {
@@ -81,7 +82,7 @@ Options parse(int argc, char **argv) {
 
 using gqa_tools::random_values;
 
-// The largest violation of |a - b| <= 1e-4 + 1e-4 |b| (0 when all hold) on
+// The largest violation of the fp32 tolerance (tolerance.h; 0 when all hold) on
 // `backend` against the reference: a prefill of `tokens` into a KV cache (for
 // decode, the cache filled with `tokens` random keys and values instead), then
 // single-token decodes.
@@ -98,10 +99,7 @@ double check_against_reference(const gqa_tools::Workload &w, const gqa_tools::Wo
         const std::vector<float> x = random_values(size_t(tokens) * config.embed_dim, 1.f, seed);
         const gqa::TensorView<float> view{x.data(), {1, tokens, config.embed_dim}};
         const std::vector<float> a = ours.forward(view), b = reference.forward(view);
-        for (size_t i = 0; i < a.size(); ++i) {
-            const double excess = std::abs(double(a[i]) - b[i]) - (1e-4 + 1e-4 * std::abs(double(b[i])));
-            if (!(excess <= 0)) worst = std::max(worst, std::isnan(excess) ? INFINITY : excess);
-        }
+        worst = std::max(worst, gqa_tools::largest_excess(a, b));
     };
     if (decode) {
         const std::vector<int64_t> shape{1, config.num_kv_heads, tokens, config.head_dim};
