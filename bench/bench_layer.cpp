@@ -19,8 +19,7 @@
 #include <thread>
 #include <vector>
 
-#include "../generators/layout.h"
-#include "../runtime/backend_registry.h"
+#include "backend_registry.h"
 #include "baseline_layer.h"
 #include "device_limits.h"
 #include "gqa/attention.hpp"

@@ -13,6 +13,9 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/cuda/cuda_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
+if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
+    target_link_libraries(gqa_generators PRIVATE gqa_common)
+endif ()
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU
 # runs. Spelled out, never `host`: on Zen 4 Halide 14 would pick sapphirerapids

@@ -4,7 +4,7 @@
 //
 // Halide dimension 0 is the innermost. Torch order -> Halide order:
 //   x [b, s, d]                  -> x(i, m)              (m = b*s + token, tokens flattened)
-//   W [out, in] packed in panels -> w(o % P, i, o / P)   (see layout.h)
+//   W [out, in] packed in panels -> w(o % P, i, o / P)   (see common/layout.h)
 //   q [b, s, n_h, hd]            -> q(d, r, kvh, i, b)   (head h = kvh*g + r, g = n_h / n_kv)
 //   cache [b, n_kv, T, hd]       -> cache(d, t, kvh, b)
 //   mask [b, s, T] (1 = attend)  -> mask(t, i, b)

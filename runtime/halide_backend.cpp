@@ -11,7 +11,7 @@
 #include <set>
 #include <string>
 
-#include "../generators/layout.h"
+#include "layout.h"
 #include "aligned_vector.h"
 #include "halide_backend.h"
 

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <atomic>
 
-#include "../generators/layout.h"
+#include "layout.h"
 #include "backend.h"
 
 namespace gqa::detail {

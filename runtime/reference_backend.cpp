@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "../generators/layout.h"
+#include "layout.h"
 #include "backend_registry.h"
 
 namespace gqa::detail {

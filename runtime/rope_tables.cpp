@@ -2,7 +2,7 @@
 // in fp32 as torchtune does, when asked).
 #include <cmath>
 
-#include "../generators/layout.h"
+#include "layout.h"
 #include "backend.h"
 #include "validation.h"
 

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "../generators/layout.h"
+#include "layout.h"
 
 namespace gqa::schedules::cpu {
 

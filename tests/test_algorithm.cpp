@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "../generators/attention_algorithm.h"
-#include "../generators/layout.h"
+#include "layout.h"
 #include "../tools/tolerance.h"
 
 namespace {

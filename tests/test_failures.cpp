@@ -9,7 +9,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../runtime/test_hooks.h"
+#include "test_hooks.h"
 
 namespace gqa::detail {
 // For the test list: the stage's name, not its bytes.

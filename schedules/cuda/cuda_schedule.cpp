@@ -4,7 +4,7 @@
 // threads. Staged tiles sit at block level, in shared memory, and every thread
 // loop is inside the block loops. Written without a GPU to run them on: the
 // generated PTX is checked with ptxas; results and timings are owed to a GPU run.
-#include "../../generators/layout.h"
+#include "layout.h"
 #include "../schedule.h"
 
 namespace gqa::schedules::cuda {
