@@ -1,6 +1,41 @@
 # The generator executable and one AOT static library per pipeline, mode and
 # backend. Library names carry their dispatch key: gqa_<pipeline>_<mode>_<backend>.
 
+# The schedule knobs (schedules/knobs.json, which tools/gqa-tune reads too) as C++:
+# gqa_knobs.h defines GQA_INT_KNOBS(X), one X(name) per int knob, and
+# GQA_SOFTMAX_NAMES, the softmax knob's choices (schedules/schedule.h).
+set(knob_table ${PROJECT_SOURCE_DIR}/schedules/knobs.json)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${knob_table})
+file(READ ${knob_table} knobs_json)
+string(JSON knob_count LENGTH "${knobs_json}" knobs)
+math(EXPR last_knob "${knob_count} - 1")
+set(int_knobs)
+set(softmax_names)
+foreach (n RANGE ${last_knob})
+    string(JSON name GET "${knobs_json}" knobs ${n} name)
+    string(JSON choices ERROR_VARIABLE not_a_choice GET "${knobs_json}" knobs ${n} choices)
+    if (not_a_choice)
+        string(APPEND int_knobs " X(${name})")
+    elseif (name STREQUAL "softmax")
+        string(JSON choice_count LENGTH "${choices}")
+        math(EXPR last_choice "${choice_count} - 1")
+        foreach (c RANGE ${last_choice})
+            string(JSON choice GET "${choices}" ${c})
+            list(APPEND softmax_names "\"${choice}\"")
+        endforeach ()
+    else ()
+        message(FATAL_ERROR "${knob_table}: the choice knob '${name}' has no C++ type in schedules/schedule.h")
+    endif ()
+endforeach ()
+list(JOIN softmax_names ", " softmax_names)
+file(CONFIGURE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/gqa_knobs.h CONTENT [[
+// Generated from schedules/knobs.json by cmake/GqaHalideLibraries.cmake.
+#pragma once
+
+#define GQA_INT_KNOBS(X)@int_knobs@
+#define GQA_SOFTMAX_NAMES @softmax_names@
+]] @ONLY)
+
 add_halide_generator(gqa_generators
                      SOURCES
                      ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
@@ -15,6 +50,7 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
 if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
     target_link_libraries(gqa_generators PRIVATE gqa_common)
+    target_include_directories(gqa_generators PRIVATE ${CMAKE_CURRENT_BINARY_DIR})
 endif ()
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU

@@ -7,17 +7,19 @@ namespace gqa {
 
 using namespace Halide;
 
-// The formulation of the softmax: "auto" lets the schedules pick the target's best.
-enum class SoftmaxChoice { automatic, three_pass, online, split };
-const std::map<std::string, SoftmaxChoice> kSoftmaxChoices = {{"auto", SoftmaxChoice::automatic},
-                                                              {"three_pass", SoftmaxChoice::three_pass},
-                                                              {"online", SoftmaxChoice::online},
-                                                              {"split", SoftmaxChoice::split}};
+// The softmax knob's values by name (schedules/knobs.json).
+std::map<std::string, schedules::Softmax> softmax_names() {
+    std::map<std::string, schedules::Softmax> names;
+    for (size_t n = 0; n < std::size(schedules::kSoftmaxNames); ++n) {
+        names[schedules::kSoftmaxNames[n]] = schedules::Softmax(n);
+    }
+    return names;
+}
 
 class AttendGenerator : public Generator<AttendGenerator>, public KnobParams {
 public:
     GeneratorParam<bool> with_pattern{"with_pattern", false};
-    GeneratorParam<SoftmaxChoice> softmax{"softmax", SoftmaxChoice::automatic, kSoftmaxChoices};
+    GeneratorParam<schedules::Softmax> softmax{"softmax", schedules::Softmax::automatic, softmax_names()};
 
     Input<Buffer<float, 5>> q{"q"};              // (d, r, kv head, query, batch)
     Input<Buffer<uint8_t, 3>> mask{"mask"};      // (slot, query, batch), read when use_mask != 0
@@ -55,13 +57,12 @@ public:
                               causal,
                               window,
                               schedules::native_half_widening(get_target())};
+        const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
             Func pattern_func;
             if (pattern_) pattern_func = *pattern_;
             attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
         } else {
-            schedules::require(!with_pattern, "the pattern output needs softmax=three_pass");
-            const schedules::Knobs tuned = knobs(get_target());
             const int split_blocks =
                 formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), tuned) : 0;
             blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), tuned), split_blocks);
@@ -84,9 +85,9 @@ public:
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
         if (formulation() == schedules::Softmax::three_pass) {
-            schedules::schedule_attend(attend_, get_target(), knobs(get_target()));
+            schedules::schedule_attend(attend_, get_target(), attend_knobs());
         } else {
-            schedules::schedule_attend(blocked_, get_target(), knobs(get_target()));
+            schedules::schedule_attend(blocked_, get_target(), attend_knobs());
         }
     }
 
@@ -96,17 +97,16 @@ private:
     algo::Attend attend_;
     algo::AttendBlocked blocked_;
 
+    // The shared knobs plus the softmax; a tuned choice holds for the variant it was
+    // tuned on (knob_isa) only.
+    schedules::Knobs attend_knobs() const {
+        schedules::Knobs k = knobs(get_target());
+        if (knobs_apply(get_target())) k.softmax = softmax;
+        return k;
+    }
+
     schedules::Softmax formulation() const {
-        // A tuned choice holds for the variant it was tuned on (knob_isa) only.
-        switch (knobs_apply(get_target()) ? SoftmaxChoice(softmax) : SoftmaxChoice::automatic) {
-        case SoftmaxChoice::three_pass: return schedules::Softmax::three_pass;
-        case SoftmaxChoice::online: return schedules::Softmax::online;
-        case SoftmaxChoice::split: return schedules::Softmax::split;
-        case SoftmaxChoice::automatic: break;
-        }
-        // The pattern output exists only in the three-pass formulation.
-        if (with_pattern) return schedules::Softmax::three_pass;
-        return schedules::preferred_softmax(get_target(), knobs(get_target()));
+        return schedules::attend_formulation(get_target(), attend_knobs(), with_pattern);
     }
 };
 

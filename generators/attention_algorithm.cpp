@@ -9,7 +9,7 @@ namespace gqa::algo {
 using namespace Halide;
 
 Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &bias,
-                     const Expr &in_dim, const Expr &out_dim, const Expr &tokens, int panel, int token_group) {
+                     const Expr &in_dim, const Expr &tokens, int panel, int token_group) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
@@ -17,8 +17,6 @@ Linear define_linear(const std::string &name, const Func &x, const Func &packed_
     l.input = x;
     l.token_group = token_group;
     l.k = RDom(0, in_dim, name + "_k");
-    l.out_dim = out_dim;
-    l.tokens = tokens;
 
     Var o = l.o, m = l.m, i("i"), j("j"), g("g");
     l.weight(o, i) = packed_weight(o % panel, i, o / panel);
@@ -59,8 +57,7 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    p.qkv = define_linear("qkv", x, packed_weight, bias, shape.embed_dim, q_width + 2 * kv_width, shape.tokens,
-                          panel, token_group);
+    p.qkv = define_linear("qkv", x, packed_weight, bias, shape.embed_dim, shape.tokens, panel, token_group);
     const Func qkv = p.qkv.result;
     Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b;
 
@@ -131,13 +128,6 @@ Expr widen(const Expr &element, bool native_half_widening) {
 void define_scores(const AttendInputs &in, AttendScores &a) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
-    a.q = in.q;
-    a.head_dim = in.head_dim;
-    a.group = in.group;
-    a.num_kv_heads = in.num_kv_heads;
-    a.seq_len = in.seq_len;
-    a.kv_len = in.kv_len;
-    a.batch = in.batch;
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
 
     a.k_cache = Func("k_f32");

@@ -37,12 +37,11 @@ struct Linear {
     Halide::Func input;         // x(i, m), for schedules that stage it
     Halide::Func grouped_rows;  // defined when token_group > 1
     int token_group = 1;
-    Halide::Expr out_dim, tokens;
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
-                     const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &out_dim,
-                     const Halide::Expr &tokens, int panel, int token_group);
+                     const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel,
+                     int token_group);
 
 // Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
 //   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
@@ -95,10 +94,9 @@ struct AttendScores {
     Halide::Func qk;                   // qk(t, r, kvh, i, b): q . k
     Halide::Func score;                // scaled, soft-capped, -inf where not visible
     Halide::Func row_begin, row_end;   // (i)
-    Halide::Func q;                    // the input, for schedules that stage it
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
     bool half_cache = false;           // whether the cache holds fp16 (widened as read)
-    Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch, use_mask, softcap;
+    Halide::Expr use_mask, softcap;    // whether the mask is read; soft-cap, 0 for none
 };
 
 struct Attend : AttendScores {

@@ -1,5 +1,6 @@
 // GeneratorParams shared by the generators: the pipeline mode and the schedule
-// knobs, so a variant is a CMake PARAMS line. Zero keeps the target's default.
+// knobs (schedules/knobs.json), so a variant is a CMake PARAMS line. Zero keeps
+// the target's default.
 #pragma once
 
 #include <map>
@@ -18,13 +19,9 @@ inline const std::map<std::string, PipelineMode> kPipelineModes = {{"prefill", P
 // Mixed into a Generator: Halide registers GeneratorParams found in the object.
 struct KnobParams {
     Halide::GeneratorParam<PipelineMode> mode{"mode", PipelineMode::prefill, kPipelineModes};
-    Halide::GeneratorParam<int> gemm_tile_tokens{"gemm_tile_tokens", 0};
-    Halide::GeneratorParam<int> gemm_tile_outputs{"gemm_tile_outputs", 0};
-    Halide::GeneratorParam<int> gemm_k_block{"gemm_k_block", 0};
-    Halide::GeneratorParam<int> query_block{"query_block", 0};
-    Halide::GeneratorParam<int> key_chunk{"key_chunk", 0};
-    Halide::GeneratorParam<int> key_block{"key_block", 0};
-    Halide::GeneratorParam<int> split_blocks{"split_blocks", 0};
+#define GQA_KNOB_PARAM(name) Halide::GeneratorParam<int> name{#name, 0};
+    GQA_INT_KNOBS(GQA_KNOB_PARAM)
+#undef GQA_KNOB_PARAM
     // The target feature of the variant the knobs were tuned on (avx512, avx2,
     // arm_fp16, cuda, ...): variants without it keep their defaults, and knobs tuned
     // on a CPU never reach a GPU variant. Empty: the knobs apply to every variant.
@@ -51,13 +48,9 @@ struct KnobParams {
         schedules::Knobs k;
         k.decode = mode == PipelineMode::decode;
         if (!knobs_apply(target)) return k;
-        k.gemm_tile_tokens = gemm_tile_tokens;
-        k.gemm_tile_outputs = gemm_tile_outputs;
-        k.gemm_k_block = gemm_k_block;
-        k.query_block = query_block;
-        k.key_chunk = key_chunk;
-        k.key_block = key_block;
-        k.split_blocks = split_blocks;
+#define GQA_KNOB_COPY(name) k.name = name;
+        GQA_INT_KNOBS(GQA_KNOB_COPY)
+#undef GQA_KNOB_COPY
         return k;
     }
 };

@@ -8,6 +8,18 @@ namespace gqa::schedules::cpu {
 
 using namespace Halide;
 
+Softmax preferred_softmax(const Knobs &) {
+    return Softmax::three_pass;
+}
+
+int key_block(const Knobs &knobs) {
+    return or_default(knobs.key_block, 64);
+}
+
+int split_blocks(const Knobs &knobs) {
+    return or_default(knobs.split_blocks, 8);
+}
+
 // The reduction runs innermost-outside the tile, so each packed weight vector and
 // each x element is loaded once per tile. Tails round up: x reads are clamped and
 // the panels zero-padded.
@@ -76,7 +88,7 @@ void schedule_rope(Func out, int lanes) {
     out.vectorize(args[0], lanes, TailStrategy::GuardWithIf).parallel(args[2]);
 }
 
-void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
+void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking) {
     const int vec = blocking.lanes, key_chunk = blocking.key_chunk;
     const int query_block = blocking.decode ? 1 : blocking.query_block;
     require(layout::kKeySlotPadding % key_chunk == 0 && key_chunk % vec == 0,
@@ -158,7 +170,7 @@ void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking) {
     }
 }
 
-void schedule_blocked_attend(algo::AttendBlocked &a, int lanes) {
+void schedule_merged_attend(algo::AttendBlocked &a, int lanes) {
     Var d = a.d, r = a.r, kvh = a.kvh, i = a.i, b = a.b, task("task");
     a.z.reorder(d, r, i, kvh, b).fuse(i, kvh, task).fuse(task, b, task).parallel(task);
     a.z.vectorize(d, lanes, TailStrategy::GuardWithIf);

@@ -7,6 +7,13 @@
 
 namespace gqa::schedules::cpu {
 
+// The CPU family's defaults for the attention: a row's scores stay in L1, where
+// three passes cost little; the merged formulations, when asked for, take blocks of
+// 64 keys and 8 blocks per split.
+Softmax preferred_softmax(const Knobs &knobs);
+int key_block(const Knobs &knobs);
+int split_blocks(const Knobs &knobs);
+
 // A register-blocked GEMM over the packed weight panels: `outputs` x the Linear's
 // token_group accumulators (the target chose that group through
 // schedules::gemm_token_group when the algorithm was defined), `lanes` floats per vector.
@@ -39,11 +46,11 @@ struct AttendBlocking {
     int lanes, key_chunk, query_block;
     bool decode;
 };
-void schedule_blocked_attend(algo::Attend &a, const AttendBlocking &blocking);
+void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking);
 
-// The blocked formulations (which CPUs do not prefer, but may be asked to run):
-// parallel over (batch, kv head, query), each block's statistics computed per
-// merge step, vectorized over head dims.
-void schedule_blocked_attend(algo::AttendBlocked &a, int lanes);
+// The merged formulations (online or split-K, which CPUs do not prefer but may be
+// asked to run): parallel over (batch, kv head, query), each block's statistics
+// computed per merge step, vectorized over head dims.
+void schedule_merged_attend(algo::AttendBlocked &a, int lanes);
 
 }  // namespace gqa::schedules::cpu

@@ -20,23 +20,22 @@ Family family(const Target &target) {
 
 }  // namespace
 
-// CPUs keep a row's scores in L1, where three passes cost little; a GPU streams key
-// blocks through shared memory (prefill), or splits the keys over blocks (decode).
-Softmax preferred_softmax(const Target &target, const Knobs &knobs) {
-    if (family(target) != Family::cuda) return Softmax::three_pass;
-    return knobs.decode ? Softmax::split : Softmax::online;
+Softmax attend_formulation(const Target &target, const Knobs &knobs, bool with_pattern) {
+    if (with_pattern) {
+        require(knobs.softmax == Softmax::automatic || knobs.softmax == Softmax::three_pass,
+                "the pattern output needs softmax=three_pass");
+        return Softmax::three_pass;
+    }
+    if (knobs.softmax != Softmax::automatic) return knobs.softmax;
+    return family(target) == Family::cuda ? cuda::preferred_softmax(knobs) : cpu::preferred_softmax(knobs);
 }
 
-// On a GPU a block's K and V tiles and its scores share the 48 KiB of shared memory
-// a kernel gets without opting in: 32 keys keep them under it up to head_dim 128.
 int key_block(const Target &target, const Knobs &knobs) {
-    if (knobs.key_block > 0) return knobs.key_block;
-    return family(target) == Family::cuda ? 32 : 64;
+    return family(target) == Family::cuda ? cuda::key_block(knobs) : cpu::key_block(knobs);
 }
 
-// Split-K decode: 8 blocks (256 keys) per split, one GPU block each.
-int split_blocks(const Target &, const Knobs &knobs) {
-    return knobs.split_blocks > 0 ? knobs.split_blocks : 8;
+int split_blocks(const Target &target, const Knobs &knobs) {
+    return family(target) == Family::cuda ? cuda::split_blocks(knobs) : cpu::split_blocks(knobs);
 }
 
 // The CUDA GEMM stages x tiles in shared memory itself.
@@ -73,7 +72,7 @@ void schedule_attend(algo::Attend &a, const Target &target, const Knobs &knobs) 
 
 void schedule_attend(algo::AttendBlocked &a, const Target &target, const Knobs &knobs) {
     if (family(target) == Family::cuda) return cuda::schedule_attend(a, target, knobs);
-    cpu::schedule_blocked_attend(a, target.natural_vector_size<float>());
+    cpu::schedule_merged_attend(a, target.natural_vector_size<float>());
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &target, const Knobs &knobs) {

@@ -3,27 +3,36 @@
 // schedules/<target>/; the functions here dispatch on the Target.
 #pragma once
 
+#include <iterator>
+
 #include "../generators/attention_algorithm.h"
+#include "gqa_knobs.h"
 
 namespace gqa::schedules {
 
-// Tunable choices, filled from the generators' GeneratorParams. Zero means
-// "the target's default".
+// The attention's formulation: algo::define_attend (three passes over each row),
+// or define_attend_blocked merged online or split-K. All compute the same
+// function; automatic lets the target choose.
+enum class Softmax { automatic, three_pass, online, split };
+// The softmax knob's names in schedules/knobs.json, in the enum's order.
+inline constexpr const char *kSoftmaxNames[] = {GQA_SOFTMAX_NAMES};
+static_assert(std::size(kSoftmaxNames) == 4, "schedules/knobs.json: the softmax choices must match schedules::Softmax");
+
+// Tunable choices (schedules/knobs.json says what each sets), filled from the
+// generators' GeneratorParams. 0 and Softmax::automatic mean the target's default.
 struct Knobs {
-    bool decode = false;      // single-token instance: GEMV projections, no query blocks
-    int gemm_tile_tokens = 0;  // rows of x per register tile
-    int gemm_tile_outputs = 0; // output features per register tile (divides layout::kWeightPanel)
-    int gemm_k_block = 0;      // reduction steps per pass over the token tiles (CPU prefill)
-    int query_block = 0;      // queries sharing one pass over a key block (prefill)
-    int key_chunk = 0;        // keys per transposed-K chunk; divides layout::kKeySlotPadding
-    int key_block = 0;        // keys per block of the blocked attention formulations
-    int split_blocks = 0;     // blocks per split of split-K attention
+    bool decode = false;  // single-token instance: GEMV projections, no query blocks
+#define GQA_KNOB_FIELD(name) int name = 0;
+    GQA_INT_KNOBS(GQA_KNOB_FIELD)
+#undef GQA_KNOB_FIELD
+    Softmax softmax = Softmax::automatic;
 };
 
-// Which formulation of the attention a target runs best (algo::define_attend or
-// define_attend_blocked with one of its merges). All compute the same function.
-enum class Softmax { three_pass, online, split };
-Softmax preferred_softmax(const Halide::Target &target, const Knobs &knobs);
+// The formulation the attend pipeline builds: the knob's, or the target's
+// preference; three passes whenever the attention pattern is an output (it exists
+// only there).
+Softmax attend_formulation(const Halide::Target &target, const Knobs &knobs, bool with_pattern);
+// Keys per block and blocks per split of the merged formulations.
 int key_block(const Halide::Target &target, const Knobs &knobs);
 int split_blocks(const Halide::Target &target, const Knobs &knobs);
 // Tokens per group of x rows in the GEMMs (algo::Linear's token_group): the
@@ -49,6 +58,9 @@ inline void require(bool ok, const std::string &message) {
 }
 
 namespace cuda {
+Softmax preferred_softmax(const Knobs &knobs);
+int key_block(const Knobs &knobs);
+int split_blocks(const Knobs &knobs);
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);

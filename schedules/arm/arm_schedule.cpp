@@ -48,7 +48,7 @@ void schedule_rope(Func out, const Target &, const Knobs &) {
 // pipes (4 lanes x 4 vectors, as on AVX-512, would leave them half idle); the
 // transposed chunk is 8 KiB at head_dim 64, well inside a 64 KiB L1.
 void schedule_attend(algo::Attend &a, const Target &, const Knobs &knobs) {
-    cpu::schedule_blocked_attend(a, {kLanes, or_default(knobs.key_chunk, 8 * kLanes),
+    cpu::schedule_three_pass_attend(a, {kLanes, or_default(knobs.key_chunk, 8 * kLanes),
                                      or_default(knobs.query_block, 16), knobs.decode});
 }
 

@@ -99,6 +99,23 @@ void rows_over_warps(Func f, const Var &d, const Var &row) {
 
 }  // namespace
 
+// Prefill streams key blocks through shared memory; decode, with one query, splits
+// the keys over GPU blocks.
+Softmax preferred_softmax(const Knobs &knobs) {
+    return knobs.decode ? Softmax::split : Softmax::online;
+}
+
+// A block's K tile and its scores share the 48 KiB of shared memory a kernel gets
+// without opting in: 32 keys keep them under it up to head_dim 128.
+int key_block(const Knobs &knobs) {
+    return or_default(knobs.key_block, 32);
+}
+
+// Split-K decode: 8 blocks (256 keys) per split, one GPU block each.
+int split_blocks(const Knobs &knobs) {
+    return or_default(knobs.split_blocks, 8);
+}
+
 void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
     schedule_linear(p.qkv, knobs);
     rows_over_warps(p.q, p.d, p.m);

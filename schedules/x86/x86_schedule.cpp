@@ -47,7 +47,7 @@ void schedule_rope(Func out, const Target &t, const Knobs &) {
 // Key chunks of 4 vectors (64 keys on AVX-512: 4 score accumulators per row, the
 // transposed chunk 16 KiB at head_dim 64, in L1) and 16-query blocks.
 void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
-    cpu::schedule_blocked_attend(a, {lanes(t), or_default(knobs.key_chunk, 4 * lanes(t)),
+    cpu::schedule_three_pass_attend(a, {lanes(t), or_default(knobs.key_chunk, 4 * lanes(t)),
                                      or_default(knobs.query_block, 16), knobs.decode});
 }
 
