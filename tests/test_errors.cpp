@@ -272,7 +272,8 @@ TEST_P(Errors, CacheOverflow) {
 // Sizes whose arrays Halide could not address (or whose bytes overflow) are named
 // as given, before anything is allocated or narrowed.
 TEST_P(Errors, OversizedCacheIsRefusedKeepingTheOldOne) {
-    for (const auto &[batch, slots] : {std::pair{1000000, 1 << 30}, std::pair{INT_MAX, INT_MAX}}) {
+    for (const auto &sizes : {std::pair{1000000, 1 << 30}, std::pair{INT_MAX, INT_MAX}}) {
+        const int batch = sizes.first, slots = sizes.second;  // clang 14 lambdas cannot capture bindings
         expect_rejected_keeping_cache([&] { layer_->setup_cache(batch, slots); },
                                       AllOf(HasSubstr("KV cache"), HasSubstr(std::to_string(batch)),
                                             HasSubstr(std::to_string(slots))));
