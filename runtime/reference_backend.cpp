@@ -11,17 +11,19 @@ namespace gqa::detail {
 namespace {
 
 // Rotates the pairs of one head at position pos: interleaved (2j, 2j+1) or
-// rotate-half (j, j + R/2), by the angle pos * base^(-2j/R).
+// rotate-half (j, j + R/2), by the angle pos * inv_freq_j, cos and sin times the
+// attention factor.
 void rotate(const RopeTables &rope, double *head, int pos) {
     if (rope.style == layout::kRopeNone) return;
     const int half = rope.rotary_dim / 2;
     for (int j = 0; j < half; ++j) {
-        const double angle = pos * std::pow(rope.base, -2.0 * j / rope.rotary_dim);
+        const double angle = pos * rope.inv_freq[j];
+        const double cos = std::cos(angle) * rope.attention_factor, sin = std::sin(angle) * rope.attention_factor;
         const int a = rope.style == layout::kRopeInterleaved ? 2 * j : j;
         const int b = rope.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;
         const double xa = head[a], xb = head[b];
-        head[a] = xa * std::cos(angle) - xb * std::sin(angle);
-        head[b] = xb * std::cos(angle) + xa * std::sin(angle);
+        head[a] = xa * cos - xb * sin;
+        head[b] = xb * cos + xa * sin;
     }
 }
 

@@ -1,7 +1,11 @@
 // The .safetensors reader: the header is parsed whole, then only the eight (or
 // fewer) tensors of one layer are read, each from its own byte range, so a
-// multi-gigabyte checkpoint costs what one layer's weights cost.
+// multi-gigabyte checkpoint costs what one layer's weights cost. load_safetensors
+// reads one file; load_hf_layer (hf_checkpoint.cpp) a directory, through the same
+// SafetensorsFile.
 #include "gqa/safetensors.hpp"
+
+#include "safetensors_file.h"
 
 #include <nlohmann/json.hpp>
 
@@ -11,116 +15,116 @@
 #include <fstream>
 #include <optional>
 
-namespace gqa {
-namespace {
+namespace gqa::detail {
 
 static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
 
 // A header larger than this is not a checkpoint's (the format's own limit is 100 MB).
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
-class SafetensorsFile {
-public:
-    explicit SafetensorsFile(const std::string &path) : path_(path), in_(path, std::ios::binary) {
-        if (!in_) fail("cannot be opened");
-        in_.seekg(0, std::ios::end);
-        const auto file_size = static_cast<uint64_t>(in_.tellg());
-        in_.seekg(0);
-        uint64_t header_size = 0;
-        if (file_size < 8 || !in_.read(reinterpret_cast<char *>(&header_size), 8)) {
-            fail("is shorter than the 8-byte header length");
-        }
-        if (header_size > kMaxHeaderBytes || header_size > file_size - 8) {
-            fail("declares a " + std::to_string(header_size) + "-byte header, but holds " +
-                 std::to_string(file_size - 8) + " bytes after the length");
-        }
-        std::string text(header_size, '\0');
-        if (!in_.read(text.data(), std::streamsize(header_size))) fail("header cannot be read");
-        try {
-            header_ = nlohmann::json::parse(text);
-        } catch (const nlohmann::json::exception &error) {
-            fail(std::string("header is not valid JSON: ") + error.what());
-        }
-        if (!header_.is_object()) fail("header is not a JSON object");
-        data_begin_ = 8 + header_size;
-        data_size_ = file_size - data_begin_;
+SafetensorsFile::SafetensorsFile(const std::string &path) : path_(path), in_(path, std::ios::binary) {
+    if (!in_) fail("cannot be opened");
+    in_.seekg(0, std::ios::end);
+    const auto file_size = static_cast<uint64_t>(in_.tellg());
+    in_.seekg(0);
+    uint64_t header_size = 0;
+    if (file_size < 8 || !in_.read(reinterpret_cast<char *>(&header_size), 8)) {
+        fail("is shorter than the 8-byte header length");
     }
+    if (header_size > kMaxHeaderBytes || header_size > file_size - 8) {
+        fail("declares a " + std::to_string(header_size) + "-byte header, but holds " +
+             std::to_string(file_size - 8) + " bytes after the length");
+    }
+    std::string text(header_size, '\0');
+    if (!in_.read(text.data(), std::streamsize(header_size))) fail("header cannot be read");
+    try {
+        header_ = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception &error) {
+        fail(std::string("header is not valid JSON: ") + error.what());
+    }
+    if (!header_.is_object()) fail("header is not a JSON object");
+    data_begin_ = 8 + header_size;
+    data_size_ = file_size - data_begin_;
+}
 
-    bool has(const std::string &name) const { return header_.contains(name); }
-
-    // The tensor `name` as fp32, checked against the expected shape.
-    std::vector<float> read(const std::string &name, const std::vector<int64_t> &expected) {
-        if (!has(name)) fail("has no tensor '" + name + "'" + names_hint());
-        const nlohmann::json &entry = header_.at(name);
-        std::string dtype;
-        std::vector<int64_t> shape;
-        std::vector<uint64_t> offsets;
-        try {
-            dtype = entry.at("dtype").get<std::string>();
-            shape = entry.at("shape").get<std::vector<int64_t>>();
-            offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
-        } catch (const nlohmann::json::exception &) {
-            fail("tensor '" + name + "' has no valid dtype, shape and data_offsets: " + entry.dump());
-        }
-        if (shape != expected) {
-            fail("tensor '" + name + "' has shape " + shape_string(shape) + "; expected " + shape_string(expected));
-        }
-        const size_t element_size = dtype == "F32" ? 4 : dtype == "F16" || dtype == "BF16" ? 2 : 0;
-        if (element_size == 0) fail("tensor '" + name + "' has dtype " + dtype + "; expected F32, F16 or BF16");
-        uint64_t count = 1;
-        for (int64_t extent : shape) count *= uint64_t(extent);
-        if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size_ ||
-            offsets[1] - offsets[0] != count * element_size) {
-            fail("tensor '" + name + "' has data_offsets " + entry.at("data_offsets").dump() + "; expected " +
-                 std::to_string(count * element_size) + " bytes (" + dtype + " " + shape_string(shape) +
-                 ") inside the " + std::to_string(data_size_) + " data bytes");
-        }
-        in_.clear();
-        in_.seekg(std::streamoff(data_begin_ + offsets[0]));
-        std::vector<float> values(count);
-        const auto read_into = [&](void *to, size_t size) {
-            if (!in_.read(static_cast<char *>(to), std::streamsize(size))) fail("tensor '" + name + "' cannot be read");
-        };
-        if (dtype == "F32") {
-            read_into(values.data(), count * 4);  // little-endian fp32, as stored
-        } else {
-            std::vector<uint16_t> halves(count);
-            read_into(halves.data(), count * 2);
-            for (size_t i = 0; i < count; ++i) {
-                if (dtype == "F16") {
-                    values[i] = half_to_float(halves[i]);
-                } else {
-                    // bfloat16 is the top half of a float32.
-                    const uint32_t wide = uint32_t(halves[i]) << 16;
-                    std::memcpy(&values[i], &wide, 4);
-                }
+std::vector<float> SafetensorsFile::read(const std::string &name, const std::vector<int64_t> &expected) {
+    if (!has(name)) fail("has no tensor '" + name + "'" + names_hint());
+    const nlohmann::json &entry = header_.at(name);
+    std::string dtype;
+    std::vector<int64_t> shape;
+    std::vector<uint64_t> offsets;
+    try {
+        dtype = entry.at("dtype").get<std::string>();
+        shape = entry.at("shape").get<std::vector<int64_t>>();
+        offsets = entry.at("data_offsets").get<std::vector<uint64_t>>();
+    } catch (const nlohmann::json::exception &) {
+        fail("tensor '" + name + "' has no valid dtype, shape and data_offsets: " + entry.dump());
+    }
+    if (shape != expected) {
+        fail("tensor '" + name + "' has shape " + shape_string(shape) + "; expected " + shape_string(expected));
+    }
+    const size_t element_size = dtype == "F32" ? 4 : dtype == "F16" || dtype == "BF16" ? 2 : 0;
+    if (element_size == 0) fail("tensor '" + name + "' has dtype " + dtype + "; expected F32, F16 or BF16");
+    uint64_t count = 1;
+    for (int64_t extent : shape) count *= uint64_t(extent);
+    if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size_ ||
+        offsets[1] - offsets[0] != count * element_size) {
+        fail("tensor '" + name + "' has data_offsets " + entry.at("data_offsets").dump() + "; expected " +
+             std::to_string(count * element_size) + " bytes (" + dtype + " " + shape_string(shape) +
+             ") inside the " + std::to_string(data_size_) + " data bytes");
+    }
+    in_.clear();
+    in_.seekg(std::streamoff(data_begin_ + offsets[0]));
+    std::vector<float> values(count);
+    const auto read_into = [&](void *to, size_t size) {
+        if (!in_.read(static_cast<char *>(to), std::streamsize(size))) fail("tensor '" + name + "' cannot be read");
+    };
+    if (dtype == "F32") {
+        read_into(values.data(), count * 4);  // little-endian fp32, as stored
+    } else {
+        std::vector<uint16_t> halves(count);
+        read_into(halves.data(), count * 2);
+        for (size_t i = 0; i < count; ++i) {
+            if (dtype == "F16") {
+                values[i] = half_to_float(halves[i]);
+            } else {
+                // bfloat16 is the top half of a float32.
+                const uint32_t wide = uint32_t(halves[i]) << 16;
+                std::memcpy(&values[i], &wide, 4);
             }
         }
-        return values;
     }
+    return values;
+}
 
-private:
-    [[noreturn]] void fail(const std::string &what) const { throw Error("safetensors file " + path_ + " " + what); }
+void SafetensorsFile::fail(const std::string &what) const {
+    throw Error("safetensors file " + path_ + " " + what);
+}
 
-    // A few of the file's tensor names, to show which prefix it uses.
-    std::string names_hint() const {
-        std::string hint;
-        int shown = 0;
-        for (const auto &item : header_.items()) {
-            if (item.key() == "__metadata__") continue;
-            if (shown == 4) return hint + ", ...)";
-            hint += (shown++ ? ", " : " (it has ") + item.key();
-        }
-        return shown ? hint + ")" : " (it has no tensors)";
+std::vector<std::string> SafetensorsFile::names() const {
+    std::vector<std::string> names;
+    for (const auto &item : header_.items()) {
+        if (item.key() != "__metadata__") names.push_back(item.key());
     }
+    return names;
+}
 
-    std::string path_;
-    std::ifstream in_;
-    nlohmann::json header_;
-    uint64_t data_begin_ = 0, data_size_ = 0;
-};
+std::string SafetensorsFile::names_hint() const {
+    std::string hint;
+    int shown = 0;
+    for (const auto &item : header_.items()) {
+        if (item.key() == "__metadata__") continue;
+        if (shown == 4) return hint + ", ...)";
+        hint += (shown++ ? ", " : " (it has ") + item.key();
+    }
+    return shown ? hint + ")" : " (it has no tensors)";
+}
 
-}  // namespace
+}  // namespace gqa::detail
+
+namespace gqa {
+
+using detail::SafetensorsFile;
 
 Weights LoadedWeights::view() const {
     const auto optional = [](const std::vector<float> &bias) {

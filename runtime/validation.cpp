@@ -59,6 +59,71 @@ int effective_rotary_dim(const Config &c) {
     return c.rope_style == RopeStyle::none ? 0 : (c.rotary_dim == 0 ? c.head_dim : c.rotary_dim);
 }
 
+namespace {
+
+void require_positive_finite(const char *name, double value) {
+    require_finite(name, value);
+    require_positive(name, value);
+}
+
+// One positive, finite value per rotated pair.
+void require_per_pair(const char *name, const std::vector<double> &values, int pairs) {
+    if (int64_t(values.size()) != pairs) {
+        fail(name, " holds ", values.size(), " values; expected one per rotated pair (", pairs, ")");
+    }
+    for (size_t j = 0; j < values.size(); ++j) {
+        if (!std::isfinite(values[j]) || !(values[j] > 0)) {
+            fail(name, "[", j, "] is ", values[j], "; expected a finite number > 0");
+        }
+    }
+}
+
+void validate_rope_scaling(const Config &c, int pairs) {
+    const RopeScaling &s = c.rope_scaling;
+    switch (s.type) {
+    case RopeScalingType::none: break;
+    case RopeScalingType::linear: require_positive_finite("rope_scaling.factor", s.factor); break;
+    case RopeScalingType::llama3:
+        require_positive_finite("rope_scaling.factor", s.factor);
+        require_positive("rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings);
+        require_positive_finite("rope_scaling.low_freq_factor", s.low_freq_factor);
+        require_finite("rope_scaling.high_freq_factor", s.high_freq_factor);
+        if (!(s.high_freq_factor > s.low_freq_factor)) {
+            fail("rope_scaling.high_freq_factor is ", s.high_freq_factor, "; expected more than low_freq_factor (",
+                 s.low_freq_factor, ")");
+        }
+        break;
+    case RopeScalingType::yarn:
+        require_positive_finite("rope_scaling.factor", s.factor);
+        require_positive("rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings);
+        require_positive_finite("rope_scaling.beta_fast", s.beta_fast);
+        require_positive_finite("rope_scaling.beta_slow", s.beta_slow);
+        break;
+    case RopeScalingType::longrope:
+        require_positive("rope_scaling.original_max_position_embeddings", s.original_max_position_embeddings);
+        require_per_pair("rope_scaling.short_factor", s.short_factor, pairs);
+        require_per_pair("rope_scaling.long_factor", s.long_factor, pairs);
+        break;
+    default:
+        fail("rope_scaling.type is ", int(s.type), "; expected none, linear, llama3, yarn or longrope");
+    }
+    for (const auto &[name, value] : {std::pair{"rope_scaling.attention_factor", s.attention_factor},
+                                      std::pair{"rope_scaling.mscale", s.mscale},
+                                      std::pair{"rope_scaling.mscale_all_dim", s.mscale_all_dim}}) {
+        if (!std::isfinite(value) || value < 0) fail(name, " is ", value, "; expected >= 0 (0: derived or unused)");
+    }
+    if (s.max_position_embeddings < 0) {
+        fail("rope_scaling.max_position_embeddings is ", s.max_position_embeddings, "; expected >= 0");
+    }
+    if (!c.rope_inv_freq.empty()) require_per_pair("rope_inv_freq", c.rope_inv_freq, pairs);
+    if (c.rope_fp32_angles && (s.type != RopeScalingType::none || !c.rope_inv_freq.empty())) {
+        fail("rope_fp32_angles reproduces torchtune's unscaled table; expected no rope_scaling and no rope_inv_freq "
+             "with it");
+    }
+}
+
+}  // namespace
+
 void validate_rope(const Config &c) {
     require_positive("head_dim", c.head_dim);
     require_positive("max_seq_len", c.max_seq_len);
@@ -73,6 +138,7 @@ void validate_rope(const Config &c) {
     if (rotary <= 0 || rotary % 2 != 0 || rotary > c.head_dim) {
         fail("rotary_dim is ", rotary, " (head_dim ", c.head_dim, "); expected an even number in [2, head_dim]");
     }
+    validate_rope_scaling(c, rotary / 2);
 }
 
 void validate_config(const Config &c) {

@@ -7,6 +7,7 @@
 // reference for its shapes, before any backend is compared), 77
 // when the backend asked for is built but cannot run here (no GPU).
 #include <gqa/attention.hpp>
+#include <gqa/hf.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -18,7 +19,9 @@
 #include <fstream>
 #include <iostream>
 #include <limits>
+#include <memory>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -240,9 +243,20 @@ struct FinalCache {
 struct LayerCase {
     gqa::Config config;
     WeightTensors weights;
-    std::optional<int> cache_batch{};  // setup_cache(batch, config.max_seq_len) when set
+    std::optional<int> cache_batch{};  // setup_cache(batch, cache_len or config.max_seq_len) when set
     std::vector<Call> calls{};
     std::optional<FinalCache> final_cache{};
+    int cache_len = 0;
+    // hf_layer: the checkpoint's own weights, used instead of `weights`.
+    std::shared_ptr<const gqa::LoadedWeights> checkpoint_weights{};
+
+    gqa::Weights weights_view() const { return checkpoint_weights ? checkpoint_weights->view() : weights.view(); }
+};
+
+// A case this build cannot run, such as a checkpoint whose model needs what this
+// version does not compute: it fails, on every backend.
+struct Unrunnable : std::runtime_error {
+    using std::runtime_error::runtime_error;
 };
 
 struct RopeCase {
@@ -259,7 +273,7 @@ struct RopeCase {
 
 struct Case {
     std::string name;
-    std::variant<RopeCase, LayerCase, Unsupported> body;
+    std::variant<RopeCase, LayerCase, Unsupported, Unrunnable> body;
 };
 
 gqa::RopeStyle rope_style_from(const std::string &text, const std::string &where) {
@@ -491,6 +505,39 @@ LayerCase parse_transformerlens_decode(const fs::path &dir, const json &c, const
     return layer;
 }
 
+// One layer of a Hugging Face checkpoint directory (docs/semantics.md §11): its
+// config and weights come from the checkpoint itself, through gqa::load_hf_layer.
+LayerCase parse_hf_layer(const fs::path &dir, const json &c, const std::string &where) {
+    reject_unknown_keys(c, {"name", "kind", "model", "layer", "max_seq_len", "cache", "calls"}, where);
+    const auto model = field<std::string>(c, "model", where);
+    const int layer_index = field<int>(c, "layer", where), max_seq_len = field<int>(c, "max_seq_len", where);
+    gqa::HfLayer hf;
+    try {
+        hf = gqa::load_hf_layer((dir / model).string(), layer_index, max_seq_len);
+    } catch (const gqa::Error &error) {
+        throw Unrunnable(where + ": " + error.what());
+    }
+    LayerCase layer{hf.config, {}};
+    layer.checkpoint_weights = std::make_shared<const gqa::LoadedWeights>(std::move(hf.weights));
+    const json &cache = c.contains("cache") ? c.at("cache") : json();
+    if (!cache.is_null()) {
+        reject_unknown_keys(cache, {"batch", "max_seq_len"}, field_path(where, "cache"));
+        layer.cache_batch = field<int>(cache, "batch", field_path(where, "cache"));
+        layer.cache_len = field<int>(cache, "max_seq_len", field_path(where, "cache"));
+    }
+    const auto calls = field<std::vector<json>>(c, "calls", where);
+    for (size_t i = 0; i < calls.size(); ++i) {
+        const std::string at = where + ".calls[" + std::to_string(i) + "]";
+        reject_unknown_keys(calls[i], {"x", "input_pos", "expected_out"}, at);
+        Call call{load_required(dir, calls[i], "x", at, Dtype::float32)};
+        call.input_pos = load_optional(dir, calls[i], "input_pos", at, Dtype::int32);
+        call.out = load_required(dir, calls[i], "expected_out", at, Dtype::float32);
+        layer.calls.push_back(std::move(call));
+    }
+    if (layer.calls.empty()) throw InvalidInput(where + ".calls is empty");
+    return layer;
+}
+
 Case parse_case(const fs::path &dir, const json &c, size_t index) {
     const std::string where = "cases[" + std::to_string(index) + "]";
     Case parsed{field<std::string>(c, "name", where), Unsupported("")};
@@ -507,11 +554,15 @@ Case parse_case(const fs::path &dir, const json &c, size_t index) {
             parsed.body = parse_transformerlens_forward(dir, c, at);
         } else if (kind == "transformerlens_kv_decode") {
             parsed.body = parse_transformerlens_decode(dir, c, at);
+        } else if (kind == "hf_layer") {
+            parsed.body = parse_hf_layer(dir, c, at);
         } else {
             parsed.body = Unsupported(at + ": unknown kind \"" + kind + "\"");
         }
     } catch (const Unsupported &unsupported) {
         parsed.body = unsupported;
+    } catch (const Unrunnable &unrunnable) {
+        parsed.body = unrunnable;
     }
     return parsed;
 }
@@ -602,8 +653,11 @@ void run_case(const RopeCase &rope, gqa::Backend backend, Checker &check) {
 }
 
 void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check) {
-    gqa::Attention layer(layer_case.config, layer_case.weights.view(), backend);
-    if (layer_case.cache_batch) layer.setup_cache(*layer_case.cache_batch, layer_case.config.max_seq_len);
+    gqa::Attention layer(layer_case.config, layer_case.weights_view(), backend);
+    if (layer_case.cache_batch) {
+        layer.setup_cache(*layer_case.cache_batch,
+                          layer_case.cache_len > 0 ? layer_case.cache_len : layer_case.config.max_seq_len);
+    }
     layer.set_record_pattern(std::any_of(layer_case.calls.begin(), layer_case.calls.end(),
                                          [](const Call &call) { return call.pattern.has_value(); }));
 
@@ -627,10 +681,12 @@ void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check)
 struct Options {
     std::string backend = "all";
     double atol = GQA_ATOL, rtol = GQA_RTOL;
+    std::optional<std::regex> cases;  // run only the cases whose names it matches
     fs::path dir;
 };
 
-constexpr const char *usage = "usage: gqa-conformance [--backend NAME|all] [--atol X] [--rtol X] DIR";
+constexpr const char *usage =
+    "usage: gqa-conformance [--backend NAME|all] [--atol X] [--rtol X] [--cases REGEX] DIR";
 
 double parse_tolerance(const std::string &flag, const std::string &text) {
     size_t used = 0;
@@ -651,7 +707,7 @@ Options parse_options(int argc, char **argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         const bool has_value = i + 1 < argc;
-        if ((arg == "--backend" || arg == "--atol" || arg == "--rtol") && !has_value) {
+        if ((arg == "--backend" || arg == "--atol" || arg == "--rtol" || arg == "--cases") && !has_value) {
             throw InvalidInput(arg + " needs a value\n" + usage);
         }
         if (arg == "--backend") {
@@ -660,6 +716,12 @@ Options parse_options(int argc, char **argv) {
             options.atol = parse_tolerance(arg, argv[++i]);
         } else if (arg == "--rtol") {
             options.rtol = parse_tolerance(arg, argv[++i]);
+        } else if (arg == "--cases") {
+            try {
+                options.cases = std::regex(argv[++i]);
+            } catch (const std::regex_error &error) {
+                throw InvalidInput(std::string("--cases: ") + error.what());
+            }
         } else if (arg.starts_with("-") || have_dir) {
             throw InvalidInput("unexpected argument \"" + arg + "\"\n" + usage);
         } else {
@@ -717,7 +779,11 @@ void require_consistent(const std::vector<Case> &cases) {
 
 int run(const Options &options) {
     const std::vector<gqa::Backend> backends = selected_backends(options.backend);
-    const std::vector<Case> cases = load_manifest(options.dir);
+    std::vector<Case> cases = load_manifest(options.dir);
+    if (options.cases) {
+        std::erase_if(cases, [&](const Case &c) { return !std::regex_search(c.name, *options.cases); });
+        if (cases.empty()) throw InvalidInput("--cases matches no case of " + options.dir.string());
+    }
     require_consistent(cases);
 
     int passed = 0, failed = 0, unsupported = 0;
@@ -731,11 +797,12 @@ int run(const Options &options) {
                 continue;
             }
             Checker check(options.atol, options.rtol);
+            if (const auto *reason = std::get_if<Unrunnable>(&test_case.body)) check.fail(reason->what());
             try {
                 if (const auto *rope = std::get_if<RopeCase>(&test_case.body)) {
                     run_case(*rope, backend, check);
-                } else {
-                    run_case(std::get<LayerCase>(test_case.body), backend, check);
+                } else if (const auto *layer = std::get_if<LayerCase>(&test_case.body)) {
+                    run_case(*layer, backend, check);
                 }
             } catch (const std::exception &error) {
                 check.fail(std::string("threw: ") + error.what());

@@ -68,6 +68,33 @@ std::string shape_string(const std::vector<int64_t> &shape);
 uint16_t float_to_half(float value);
 float half_to_float(uint16_t bits);
 
+// RoPE frequency scaling, as transformers' `rope_scaling` (modeling_rope_utils.py)
+// computes it: each rotated pair j has the inverse frequency inv_j = base^(-2j/R),
+// rescaled as below, and cos and sin are multiplied by an attention factor.
+enum class RopeScalingType {
+    none,
+    linear,    // inv_j / factor
+    llama3,    // by wavelength: long ones / factor, short ones kept, a smooth ramp between
+    yarn,      // a ramp between interpolation (/ factor) and extrapolation over pair index
+    longrope,  // inv_j / long_factor[j] or / short_factor[j]; Phi-3/4
+};
+
+struct RopeScaling {
+    RopeScalingType type = RopeScalingType::none;
+    double factor = 1.0;                       // linear, llama3, yarn
+    int original_max_position_embeddings = 0;  // llama3, yarn, longrope: the pretraining context L
+    double low_freq_factor = 1.0, high_freq_factor = 4.0;  // llama3
+    double beta_fast = 32.0, beta_slow = 1.0;  // yarn: the rotation counts that bound the ramp
+    bool truncate = true;                      // yarn: floor / ceil the ramp's ends
+    double mscale = 0.0, mscale_all_dim = 0.0; // yarn: the attention factor from these when both > 0
+    // longrope: one factor per rotated pair; long_factor once the layer's max_seq_len
+    // exceeds L, else short_factor.
+    std::vector<double> short_factor, long_factor;
+    int max_position_embeddings = 0;           // longrope: M, for its attention factor
+    // yarn, longrope: > 0 replaces the derived attention factor. (linear and llama3 have none.)
+    double attention_factor = 0.0;
+};
+
 enum class RopeStyle {
     none,
     interleaved,  // torchtune / GPT-J: pairs (2j, 2j+1)
@@ -89,6 +116,10 @@ struct Config {
     // fp32): that differs by up to about 1e-4 rad at position 2047, and torchtune's
     // asserted RoPE sums depend on it.
     bool rope_fp32_angles = false;
+    RopeScaling rope_scaling;
+    // Your own inverse frequency per rotated pair (rotary_dim / 2 of them, > 0):
+    // replaces rope_base and rope_scaling's frequencies (not its attention factor).
+    std::vector<double> rope_inv_freq;
 
     bool is_causal = true;  // without a mask: causal (true) or full attention (false)
     // A sliding window of this many slots, key slot in (q - window, q] (TL "local");

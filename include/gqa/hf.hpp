@@ -1,0 +1,33 @@
+// One attention layer of a Hugging Face transformers checkpoint, configured from
+// the checkpoint directory itself: config.json for the Config, and that layer's
+// tensors from model.safetensors (or the shards model.safetensors.index.json names).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "gqa/attention.hpp"
+#include "gqa/safetensors.hpp"
+
+namespace gqa {
+
+struct HfLayer {
+    std::string model_type;  // config.json's
+    Config config;           // rotate-half RoPE with the model's scaling, window, scale, soft-cap
+    LoadedWeights weights;   // fp32; a fused qkv_proj split into q, k and v
+    // What the layer uses beyond plain causal GQA, for people to read: e.g.
+    // "rope_scaling llama3 (factor 32)", "sliding window 4096", "fused qkv_proj".
+    std::vector<std::string> features;
+};
+
+// Reads `directory`/config.json and layer `layer`'s attention tensors
+// (model.layers.<layer>.self_attn.*, F32, F16 or BF16), and nothing else of the
+// checkpoint. max_seq_len is the layer's: the RoPE table's length and the bound on
+// positions (longrope picks its factors by it). model_type must be one of llama,
+// mistral, qwen2, phi3, gemma2; qwen3, olmo2, gemma3_text and gpt_oss are named
+// as needing what this version cannot compute yet (q/k normalisation, attention
+// sinks). A model type, a rope_scaling type or field, or a tensor it does not know,
+// and any inconsistent size, is a gqa::Error naming it; nothing is guessed.
+HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len = 4096);
+
+}  // namespace gqa

@@ -1,0 +1,331 @@
+// load_hf_layer: a transformers checkpoint directory to one layer's Config and
+// weights. Every attention field of config.json it reads is checked, and a field,
+// type or tensor it does not understand is an error: a wrong layer that runs is
+// worse than none.
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "gqa/hf.hpp"
+#include "safetensors_file.h"
+#include "validation.h"
+
+namespace gqa {
+namespace {
+
+using detail::fail;
+using detail::SafetensorsFile;
+using nlohmann::json;
+
+// The model types this version computes exactly, and those it knows but cannot
+// compute yet, with why.
+const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2", "phi3", "gemma2"};
+const std::map<std::string, std::string> kModelsNeedingMore = {
+    {"qwen3", "normalises q and k per head before RoPE (q_norm, k_norm)"},
+    {"olmo2", "normalises q and k over all heads before RoPE (q_norm, k_norm)"},
+    {"gemma3_text", "normalises q and k per head before RoPE (q_norm, k_norm with 1 + w)"},
+    {"gpt_oss", "adds a learned sink logit per head to every softmax (sinks)"},
+};
+
+json read_json(const std::filesystem::path &path) {
+    std::ifstream in(path);
+    if (!in) fail(path.string(), " cannot be opened");
+    try {
+        return json::parse(in);
+    } catch (const json::exception &e) {
+        fail(path.string(), " is not valid JSON: ", e.what());
+    }
+}
+
+// Typed reads of config.json fields: missing (or null) gives the fallback, a
+// value of another type is an error naming the field.
+class ConfigFile {
+public:
+    explicit ConfigFile(const std::filesystem::path &path) : path_(path.string()), root_(read_json(path)) {
+        if (!root_.is_object()) fail(path_, " is not a JSON object");
+    }
+
+    const json &root() const { return root_; }
+    bool has(const std::string &key) const { return root_.contains(key) && !root_.at(key).is_null(); }
+
+    template <typename T>
+    T get(const std::string &key, const T &fallback) const {
+        return has(key) ? as<T>(root_.at(key), key) : fallback;
+    }
+    template <typename T>
+    T require(const std::string &key) const {
+        if (!has(key)) fail(path_, " has no '", key, "'");
+        return as<T>(root_.at(key), key);
+    }
+
+    template <typename T>
+    T as(const json &value, const std::string &what) const {
+        const bool ok = std::is_same_v<T, bool>          ? value.is_boolean()
+                        : std::is_same_v<T, std::string> ? value.is_string()
+                        : std::is_integral_v<T>          ? value.is_number_integer()
+                        : std::is_floating_point_v<T>    ? value.is_number()
+                                                         : value.is_array();
+        if (!ok) fail(path_, ": '", what, "' is ", value.dump(), ", of the wrong type");
+        return value.get<T>();
+    }
+
+    const std::string &path() const { return path_; }
+
+private:
+    std::string path_;
+    json root_;
+};
+
+RopeScaling parse_rope_scaling(const ConfigFile &file, std::vector<std::string> &features) {
+    RopeScaling s;
+    if (!file.has("rope_scaling")) return s;
+    const json &rs = file.root().at("rope_scaling");
+    if (!rs.is_object()) fail(file.path(), ": 'rope_scaling' is ", rs.dump(), "; expected an object or null");
+    const std::string type = rs.contains("rope_type") ? file.as<std::string>(rs.at("rope_type"), "rope_scaling.rope_type")
+                             : rs.contains("type")   ? file.as<std::string>(rs.at("type"), "rope_scaling.type")
+                                                     : "";
+    std::set<std::string> keys;
+    if (type == "default") {
+        s.type = RopeScalingType::none;
+    } else if (type == "linear") {
+        s.type = RopeScalingType::linear, keys = {"factor"};
+    } else if (type == "llama3") {
+        s.type = RopeScalingType::llama3;
+        keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"};
+    } else if (type == "yarn") {
+        s.type = RopeScalingType::yarn;
+        keys = {"factor", "beta_fast", "beta_slow", "truncate", "original_max_position_embeddings",
+                "attention_factor", "mscale", "mscale_all_dim"};
+    } else if (type == "longrope") {
+        s.type = RopeScalingType::longrope;
+        keys = {"short_factor", "long_factor", "original_max_position_embeddings", "attention_factor"};
+    } else {
+        fail(file.path(), ": rope_scaling type '", type, "' is not one this version computes (default, linear, ",
+             "llama3, yarn, longrope)");
+    }
+    for (const auto &item : rs.items()) {
+        if (item.key() == "rope_type" || item.key() == "type" || item.value().is_null()) continue;
+        if (!keys.count(item.key())) {
+            fail(file.path(), ": rope_scaling field '", item.key(), "' is not one a ", type, " scaling takes");
+        }
+    }
+    auto number = [&](const char *key, double fallback) {
+        return rs.contains(key) && !rs.at(key).is_null() ? file.as<double>(rs.at(key), std::string("rope_scaling.") + key)
+                                                         : fallback;
+    };
+    s.factor = number("factor", 1.0);
+    s.low_freq_factor = number("low_freq_factor", 1.0);
+    s.high_freq_factor = number("high_freq_factor", 4.0);
+    s.beta_fast = number("beta_fast", 32.0);
+    s.beta_slow = number("beta_slow", 1.0);
+    s.attention_factor = number("attention_factor", 0.0);
+    s.mscale = number("mscale", 0.0);
+    s.mscale_all_dim = number("mscale_all_dim", 0.0);
+    if (rs.contains("truncate") && !rs.at("truncate").is_null()) {
+        s.truncate = file.as<bool>(rs.at("truncate"), "rope_scaling.truncate");
+    }
+    // The pretraining context: rope_scaling's, else the config's own field, else
+    // (yarn) max_position_embeddings.
+    const int max_positions = file.get<int>("max_position_embeddings", 0);
+    s.original_max_position_embeddings =
+        rs.contains("original_max_position_embeddings")
+            ? file.as<int>(rs.at("original_max_position_embeddings"), "rope_scaling.original_max_position_embeddings")
+            : file.get<int>("original_max_position_embeddings", s.type == RopeScalingType::yarn ? max_positions : 0);
+    if (s.type == RopeScalingType::longrope) {
+        s.short_factor = file.as<std::vector<double>>(rs.value("short_factor", json()), "rope_scaling.short_factor");
+        s.long_factor = file.as<std::vector<double>>(rs.value("long_factor", json()), "rope_scaling.long_factor");
+        s.max_position_embeddings = max_positions;
+    }
+    if (s.type != RopeScalingType::none) {
+        std::ostringstream text;
+        text << "rope_scaling " << type;
+        if (s.type != RopeScalingType::longrope) text << " (factor " << s.factor << ")";
+        features.push_back(text.str());
+    }
+    return s;
+}
+
+// The sliding window of `layer`, 0 for none: layer_types where the config has it,
+// else the model's own rule.
+int sliding_window(const ConfigFile &file, const std::string &model_type, int layer) {
+    const int window = file.get<int>("sliding_window", 0);
+    bool sliding = false;
+    if (file.has("layer_types")) {
+        const auto types = file.as<std::vector<std::string>>(file.root().at("layer_types"), "layer_types");
+        if (int(types.size()) <= layer) fail(file.path(), ": layer_types has no entry for layer ", layer);
+        if (types[layer] != "sliding_attention" && types[layer] != "full_attention") {
+            fail(file.path(), ": layer_types[", layer, "] is '", types[layer],
+                 "'; expected sliding_attention or full_attention");
+        }
+        sliding = types[layer] == "sliding_attention";
+    } else if (model_type == "mistral" || model_type == "phi3") {
+        sliding = window > 0;
+    } else if (model_type == "qwen2") {
+        sliding = file.get<bool>("use_sliding_window", false) && layer >= file.get<int>("max_window_layers", 28);
+    } else if (model_type == "gemma2") {
+        sliding = layer % 2 == 0;  // transformers' Gemma 2: even layers slide
+    }
+    if (!sliding) return 0;
+    if (window <= 0) fail(file.path(), ": layer ", layer, " slides, but sliding_window is ", window);
+    return window;
+}
+
+// The checkpoint's tensors: a single model.safetensors, or the shards of an index.
+class Checkpoint {
+public:
+    explicit Checkpoint(const std::filesystem::path &directory) : directory_(directory) {
+        const auto index = directory / "model.safetensors.index.json";
+        if (std::filesystem::exists(index)) {
+            const json root = read_json(index);
+            if (!root.contains("weight_map") || !root.at("weight_map").is_object()) {
+                fail(index.string(), " has no weight_map object");
+            }
+            for (const auto &item : root.at("weight_map").items()) {
+                if (!item.value().is_string()) fail(index.string(), ": weight_map['", item.key(), "'] is not a file name");
+                shard_of_[item.key()] = item.value().get<std::string>();
+            }
+        } else {
+            const auto single = directory / "model.safetensors";
+            if (!std::filesystem::exists(single)) {
+                fail(directory.string(), " has neither model.safetensors nor model.safetensors.index.json");
+            }
+            for (const std::string &name : file("model.safetensors").names()) shard_of_[name] = "model.safetensors";
+        }
+    }
+
+    bool has(const std::string &name) const { return shard_of_.count(name) > 0; }
+    std::vector<std::string> names_with_prefix(const std::string &prefix) const {
+        std::vector<std::string> names;
+        for (const auto &[name, shard] : shard_of_) {
+            if (name.rfind(prefix, 0) == 0) names.push_back(name);
+        }
+        return names;
+    }
+    std::vector<float> read(const std::string &name, const std::vector<int64_t> &shape) {
+        if (!has(name)) fail(directory_.string(), " has no tensor '", name, "'");
+        return file(shard_of_.at(name)).read(name, shape);
+    }
+
+private:
+    SafetensorsFile &file(const std::string &shard) {
+        auto &opened = files_[shard];
+        if (!opened) opened = std::make_unique<SafetensorsFile>((directory_ / shard).string());
+        return *opened;
+    }
+
+    std::filesystem::path directory_;
+    std::map<std::string, std::string> shard_of_;
+    std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
+};
+
+}  // namespace
+
+HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) {
+    const std::filesystem::path dir(directory);
+    const ConfigFile file(dir / "config.json");
+    HfLayer out;
+    out.model_type = file.require<std::string>("model_type");
+    if (const auto more = kModelsNeedingMore.find(out.model_type); more != kModelsNeedingMore.end()) {
+        fail(file.path(), ": model_type '", out.model_type, "' ", more->second, ", which this version cannot compute yet");
+    }
+    if (!kSupportedModels.count(out.model_type)) {
+        fail(file.path(), ": model_type '", out.model_type, "' is not one this version knows (llama, mistral, qwen2, ",
+             "phi3, gemma2)");
+    }
+    const int layers = file.require<int>("num_hidden_layers");
+    if (layer < 0 || layer >= layers) fail("layer is ", layer, "; ", file.path(), " has ", layers, " layers");
+
+    Config &c = out.config;
+    c.embed_dim = file.require<int>("hidden_size");
+    c.num_heads = file.require<int>("num_attention_heads");
+    c.num_kv_heads = file.get<int>("num_key_value_heads", c.num_heads);
+    if (c.num_heads <= 0 || c.embed_dim <= 0) fail(file.path(), ": hidden_size and num_attention_heads must be > 0");
+    if (file.has("head_dim")) {
+        c.head_dim = file.require<int>("head_dim");
+    } else {
+        if (c.embed_dim % c.num_heads != 0) {
+            fail(file.path(), ": no head_dim, and hidden_size ", c.embed_dim, " is not a multiple of ",
+                 "num_attention_heads ", c.num_heads);
+        }
+        c.head_dim = c.embed_dim / c.num_heads;
+    }
+    c.max_seq_len = max_seq_len;
+    c.rope_style = RopeStyle::rotate_half;
+    c.rope_base = file.get<double>("rope_theta", 10000.0);
+    const double partial = file.get<double>("partial_rotary_factor", 1.0);
+    c.rotary_dim = int(c.head_dim * partial);
+    if (partial != 1.0) {
+        out.features.push_back("partial rotary (" + std::to_string(c.rotary_dim) + " of " +
+                               std::to_string(c.head_dim) + " dims)");
+    }
+    c.rope_scaling = parse_rope_scaling(file, out.features);
+    if (const int window = sliding_window(file, out.model_type, layer); window > 0) {
+        c.window = window;
+        out.features.push_back("sliding window " + std::to_string(window));
+    }
+    if (file.has("query_pre_attn_scalar")) {
+        const double scalar = file.require<double>("query_pre_attn_scalar");
+        if (!(scalar > 0)) fail(file.path(), ": query_pre_attn_scalar is ", scalar, "; expected > 0");
+        c.scale = 1.0 / std::sqrt(scalar);
+        out.features.push_back("scale 1/sqrt(" + std::to_string(int(scalar)) + ")");
+    }
+    if (file.has("attn_logit_softcapping")) {
+        c.softcap = file.require<double>("attn_logit_softcapping");
+        out.features.push_back("logit soft-cap " + std::to_string(c.softcap));
+    }
+    detail::validate_config(c);
+
+    // The layer's tensors: each must be one this loader reads, so that a feature it
+    // does not compute (a norm, sinks) cannot be dropped silently.
+    Checkpoint checkpoint(dir);
+    const std::string prefix = "model.layers." + std::to_string(layer) + ".self_attn.";
+    const bool fused = checkpoint.has(prefix + "qkv_proj.weight");
+    const std::set<std::string> known = fused ? std::set<std::string>{"qkv_proj.weight", "qkv_proj.bias", "o_proj.weight",
+                                                                      "o_proj.bias"}
+                                              : std::set<std::string>{"q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                      "o_proj.weight", "q_proj.bias", "k_proj.bias",
+                                                                      "v_proj.bias", "o_proj.bias"};
+    for (const std::string &name : checkpoint.names_with_prefix(prefix)) {
+        if (!known.count(name.substr(prefix.size()))) {
+            fail(directory, ": tensor '", name, "' is not one this version computes with");
+        }
+    }
+    const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
+    LoadedWeights &w = out.weights;
+    w.q_shape = {q, d}, w.kv_shape = {kv, d}, w.o_shape = {d, q};
+    auto bias = [&](const std::string &name, int64_t size) {
+        return checkpoint.has(prefix + name) ? checkpoint.read(prefix + name, {size}) : std::vector<float>{};
+    };
+    if (fused) {
+        // Rows q, then k, then v (Phi-3/4).
+        const std::vector<float> qkv = checkpoint.read(prefix + "qkv_proj.weight", {q + 2 * kv, d});
+        w.wq.assign(qkv.begin(), qkv.begin() + q * d);
+        w.wk.assign(qkv.begin() + q * d, qkv.begin() + (q + kv) * d);
+        w.wv.assign(qkv.begin() + (q + kv) * d, qkv.end());
+        const std::vector<float> b = bias("qkv_proj.bias", q + 2 * kv);
+        if (!b.empty()) {
+            w.bq.assign(b.begin(), b.begin() + q);
+            w.bk.assign(b.begin() + q, b.begin() + q + kv);
+            w.bv.assign(b.begin() + q + kv, b.end());
+        }
+        out.features.push_back("fused qkv_proj");
+    } else {
+        w.wq = checkpoint.read(prefix + "q_proj.weight", w.q_shape);
+        w.wk = checkpoint.read(prefix + "k_proj.weight", w.kv_shape);
+        w.wv = checkpoint.read(prefix + "v_proj.weight", w.kv_shape);
+        w.bq = bias("q_proj.bias", q), w.bk = bias("k_proj.bias", kv), w.bv = bias("v_proj.bias", kv);
+    }
+    w.wo = checkpoint.read(prefix + "o_proj.weight", w.o_shape);
+    w.bo = bias("o_proj.bias", d);
+    if (!w.bq.empty()) out.features.push_back("q/k/v biases");
+    if (!w.bo.empty()) out.features.push_back("o_proj bias");
+    return out;
+}
+
+}  // namespace gqa

@@ -1,0 +1,37 @@
+// The .safetensors reader shared by load_safetensors and load_hf_layer: the
+// header is parsed whole, then each tensor is read from its own byte range.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace gqa::detail {
+
+class SafetensorsFile {
+public:
+    // Throws gqa::Error naming the file when it cannot be opened or parsed.
+    explicit SafetensorsFile(const std::string &path);
+
+    bool has(const std::string &name) const { return header_.contains(name); }
+    // Every tensor's name.
+    std::vector<std::string> names() const;
+    // The tensor `name` (F32, F16 or BF16) as fp32, checked against `expected`.
+    std::vector<float> read(const std::string &name, const std::vector<int64_t> &expected);
+    const std::string &path() const { return path_; }
+
+private:
+    [[noreturn]] void fail(const std::string &what) const;
+    // A few of the file's tensor names, to show which prefix it uses.
+    std::string names_hint() const;
+
+    std::string path_;
+    std::ifstream in_;
+    nlohmann::json header_;
+    uint64_t data_begin_ = 0, data_size_ = 0;
+};
+
+}  // namespace gqa::detail
