@@ -29,6 +29,7 @@ public:
     Input<int> window{"window"};
     Input<float> scale{"scale"};
     Input<float> softcap{"softcap"};
+    Input<Buffer<float, 2>> sinks{"sinks"};      // (r, kv head): a logit per query head, -inf for none
     Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
 
     // Added here for their cache_type; they come after the inputs above.
@@ -56,6 +57,7 @@ public:
                               softcap,
                               causal,
                               window,
+                              input_func(sinks, autoscheduled),
                               schedules::native_half_widening(get_target())};
         const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
@@ -81,6 +83,7 @@ public:
         window.set_estimate(1 << 30);
         scale.set_estimate(0.125f);
         softcap.set_estimate(0.f);
+        sinks.set_estimates({{0, 4}, {0, 8}});
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;

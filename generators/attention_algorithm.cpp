@@ -157,6 +157,13 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.score(t, r, kvh, i, b) = select(visible, capped, kNegInf);
 }
 
+// The sink's share of a row's denominator against the row's max: exp(sink - max),
+// 0 without a sink (-inf, never fed to exp).
+Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const Expr &row_max) {
+    const Expr sink = in.sinks(r, kvh);
+    return select(is_negative_infinity(sink), 0.f, exp_keeping_nan(sink - row_max));
+}
+
 }  // namespace
 
 Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
@@ -191,7 +198,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     };
     auto chunk_slot = [](const RDom &keys) { return keys.y * layout::kKeySlotPadding + keys.x; };
     a.keys_max = visible_chunks("keys_max");
-    a.row_max(r, kvh, i, b) = kNegInf;
+    a.row_max(r, kvh, i, b) = in.sinks(r, kvh);
     a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(chunk_slot(a.keys_max), r, kvh, i, b));
 
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
@@ -201,7 +208,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
                exp_keeping_nan(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
 
     a.keys_sum = visible_chunks("keys_sum");
-    a.row_sum(r, kvh, i, b) = 0.f;
+    a.row_sum(r, kvh, i, b) = sink_weight(in, r, kvh, a.row_max(r, kvh, i, b));
     a.row_sum(r, kvh, i, b) += a.exp_score(chunk_slot(a.keys_sum), r, kvh, i, b);
     // Zero only for a row that sees no key: a NaN sum (a NaN key the row sees) must
     // reach the output.
@@ -263,7 +270,13 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     const Expr block = split_blocks > 0 ? sp * split_blocks + a.blocks : Expr(a.blocks);
     a.blocks.where(block >= a.row_begin(i) / B);
     a.blocks.where(block * B < a.row_end(i));
-    a.state(d, r, kvh, i, b, sp) = Tuple(kNegInf, 0.f, 0.f);
+    // Without splits the one state starts from the sink; with splits it enters
+    // at the merge, once, whichever splits the row's window leaves out.
+    if (split_blocks == 0) {
+        a.state(d, r, kvh, i, b, sp) = Tuple(in.sinks(r, kvh), sink_weight(in, r, kvh, in.sinks(r, kvh)), 0.f);
+    } else {
+        a.state(d, r, kvh, i, b, sp) = Tuple(kNegInf, 0.f, 0.f);
+    }
     {
         const Tuple running = a.state(d, r, kvh, i, b, sp);
         const Expr new_max = max(running[0], a.block_max(r, kvh, i, b, block));
@@ -285,10 +298,10 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
         a.merged_acc = Func("merged_acc");
         // A split's max and sum are the same at every d; d = 0 holds them.
         const Expr split_max = a.state(0, r, kvh, i, b, a.splits)[0];
-        a.merged_max(r, kvh, i, b) = kNegInf;
+        a.merged_max(r, kvh, i, b) = in.sinks(r, kvh);
         a.merged_max(r, kvh, i, b) = max(a.merged_max(r, kvh, i, b), split_max);
         const Expr take = rescale(split_max, a.merged_max(r, kvh, i, b));
-        a.merged_sum(r, kvh, i, b) = 0.f;
+        a.merged_sum(r, kvh, i, b) = sink_weight(in, r, kvh, a.merged_max(r, kvh, i, b));
         a.merged_sum(r, kvh, i, b) += a.state(0, r, kvh, i, b, a.splits)[1] * take;
         a.merged_acc(d, r, kvh, i, b) = 0.f;
         a.merged_acc(d, r, kvh, i, b) += a.state(d, r, kvh, i, b, a.splits)[2] * take;

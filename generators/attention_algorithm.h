@@ -85,7 +85,8 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
 //   row_begin(i) <= t < row_end(i)   (causal / sliding window / all), and mask(t, i, b) != 0.
 // Query head r of kv head kvh is head kvh * group + r. Two formulations compute it:
 // define_attend (three passes over each row's scores) and define_attend_blocked
-// (per-block statistics merged by log-sum-exp); they differ only in rounding.
+// (per-block statistics merged by log-sum-exp); they differ only in rounding. A
+// head's sink logit enters its denominator exactly once in each.
 
 // What both formulations share.
 struct AttendScores {
@@ -151,6 +152,9 @@ struct AttendInputs {
     Halide::Expr softcap;  // > 0: score = softcap * tanh(score / softcap)
     Halide::Expr causal;   // 1: key slot <= query slot
     Halide::Expr window;   // key slot > query slot - window (pass >= kv_len for none)
+    // sinks(r, kvh): a learned logit per query head that joins its softmax's
+    // denominator and has no value (gpt-oss); -inf for none.
+    Halide::Func sinks;
     // fp16 elements: widen with Halide's cast (a conversion instruction on the
     // target) rather than widen_half.
     bool native_half_widening = false;

@@ -160,7 +160,7 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
         };
         const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
                              view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
-                             view(weights->bv, {kv}),   view(weights->bo, {d})};
+                             view(weights->bv, {kv}),   view(weights->bo, {d}),     view(weights->sinks, {c.num_heads})};
         *layer = new gqa_attention{gqa::Attention(c, w, to_backend(backend))};
     });
 }

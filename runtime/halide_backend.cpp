@@ -7,6 +7,7 @@
 #include <atomic>
 #include <climits>
 #include <initializer_list>
+#include <limits>
 #include <mutex>
 #include <set>
 #include <string>
@@ -196,7 +197,9 @@ public:
           dims_(dims),
           rope_(rope),
           qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
-          out_({{&w.wo, &w.bo}}, dims.q_width()) {
+          out_({{&w.wo, &w.bo}}, dims.q_width()),
+          sinks_(w.sinks.data ? std::vector<float>(w.sinks.data, w.sinks.data + dims.num_heads)
+                              : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())) {
         install_halide_hooks();
     }
 
@@ -239,7 +242,9 @@ public:
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
         const int window = c.window > 0 ? c.window : c.kv_len + 1;
         const int causal = c.causal ? 1 : 0, use_mask = c.mask ? 1 : 0;
+        View sinks(sinks_.data(), kF32, {{g, 1}, {n_kv, g}});  // head kvh * g + r
         if (device_) {
+            place_constant(sinks, sinks_array_);
             place(q, q_, Sync::device_only), place(z, z_[pending_], Sync::device_only);
             place(mask, mask_, Sync::upload);
             KvArrays kv = kv_arrays(*c.kv);
@@ -255,13 +260,13 @@ public:
                 pending_pattern_ = {c.pattern, pattern.bytes()};
             }
             run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
-                                     k.get(), v.get(), z.get(), pattern.get()),
+                                     sinks.get(), k.get(), v.get(), z.get(), pattern.get()),
                 "gqa_attend_pattern");
             return;
         }
         auto *pipeline = c.seq_len == 1 ? cache.attend_decode : cache.attend_prefill;
-        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, k.get(), v.get(),
-                     z.get()),
+        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, sinks.get(), k.get(),
+                     v.get(), z.get()),
             "gqa_attend");
     }
 
@@ -389,9 +394,10 @@ private:
     LayerDims dims_;
     const RopeTables &rope_;
     PackedLinear qkv_, out_;
+    std::vector<float> sinks_;      // per query head; -inf: none
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
 
-    DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_;
+    DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_, sinks_array_;
     DeviceArray x_, positions_, mask_, q_, out_array_;
     // z and the pattern: a forward writes pair `pending_`; the other holds the last
     // committed forward's (Kernels::commit).

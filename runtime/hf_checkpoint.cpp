@@ -25,12 +25,11 @@ using nlohmann::json;
 
 // The model types this version computes exactly, and those it knows but cannot
 // compute yet, with why.
-const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2", "phi3", "gemma2"};
+const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_oss"};
 const std::map<std::string, std::string> kModelsNeedingMore = {
     {"qwen3", "normalises q and k per head before RoPE (q_norm, k_norm)"},
     {"olmo2", "normalises q and k over all heads before RoPE (q_norm, k_norm)"},
     {"gemma3_text", "normalises q and k per head before RoPE (q_norm, k_norm with 1 + w)"},
-    {"gpt_oss", "adds a learned sink logit per head to every softmax (sinks)"},
 };
 
 json read_json(const std::filesystem::path &path) {
@@ -236,7 +235,7 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     }
     if (!kSupportedModels.count(out.model_type)) {
         fail(file.path(), ": model_type '", out.model_type, "' is not one this version knows (llama, mistral, qwen2, ",
-             "phi3, gemma2)");
+             "phi3, gemma2, gpt_oss)");
     }
     const int layers = file.require<int>("num_hidden_layers");
     if (layer < 0 || layer >= layers) fail("layer is ", layer, "; ", file.path(), " has ", layers, " layers");
@@ -286,11 +285,12 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     Checkpoint checkpoint(dir);
     const std::string prefix = "model.layers." + std::to_string(layer) + ".self_attn.";
     const bool fused = checkpoint.has(prefix + "qkv_proj.weight");
-    const std::set<std::string> known = fused ? std::set<std::string>{"qkv_proj.weight", "qkv_proj.bias", "o_proj.weight",
-                                                                      "o_proj.bias"}
-                                              : std::set<std::string>{"q_proj.weight", "k_proj.weight", "v_proj.weight",
-                                                                      "o_proj.weight", "q_proj.bias", "k_proj.bias",
-                                                                      "v_proj.bias", "o_proj.bias"};
+    std::set<std::string> known = fused ? std::set<std::string>{"qkv_proj.weight", "qkv_proj.bias", "o_proj.weight",
+                                                                "o_proj.bias"}
+                                        : std::set<std::string>{"q_proj.weight", "k_proj.weight", "v_proj.weight",
+                                                                "o_proj.weight", "q_proj.bias", "k_proj.bias",
+                                                                "v_proj.bias", "o_proj.bias"};
+    known.insert("sinks");
     for (const std::string &name : checkpoint.names_with_prefix(prefix)) {
         if (!known.count(name.substr(prefix.size()))) {
             fail(directory, ": tensor '", name, "' is not one this version computes with");
@@ -323,6 +323,8 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     }
     w.wo = checkpoint.read(prefix + "o_proj.weight", w.o_shape);
     w.bo = bias("o_proj.bias", d);
+    w.sinks = bias("sinks", c.num_heads);
+    if (!w.sinks.empty()) out.features.push_back("attention sinks");
     if (!w.bq.empty()) out.features.push_back("q/k/v biases");
     if (!w.bo.empty()) out.features.push_back("o_proj bias");
     return out;

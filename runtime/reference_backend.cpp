@@ -35,6 +35,7 @@ public:
         };
         wq_ = copy(w.wq), wk_ = copy(w.wk), wv_ = copy(w.wv), wo_ = copy(w.wo);
         bq_ = copy(w.bq), bk_ = copy(w.bk), bv_ = copy(w.bv), bo_ = copy(w.bo);
+        sinks_ = copy(w.sinks);
     }
 
     void project(const ProjectCall &c) override {
@@ -91,7 +92,12 @@ public:
                         // it becomes the max rather than being skipped by std::max.
                         max_score = std::isnan(score) ? score : std::max(max_score, score);
                     }
+                    // The sink joins the denominator (and the max, unless that is NaN).
                     double sum = 0;
+                    if (!sinks_.empty()) {
+                        if (!std::isnan(max_score)) max_score = std::max(max_score, double(sinks_[h]));
+                        sum = std::exp(sinks_[h] - max_score);
+                    }
                     for (int t = 0; t < c.kv_len; ++t) {
                         scores[t] = visible[t] ? std::exp(scores[t] - max_score) : 0.0;
                         sum += scores[t];
@@ -137,7 +143,7 @@ private:
 
     LayerDims dims_;
     const RopeTables &rope_;
-    std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_;
+    std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_, sinks_;
 };
 
 void reference_rope(const RopeTables &rope, const RopeCall &c) {

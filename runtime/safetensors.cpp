@@ -130,8 +130,9 @@ Weights LoadedWeights::view() const {
     const auto optional = [](const std::vector<float> &bias) {
         return bias.empty() ? TensorView<float>{} : TensorView<float>{bias.data(), {int64_t(bias.size())}};
     };
-    return {{wq.data(), q_shape}, {wk.data(), kv_shape},  {wv.data(), kv_shape},  {wo.data(), o_shape},
-            optional(bq),         optional(bk),          optional(bv),          optional(bo)};
+    return {{wq.data(), q_shape}, {wk.data(), kv_shape}, {wv.data(), kv_shape}, {wo.data(), o_shape},
+            optional(bq),         optional(bk),         optional(bv),         optional(bo),
+            optional(sinks)};
 }
 
 LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,

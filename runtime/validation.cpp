@@ -169,6 +169,7 @@ void validate_weights(const Config &c, const Weights &w) {
     validate_tensor("bk", w.bk, {kv}, true);
     validate_tensor("bv", w.bv, {kv}, true);
     validate_tensor("bo", w.bo, {d}, true);
+    validate_tensor("sinks", w.sinks, {c.num_heads}, true);
 }
 
 // Positions for RoPE, one per token of x: input_pos [s], [b, s], [b] (s == 1), or

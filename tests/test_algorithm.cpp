@@ -33,6 +33,7 @@ struct Case {
     int window = 0;  // 0: none
     bool use_mask = false;
     float softcap = 0.f;
+    bool sinks = false;  // a learned logit per query head (else -inf: none)
 };
 
 void PrintTo(const Case &c, std::ostream *os) {
@@ -47,6 +48,8 @@ const Case kCases[] = {
     {"prefill_window_softcap", 16, 2, 1, 20, 20, 1, true, 5, false, 30.f},
     {"bidirectional_masked", 8, 2, 2, 12, 30, 2, false, 0, true},
     {"mqa_masked_decode", 16, 8, 1, 1, 33, 1, true, 0, true},
+    {"prefill_sinks_masked", 16, 4, 2, 21, 40, 2, true, 0, true, 0.f, true},
+    {"decode_window_sinks", 8, 2, 2, 1, 70, 1, true, 9, false, 0.f, true},
 };
 
 // Every blocked variant: key blocks of a few sizes, one split or several, and the
@@ -75,7 +78,8 @@ public:
                                     scale_,
                                     softcap_,
                                     causal_,
-                                    window_};
+                                    window_,
+                                    sinks_};
         if (!blocking) {
             algo::Attend a = algo::define_attend(in, z_, nullptr);
             for (Func f : {a.qk, a.row_max, a.exp_score, a.row_sum, a.weighted}) f.compute_root();
@@ -90,8 +94,9 @@ public:
         z_.compile_jit(Target("x86-64-linux-avx-avx2-f16c-fma-sse41"));
     }
 
-    Buffer<float> run(const Case &c, Buffer<float> q, Buffer<float> k, Buffer<float> v, Buffer<uint8_t> mask) {
-        q_.set(q), k_.set(k), v_.set(v), mask_.set(mask);
+    Buffer<float> run(const Case &c, Buffer<float> q, Buffer<float> k, Buffer<float> v, Buffer<uint8_t> mask,
+                      Buffer<float> sinks) {
+        q_.set(q), k_.set(k), v_.set(v), mask_.set(mask), sinks_.set(sinks);
         kv_len_.set(c.kv_len);
         use_mask_.set(c.use_mask ? 1 : 0);
         causal_.set(c.causal ? 1 : 0);
@@ -102,7 +107,8 @@ public:
     }
 
 private:
-    ImageParam q_{Float(32), 5, "q"}, k_{Float(32), 4, "k"}, v_{Float(32), 4, "v"}, mask_{UInt(8), 3, "mask"};
+    ImageParam q_{Float(32), 5, "q"}, k_{Float(32), 4, "k"}, v_{Float(32), 4, "v"}, mask_{UInt(8), 3, "mask"},
+        sinks_{Float(32), 2, "sinks"};
     Param<int> kv_len_{"kv_len"}, use_mask_{"use_mask"}, causal_{"causal"}, window_{"window"};
     Param<float> scale_{"scale"}, softcap_{"softcap"};
     Func z_{"z"};
@@ -137,17 +143,19 @@ protected:
                 (*cache)(at) = at[1] < c.kv_len ? normal(rng) : std::numeric_limits<float>::quiet_NaN();
             });
         }
+        sinks_ = Buffer<float>(c.group, c.kv_heads);
+        sinks_.for_each_value([&](float &x) { x = c.sinks ? 2.f * normal(rng) : -std::numeric_limits<float>::infinity(); });
         // Query 3 of the first sample sees nothing (it must give zeros).
         mask_.for_each_element([&](int t, int i, int b) {
             mask_(t, i, b) = b == 0 ? (i != 3 && (t + i) % 3 != 0) : (t * 7 + i) % 4 != 0;
         });
     }
 
-    Buffer<float> run(Pipeline &pipeline) { return pipeline.run(GetParam(), q_, k_, v_, mask_); }
+    Buffer<float> run(Pipeline &pipeline) { return pipeline.run(GetParam(), q_, k_, v_, mask_, sinks_); }
 
     static Pipeline *three_pass_;
     static std::vector<Pipeline *> blocked_;
-    Buffer<float> q_, k_, v_;
+    Buffer<float> q_, k_, v_, sinks_;
     Buffer<uint8_t> mask_;
 };
 

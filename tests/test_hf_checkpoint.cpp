@@ -91,7 +91,18 @@ TEST(HfCheckpoint, ModelsNeedingMoreAreNamedWithWhatTheyNeed) {
     EXPECT_THAT(load_error(kCheckpoints / "qwen3"), HasSubstr("q_norm"));
     EXPECT_THAT(load_error(kCheckpoints / "olmo2"), HasSubstr("q_norm"));
     EXPECT_THAT(load_error(kCheckpoints / "gemma3"), HasSubstr("1 + w"));
-    EXPECT_THAT(load_error(kCheckpoints / "gpt_oss"), HasSubstr("sinks"));
+}
+
+TEST(HfCheckpoint, GptOssHasSinksYarnAndSlidingLayers) {
+    const gqa::HfLayer sliding = gqa::load_hf_layer((kCheckpoints / "gpt_oss").string(), 0);
+    EXPECT_EQ(sliding.config.window, 6);
+    EXPECT_EQ(sliding.config.rope_scaling.type, gqa::RopeScalingType::yarn);
+    EXPECT_FALSE(sliding.config.rope_scaling.truncate);
+    EXPECT_EQ(sliding.weights.sinks.size(), 8u);
+    EXPECT_FALSE(sliding.weights.bo.empty());
+    EXPECT_THAT(sliding.features, testing::Contains("attention sinks"));
+    const gqa::HfLayer full = gqa::load_hf_layer((kCheckpoints / "gpt_oss").string(), 1);
+    EXPECT_FALSE(full.config.window.has_value());
 }
 
 TEST(HfCheckpoint, BadConfigsAreErrorsNamingTheField) {

@@ -146,10 +146,14 @@ struct TensorView {
 // Projection weights in torch nn.Linear layout [out_features, in_features]:
 //   wq [n_h*hd, d], wk/wv [n_kv*hd, d], wo [d, n_h*hd].
 // Biases are optional (data == nullptr): bq [n_h*hd], bk/bv [n_kv*hd], bo [d].
+// sinks [n_h] (optional, gpt-oss): one learned logit per query head that joins
+// every softmax denominator of that head and has no value:
+//   p_t = exp(s_t - m) / (sum_t' exp(s_t' - m) + exp(sink - m)).
 // The layer copies and packs them at construction; the caller's memory is not kept.
 struct Weights {
     TensorView<float> wq, wk, wv, wo;
     TensorView<float> bq, bk, bv, bo;
+    TensorView<float> sinks;
 };
 
 class Attention {

@@ -72,6 +72,7 @@ typedef struct gqa_config {
 typedef struct gqa_weights {
     const float *wq, *wk, *wv, *wo;
     const float *bq, *bk, *bv, *bo;
+    const float *sinks; /* [num_heads] attention-sink logits (gpt-oss), or NULL */
 } gqa_weights;
 
 typedef struct gqa_attention gqa_attention;

@@ -24,9 +24,8 @@ struct HfLayer {
 // (model.layers.<layer>.self_attn.*, F32, F16 or BF16), and nothing else of the
 // checkpoint. max_seq_len is the layer's: the RoPE table's length and the bound on
 // positions (longrope picks its factors by it). model_type must be one of llama,
-// mistral, qwen2, phi3, gemma2; qwen3, olmo2, gemma3_text and gpt_oss are named
-// as needing what this version cannot compute yet (q/k normalisation, attention
-// sinks). A model type, a rope_scaling type or field, or a tensor it does not know,
+// mistral, qwen2, phi3, gemma2, gpt_oss; qwen3, olmo2 and gemma3_text are named as
+// needing what this version cannot compute yet (q/k normalisation). A model type, a rope_scaling type or field, or a tensor it does not know,
 // and any inconsistent size, is a gqa::Error naming it; nothing is guessed.
 HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len = 4096);
 
