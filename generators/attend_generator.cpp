@@ -29,7 +29,8 @@ public:
     Input<int> window{"window"};
     Input<float> scale{"scale"};
     Input<float> softcap{"softcap"};
-    Input<Buffer<float, 2>> sinks{"sinks"};      // (r, kv head): a logit per query head, -inf for none
+    Input<int> use_sinks{"use_sinks"};
+    Input<Buffer<float, 2>> sinks{"sinks"};      // (r, kv head): a logit per query head, read when use_sinks
     Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
 
     // Added here for their cache_type; they come after the inputs above.
@@ -58,6 +59,7 @@ public:
                               causal,
                               window,
                               input_func(sinks, autoscheduled),
+                              use_sinks,
                               schedules::native_half_widening(get_target())};
         const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
@@ -83,6 +85,7 @@ public:
         window.set_estimate(1 << 30);
         scale.set_estimate(0.125f);
         softcap.set_estimate(0.f);
+        use_sinks.set_estimate(0);
         sinks.set_estimates({{0, 4}, {0, 8}});
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});

@@ -128,6 +128,7 @@ Expr widen(const Expr &element, bool native_half_widening) {
 void define_scores(const AttendInputs &in, AttendScores &a) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
+    a.use_sinks = in.use_sinks;
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
 
     a.k_cache = Func("k_f32");
@@ -157,11 +158,16 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.score(t, r, kvh, i, b) = select(visible, capped, kNegInf);
 }
 
+// A head's sink logit, -inf without sinks.
+Expr sink_logit(const AttendInputs &in, const Expr &r, const Expr &kvh) {
+    return select(in.use_sinks != 0, in.sinks(r, kvh), kNegInf);
+}
+
 // The sink's share of a row's denominator against the row's max: exp(sink - max),
 // 0 without a sink (-inf, never fed to exp).
 Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const Expr &row_max) {
     const Expr sink = in.sinks(r, kvh);
-    return select(is_negative_infinity(sink), 0.f, exp_keeping_nan(sink - row_max));
+    return select(in.use_sinks == 0 || is_negative_infinity(sink), 0.f, exp_keeping_nan(sink - row_max));
 }
 
 }  // namespace
@@ -198,7 +204,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     };
     auto chunk_slot = [](const RDom &keys) { return keys.y * layout::kKeySlotPadding + keys.x; };
     a.keys_max = visible_chunks("keys_max");
-    a.row_max(r, kvh, i, b) = in.sinks(r, kvh);
+    a.row_max(r, kvh, i, b) = sink_logit(in, r, kvh);
     a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(chunk_slot(a.keys_max), r, kvh, i, b));
 
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
@@ -273,7 +279,8 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     // Without splits the one state starts from the sink; with splits it enters
     // at the merge, once, whichever splits the row's window leaves out.
     if (split_blocks == 0) {
-        a.state(d, r, kvh, i, b, sp) = Tuple(in.sinks(r, kvh), sink_weight(in, r, kvh, in.sinks(r, kvh)), 0.f);
+        a.state(d, r, kvh, i, b, sp) =
+            Tuple(sink_logit(in, r, kvh), sink_weight(in, r, kvh, sink_logit(in, r, kvh)), 0.f);
     } else {
         a.state(d, r, kvh, i, b, sp) = Tuple(kNegInf, 0.f, 0.f);
     }
@@ -298,7 +305,7 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
         a.merged_acc = Func("merged_acc");
         // A split's max and sum are the same at every d; d = 0 holds them.
         const Expr split_max = a.state(0, r, kvh, i, b, a.splits)[0];
-        a.merged_max(r, kvh, i, b) = in.sinks(r, kvh);
+        a.merged_max(r, kvh, i, b) = sink_logit(in, r, kvh);
         a.merged_max(r, kvh, i, b) = max(a.merged_max(r, kvh, i, b), split_max);
         const Expr take = rescale(split_max, a.merged_max(r, kvh, i, b));
         a.merged_sum(r, kvh, i, b) = sink_weight(in, r, kvh, a.merged_max(r, kvh, i, b));

@@ -98,6 +98,7 @@ struct AttendScores {
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
     bool half_cache = false;           // whether the cache holds fp16 (widened as read)
     Halide::Expr use_mask, softcap;    // whether the mask is read; soft-cap, 0 for none
+    Halide::Expr use_sinks;            // whether the sinks are read
 };
 
 struct Attend : AttendScores {
@@ -153,8 +154,10 @@ struct AttendInputs {
     Halide::Expr causal;   // 1: key slot <= query slot
     Halide::Expr window;   // key slot > query slot - window (pass >= kv_len for none)
     // sinks(r, kvh): a learned logit per query head that joins its softmax's
-    // denominator and has no value (gpt-oss); -inf for none.
+    // denominator and has no value (gpt-oss); read only when use_sinks != 0, so a
+    // schedule can specialize the layers without them back to their own code.
     Halide::Func sinks;
+    Halide::Expr use_sinks;
     // fp16 elements: widen with Halide's cast (a conversion instruction on the
     // target) rather than widen_half.
     bool native_half_widening = false;

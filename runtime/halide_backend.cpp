@@ -199,7 +199,8 @@ public:
           qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
           out_({{&w.wo, &w.bo}}, dims.q_width()),
           sinks_(w.sinks.data ? std::vector<float>(w.sinks.data, w.sinks.data + dims.num_heads)
-                              : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())) {
+                              : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())),
+          use_sinks_(w.sinks.data ? 1 : 0) {
         install_halide_hooks();
     }
 
@@ -260,13 +261,13 @@ public:
                 pending_pattern_ = {c.pattern, pattern.bytes()};
             }
             run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
-                                     sinks.get(), k.get(), v.get(), z.get(), pattern.get()),
+                                     use_sinks_, sinks.get(), k.get(), v.get(), z.get(), pattern.get()),
                 "gqa_attend_pattern");
             return;
         }
         auto *pipeline = c.seq_len == 1 ? cache.attend_decode : cache.attend_prefill;
-        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, sinks.get(), k.get(),
-                     v.get(), z.get()),
+        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, use_sinks_,
+                     sinks.get(), k.get(), v.get(), z.get()),
             "gqa_attend");
     }
 
@@ -395,6 +396,7 @@ private:
     const RopeTables &rope_;
     PackedLinear qkv_, out_;
     std::vector<float> sinks_;      // per query head; -inf: none
+    int use_sinks_;
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
 
     DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_, sinks_array_;

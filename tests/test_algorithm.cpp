@@ -79,7 +79,8 @@ public:
                                     softcap_,
                                     causal_,
                                     window_,
-                                    sinks_};
+                                    sinks_,
+                                    use_sinks_};
         if (!blocking) {
             algo::Attend a = algo::define_attend(in, z_, nullptr);
             for (Func f : {a.qk, a.row_max, a.exp_score, a.row_sum, a.weighted}) f.compute_root();
@@ -97,6 +98,7 @@ public:
     Buffer<float> run(const Case &c, Buffer<float> q, Buffer<float> k, Buffer<float> v, Buffer<uint8_t> mask,
                       Buffer<float> sinks) {
         q_.set(q), k_.set(k), v_.set(v), mask_.set(mask), sinks_.set(sinks);
+        use_sinks_.set(c.sinks ? 1 : 0);
         kv_len_.set(c.kv_len);
         use_mask_.set(c.use_mask ? 1 : 0);
         causal_.set(c.causal ? 1 : 0);
@@ -109,7 +111,7 @@ public:
 private:
     ImageParam q_{Float(32), 5, "q"}, k_{Float(32), 4, "k"}, v_{Float(32), 4, "v"}, mask_{UInt(8), 3, "mask"},
         sinks_{Float(32), 2, "sinks"};
-    Param<int> kv_len_{"kv_len"}, use_mask_{"use_mask"}, causal_{"causal"}, window_{"window"};
+    Param<int> kv_len_{"kv_len"}, use_mask_{"use_mask"}, causal_{"causal"}, window_{"window"}, use_sinks_{"use_sinks"};
     Param<float> scale_{"scale"}, softcap_{"softcap"};
     Func z_{"z"};
 };
