@@ -103,8 +103,7 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
         fail("cache type is ", int(type), "; expected CacheType::f32 or CacheType::f16");
     }
     State &s = *state_;
-    require_kv_store_size("the KV cache's k and v", s.dims, batch_size, max_seq_len);
-    const size_t elements = size_t(*KvCache::elements(s.dims, batch_size, max_seq_len, kMaxArrayElements));
+    const size_t elements = require_kv_store_size("the KV cache's k and v", s.dims, batch_size, max_seq_len);
     allocate("the KV cache", 2 * elements, type == CacheType::f16 ? sizeof(uint16_t) : sizeof(float),
              [&] { s.cache.allocate(s.dims, type, batch_size, max_seq_len); });
     s.cache_size = 0;
@@ -185,9 +184,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     const int first_slot = cached ? s.cache_size : 0;
     const int kv_len = first_slot + seq_len;
-    if (!cached) {
-        require_kv_store_size("the k and v of the call", s.dims, batch, seq_len);
-    }
+    const size_t scratch_elements = cached ? 0 : require_kv_store_size("the k and v of the call", s.dims, batch, seq_len);
     if (s.record_pattern) {
         require_array_size("the attention pattern", {batch, c.num_heads, seq_len, kv_len},
                            "batch x num_heads x seq_len x kv_len");
@@ -214,8 +211,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     grow(s.q, tokens * d.q_width(), "q");
     grow(s.z_spare, tokens * d.q_width(), "z");
     if (!cached) {
-        const size_t elements = size_t(*KvCache::elements(d, batch, seq_len, kMaxArrayElements));
-        allocate("the k and v of the call", 2 * elements, sizeof(float),
+        allocate("the k and v of the call", 2 * scratch_elements, sizeof(float),
                  [&] { s.scratch.reserve_scratch(d, batch, seq_len); });
     }
     KvCache &kv = cached ? s.cache : s.scratch;

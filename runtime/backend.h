@@ -13,19 +13,6 @@
 
 namespace gqa::detail {
 
-// RoPE as per-dim tables (see generators/attention_algorithm.h, rotate()):
-// cos/sin [positions, head_dim] row-major, sign folded into sin, pass-through
-// dims cos 1 sin 0.
-struct RopeTables {
-    int head_dim = 0, positions = 0, style = 0, rotary_dim = 0;
-    // What the tables hold: per rotated pair its inverse frequency, and the factor
-    // on cos and sin (rope_frequencies), for a backend that computes the angles itself.
-    std::vector<double> inv_freq;
-    double attention_factor = 1;
-    std::vector<float> cos, sin;
-};
-RopeTables make_rope_tables(const Config &config);
-
 // The inverse frequency of each rotated pair after rope_scaling (or the config's
 // own), and the attention factor on cos and sin; from an already validated config.
 struct RopeFrequencies {
@@ -33,6 +20,17 @@ struct RopeFrequencies {
     double attention_factor = 1;
 };
 RopeFrequencies rope_frequencies(const Config &config);
+
+// RoPE as per-dim tables (see generators/attention_algorithm.h, rotate()):
+// cos/sin [positions, head_dim] row-major, sign folded into sin, pass-through
+// dims cos 1 sin 0.
+struct RopeTables {
+    int head_dim = 0, positions = 0, style = 0, rotary_dim = 0;
+    // What the tables hold, for a backend that computes the angles itself.
+    RopeFrequencies frequencies;
+    std::vector<float> cos, sin;
+};
+RopeTables make_rope_tables(const Config &config);
 
 // x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
 // [write_slot, write_slot + s) of `kv`.

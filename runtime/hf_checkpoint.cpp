@@ -299,7 +299,8 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
     LoadedWeights &w = out.weights;
     w.q_shape = {q, d}, w.kv_shape = {kv, d}, w.o_shape = {d, q};
-    auto bias = [&](const std::string &name, int64_t size) {
+    // A 1-d tensor the checkpoint may leave out (a bias, the sinks): empty when absent.
+    auto optional_tensor = [&](const std::string &name, int64_t size) {
         return checkpoint.has(prefix + name) ? checkpoint.read(prefix + name, {size}) : std::vector<float>{};
     };
     if (fused) {
@@ -308,7 +309,7 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         w.wq.assign(qkv.begin(), qkv.begin() + q * d);
         w.wk.assign(qkv.begin() + q * d, qkv.begin() + (q + kv) * d);
         w.wv.assign(qkv.begin() + (q + kv) * d, qkv.end());
-        const std::vector<float> b = bias("qkv_proj.bias", q + 2 * kv);
+        const std::vector<float> b = optional_tensor("qkv_proj.bias", q + 2 * kv);
         if (!b.empty()) {
             w.bq.assign(b.begin(), b.begin() + q);
             w.bk.assign(b.begin() + q, b.begin() + q + kv);
@@ -319,11 +320,13 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         w.wq = checkpoint.read(prefix + "q_proj.weight", w.q_shape);
         w.wk = checkpoint.read(prefix + "k_proj.weight", w.kv_shape);
         w.wv = checkpoint.read(prefix + "v_proj.weight", w.kv_shape);
-        w.bq = bias("q_proj.bias", q), w.bk = bias("k_proj.bias", kv), w.bv = bias("v_proj.bias", kv);
+        w.bq = optional_tensor("q_proj.bias", q);
+        w.bk = optional_tensor("k_proj.bias", kv);
+        w.bv = optional_tensor("v_proj.bias", kv);
     }
     w.wo = checkpoint.read(prefix + "o_proj.weight", w.o_shape);
-    w.bo = bias("o_proj.bias", d);
-    w.sinks = bias("sinks", c.num_heads);
+    w.bo = optional_tensor("o_proj.bias", d);
+    w.sinks = optional_tensor("sinks", c.num_heads);
     if (!w.sinks.empty()) out.features.push_back("attention sinks");
     if (!w.bq.empty()) out.features.push_back("q/k/v biases");
     if (!w.bo.empty()) out.features.push_back("o_proj bias");

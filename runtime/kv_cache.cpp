@@ -16,14 +16,9 @@ std::atomic<uint64_t> next_version{1};
 }  // namespace
 
 std::optional<int64_t> KvCache::elements(const LayerDims &dims, int64_t batch, int64_t capacity, int64_t limit) {
-    int64_t slots = 1;
-    for (int64_t factor : {batch, int64_t(dims.num_kv_heads), capacity}) {
-        if (factor != 0 && slots > limit / factor) return std::nullopt;
-        slots *= factor;
-    }
-    const int64_t padded = slots + layout::kKeySlotPadding;
-    if (padded > limit / dims.head_dim) return std::nullopt;
-    return padded * dims.head_dim;
+    const std::optional<int64_t> slots = product_within({batch, dims.num_kv_heads, capacity}, limit);
+    if (!slots) return std::nullopt;
+    return product_within({*slots + layout::kKeySlotPadding, dims.head_dim}, limit);
 }
 
 void KvCache::allocate(const LayerDims &dims, CacheType type, int batch, int capacity) {

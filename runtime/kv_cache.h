@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 
 #include "aligned_vector.h"
@@ -15,6 +16,17 @@
 namespace gqa::detail {
 
 class Kernels;
+
+// The product of `factors` (each >= 0), or nullopt when it exceeds `limit`; never
+// overflows.
+inline std::optional<int64_t> product_within(std::initializer_list<int64_t> factors, int64_t limit) {
+    int64_t product = 1;
+    for (int64_t f : factors) {
+        if (f != 0 && product > limit / f) return std::nullopt;
+        product *= f;
+    }
+    return product;
+}
 
 struct LayerDims {
     int embed_dim, num_heads, num_kv_heads, head_dim;

@@ -17,8 +17,9 @@ void rotate(const RopeTables &rope, double *head, int pos) {
     if (rope.style == layout::kRopeNone) return;
     const int half = rope.rotary_dim / 2;
     for (int j = 0; j < half; ++j) {
-        const double angle = pos * rope.inv_freq[j];
-        const double cos = std::cos(angle) * rope.attention_factor, sin = std::sin(angle) * rope.attention_factor;
+        const RopeFrequencies &f = rope.frequencies;
+        const double angle = pos * f.inv_freq[j];
+        const double cos = std::cos(angle) * f.attention_factor, sin = std::sin(angle) * f.attention_factor;
         const int a = rope.style == layout::kRopeInterleaved ? 2 * j : j;
         const int b = rope.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;
         const double xa = head[a], xb = head[b];

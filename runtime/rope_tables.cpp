@@ -99,9 +99,8 @@ RopeTables make_rope_tables(const Config &c) {
     t.style = c.rope_style == RopeStyle::interleaved   ? layout::kRopeInterleaved
               : c.rope_style == RopeStyle::rotate_half ? layout::kRopeRotateHalf
                                                        : layout::kRopeNone;
-    const RopeFrequencies frequencies = rope_frequencies(c);
-    t.inv_freq = frequencies.inv_freq;
-    t.attention_factor = frequencies.attention_factor;
+    t.frequencies = rope_frequencies(c);
+    const RopeFrequencies &f = t.frequencies;
     t.cos.assign(size_t(t.positions) * t.head_dim, 1.f);
     t.sin.assign(size_t(t.positions) * t.head_dim, 0.f);
     const int half = t.rotary_dim / 2;
@@ -117,9 +116,9 @@ RopeTables make_rope_tables(const Config &c) {
                 cos_value = std::cos(angle), sin_value = std::sin(angle);
             } else {
                 // In double, then rounded once: the fp64 math the conformance vectors use.
-                const double angle = p * t.inv_freq[j];
-                cos_value = float(std::cos(angle) * t.attention_factor);
-                sin_value = float(std::sin(angle) * t.attention_factor);
+                const double angle = p * f.inv_freq[j];
+                cos_value = float(std::cos(angle) * f.attention_factor);
+                sin_value = float(std::sin(angle) * f.attention_factor);
             }
             const int a = t.style == layout::kRopeInterleaved ? 2 * j : j;
             const int b = t.style == layout::kRopeInterleaved ? 2 * j + 1 : j + half;

@@ -17,16 +17,6 @@ std::string shape_string(const std::vector<int64_t> &shape) {
 namespace detail {
 namespace {
 
-// The product of `factors` (each >= 0), or -1 when it exceeds kMaxArrayElements.
-int64_t elements_within_limit(std::initializer_list<int64_t> factors) {
-    int64_t product = 1;
-    for (int64_t f : factors) {
-        if (f != 0 && product > kMaxArrayElements / f) return -1;
-        product *= f;
-    }
-    return product;
-}
-
 void validate_tensor(const char *name, const TensorView<float> &t, std::vector<int64_t> expected, bool optional) {
     if (optional && !t.data && t.shape.empty()) return;
     if (!t.data) fail(name, " has no data");
@@ -44,13 +34,13 @@ void require_finite(const char *name, double value) {
 }
 
 void require_array_size(const char *name, std::initializer_list<int64_t> factors, const char *sized_by) {
-    if (elements_within_limit(factors) >= 0) return;
+    if (product_within(factors, kMaxArrayElements)) return;
     fail(name, " would hold more than ", kMaxArrayElements, " elements (", sized_by,
          "), the most a Halide buffer addresses");
 }
 
-void require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity) {
-    if (KvCache::elements(d, batch, capacity, kMaxArrayElements)) return;
+size_t require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity) {
+    if (const auto elements = KvCache::elements(d, batch, capacity, kMaxArrayElements)) return size_t(*elements);
     fail(name, " would hold more than ", kMaxArrayElements, " elements (batch ", batch, " x num_kv_heads ",
          d.num_kv_heads, " x ", capacity, " slots x head_dim ", d.head_dim, "), the most a Halide buffer addresses");
 }

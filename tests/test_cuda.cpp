@@ -12,16 +12,8 @@
 
 namespace {
 
+using gqa_test::error_of;
 using testing::HasSubstr;
-
-std::string error_of(const auto &call) {
-    try {
-        call();
-    } catch (const gqa::Error &e) {
-        return e.what();
-    }
-    return "no error";
-}
 
 TEST(Cuda, WithoutADeviceIsAClearError) {
     if (!gqa::backend_built(gqa::Backend::cuda)) GTEST_SKIP() << "the CUDA backend is not built into this library";

@@ -20,12 +20,7 @@ using testing::HasSubstr;
 const fs::path kCheckpoints = GQA_HF_VECTORS;
 
 std::string load_error(const fs::path &dir, int layer = 0) {
-    try {
-        gqa::load_hf_layer(dir.string(), layer);
-    } catch (const gqa::Error &e) {
-        return e.what();
-    }
-    return "no error";
+    return gqa_test::error_of([&] { gqa::load_hf_layer(dir.string(), layer); });
 }
 
 // A copy of one checkpoint whose config.json the test may edit.

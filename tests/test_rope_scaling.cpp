@@ -187,12 +187,7 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, ScaledRope,
 
 std::string construction_error(const gqa::Config &config) {
     const auto weights = gqa_test::random_weights(config, false, 1);
-    try {
-        gqa::Attention layer(config, weights.view(), gqa::Backend::reference);
-    } catch (const gqa::Error &e) {
-        return e.what();
-    }
-    return "no error";
+    return gqa_test::error_of([&] { gqa::Attention layer(config, weights.view(), gqa::Backend::reference); });
 }
 
 TEST(RopeScaling, BadScalingsAreErrorsNamingTheField) {

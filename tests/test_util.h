@@ -86,6 +86,17 @@ testing::AssertionResult all_close(std::span<const float> got, std::span<const f
 testing::AssertionResult within_half_cache_error(std::span<const float> got, std::span<const float> reference_half,
                                                  std::span<const float> exact);
 
+// The message of the gqa::Error `call` throws, or "no error".
+template <typename Call>
+std::string error_of(const Call &call) {
+    try {
+        call();
+    } catch (const gqa::Error &e) {
+        return e.what();
+    }
+    return "no error";
+}
+
 // available_backends() without Backend::best, which duplicates one of them.
 std::vector<gqa::Backend> runnable_backends();
 // runnable_backends() without the reference: what is checked against it.
