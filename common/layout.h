@@ -21,4 +21,9 @@ inline constexpr int kRopeNone = 0;
 inline constexpr int kRopeInterleaved = 1;  // torchtune / GPT-J: pairs (2j, 2j+1)
 inline constexpr int kRopeRotateHalf = 2;   // GPT-NeoX / HF Llama: pairs (j, j + R/2)
 
+// q/k normalisation codes (gqa::QkNorm), passed to the project pipeline as a scalar.
+inline constexpr int kQkNormNone = 0;
+inline constexpr int kQkNormPerHead = 1;   // RMS over each head's head_dim values
+inline constexpr int kQkNormAllHeads = 2;  // RMS over all of a token's q (and k) values
+
 }  // namespace gqa::layout

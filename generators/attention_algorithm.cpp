@@ -51,21 +51,47 @@ Expr clamped_position(const RopeInputs &rope, const Expr &m) {
 
 }  // namespace
 
-Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const RopeInputs &rope,
-                       const ProjectShape &shape, int panel, int token_group, Func q_out, Func k_out, Func v_out,
-                       const Type &cache_type) {
+Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const QkNormInputs &norm,
+                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group, Func q_out,
+                       Func k_out, Func v_out, const Type &cache_type) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
     p.qkv = define_linear("qkv", x, packed_weight, bias, shape.embed_dim, shape.tokens, panel, token_group);
     const Func qkv = p.qkv.result;
-    Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b;
+    Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b, g = p.g;
 
-    q_out(d, h, m) = rotate([&](Expr dd) { return qkv(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
+    // The mean of squares in fp32, as transformers' RMSNorm computes it.
+    const Expr all_heads = norm.mode == layout::kQkNormAllHeads;
+    const Expr q_group = select(all_heads, q_width, hd), k_group = select(all_heads, kv_width, hd);
+    p.q_values = RDom(0, q_group, "q_values");
+    p.k_values = RDom(0, k_group, "k_values");
+    p.q_sum_squares = Func("q_sum_squares");
+    p.k_sum_squares = Func("k_sum_squares");
+    p.q_sum_squares(g, m) = 0.f;
+    p.q_sum_squares(g, m) += pow(qkv(g * q_group + p.q_values, m), 2);
+    p.k_sum_squares(g, m) = 0.f;
+    p.k_sum_squares(g, m) += pow(qkv(q_width + g * k_group + p.k_values, m), 2);
+    p.qk_norm_mode = norm.mode;
+    auto inv_rms = [&](const Func &sum_squares, const Expr &group_size, const Expr &group, const Expr &token) {
+        return 1.f / sqrt(sum_squares(group, token) / cast<float>(group_size) + norm.eps);
+    };
+    // Value o of a token's q (or of its k), normalised when asked.
+    auto q_value = [&](const Expr &o, const Expr &token) {
+        return select(norm.mode == layout::kQkNormNone, qkv(o, token),
+                      qkv(o, token) * inv_rms(p.q_sum_squares, q_group, o / q_group, token) * norm.weight(o));
+    };
+    auto k_value = [&](const Expr &o, const Expr &token) {
+        return select(norm.mode == layout::kQkNormNone, qkv(q_width + o, token),
+                      qkv(q_width + o, token) * inv_rms(p.k_sum_squares, k_group, o / k_group, token) *
+                          norm.weight(q_width + o));
+    };
+
+    q_out(d, h, m) = rotate([&](Expr dd) { return q_value(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
                             rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
     const Expr token = b * shape.seq_len + t;
-    k_out(d, t, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return qkv(q_width + kvh * hd + dd, token); }, d,
-                                                  hd, clamped_position(rope, token), rope.cos_table, rope.sin_table,
+    k_out(d, t, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
+                                                  clamped_position(rope, token), rope.cos_table, rope.sin_table,
                                                   rope.style, rope.rotary_dim));
     v_out(d, t, kvh, b) = cast(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
     p.q = q_out;

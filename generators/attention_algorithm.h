@@ -61,10 +61,25 @@ struct RopeInputs {
     Halide::Expr style, rotary_dim;
 };
 
+// RMS normalisation of q and k before RoPE. `mode` (layout::kQkNorm*) picks the
+// groups of consecutive values of a token's q (and of its k) that share one RMS:
+// a head, or all heads. weight(o) multiplies value o of the projection's output
+// (q then k), so a per-head weight comes in repeated for every head.
+struct QkNormInputs {
+    Halide::Func weight;  // (o), o < (n_h + n_kv) * hd
+    Halide::Expr mode, eps;
+};
+
 // Fused Q/K/V projection with RoPE; K and V land in a crop of the cache.
 struct Project {
     Linear qkv;
-    Halide::Var d{"d"}, h{"h"}, m{"m"}, t{"t"}, kvh{"kvh"}, b{"b"};
+    Halide::Var d{"d"}, h{"h"}, m{"m"}, t{"t"}, kvh{"kvh"}, b{"b"}, g{"g"};
+    // The sum of squares of group g of token m's q, and of its k; read only when
+    // normalising, so a schedule can specialize the layers without a norm back to
+    // their own code.
+    Halide::Func q_sum_squares, k_sum_squares;  // (g, m)
+    Halide::RDom q_values, k_values;            // the values of one group
+    Halide::Expr qk_norm_mode;
     Halide::Func q;  // q(d, h, m): rotated queries
     Halide::Func k;  // k(d, t, kvh, b): rotated keys, t = token within the call
     Halide::Func v;  // v(d, t, kvh, b)
@@ -76,8 +91,9 @@ struct ProjectShape {
 
 // k_out and v_out hold cache_type elements (fp32, or fp16 rounded to nearest even).
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
-                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group, Halide::Func q_out,
-                       Halide::Func k_out, Halide::Func v_out, const Halide::Type &cache_type);
+                       const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
+                       int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out,
+                       const Halide::Type &cache_type);
 
 // Grouped scores, masked softmax and weighted values for the queries of one call
 // against the valid cache prefix [0, kv_len). Query i of the call sits in cache

@@ -13,11 +13,14 @@ public:
     Input<Buffer<float, 2>> x{"x"};                    // (embed, token)
     Input<Buffer<float, 3>> w_qkv{"w_qkv"};            // packed [Wq; Wk; Wv] panels
     Input<Buffer<float, 1>> b_qkv{"b_qkv"};            // (n_h + 2 n_kv) * hd
+    Input<Buffer<float, 1>> qk_norm_weight{"qk_norm_weight"};  // (n_h + n_kv) * hd: q's, then k's
     Input<Buffer<int32_t, 1>> positions{"positions"};  // (token)
     Input<Buffer<float, 2>> rope_cos{"rope_cos"};      // (d, position)
     Input<Buffer<float, 2>> rope_sin{"rope_sin"};
     Input<int> rope_style{"rope_style"};
     Input<int> rotary_dim{"rotary_dim"};
+    Input<int> qk_norm{"qk_norm"};  // layout::kQkNorm*
+    Input<float> qk_norm_eps{"qk_norm_eps"};
     Input<int> head_dim{"head_dim"};
     Input<int> num_heads{"num_heads"};
     Input<int> num_kv_heads{"num_kv_heads"};
@@ -36,11 +39,12 @@ public:
         const bool autoscheduled = get_auto_schedule();
         algo::RopeInputs rope{input_func(rope_cos, autoscheduled), input_func(rope_sin, autoscheduled),
                               rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
+        algo::QkNormInputs norm{input_func(qk_norm_weight, autoscheduled), qk_norm, qk_norm_eps};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
         project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
-                                        input_func(b_qkv, autoscheduled), rope, shape, layout::kWeightPanel,
+                                        input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
                                         token_group, q, *k_, *v_, cache_type);
     }
 
@@ -49,11 +53,14 @@ public:
         x.set_estimates({{0, 2048}, {0, tokens}});
         w_qkv.set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 48}});
         b_qkv.set_estimates({{0, 3072}});
+        qk_norm_weight.set_estimates({{0, 2560}});
         positions.set_estimates({{0, tokens}});
         rope_cos.set_estimates({{0, 64}, {0, 4096}});
         rope_sin.set_estimates({{0, 64}, {0, 4096}});
         rope_style.set_estimate(layout::kRopeInterleaved);
         rotary_dim.set_estimate(64);
+        qk_norm.set_estimate(layout::kQkNormNone);
+        qk_norm_eps.set_estimate(1e-6f);
         head_dim.set_estimate(64);
         num_heads.set_estimate(32);
         num_kv_heads.set_estimate(8);

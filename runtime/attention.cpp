@@ -7,6 +7,7 @@
 
 #include "aligned_vector.h"
 #include "backend_registry.h"
+#include "layout.h"
 #include "test_hooks.h"
 #include "validation.h"
 
@@ -19,6 +20,15 @@ namespace {
 template <typename T>
 void grow(AlignedVector<T> &v, size_t n, const char *what) {
     if (v.size() < n) allocate(what, n, sizeof(T), [&] { v.resize(n); });
+}
+
+int qk_norm_code(QkNorm norm) {
+    switch (norm) {
+    case QkNorm::per_head: return layout::kQkNormPerHead;
+    case QkNorm::all_heads: return layout::kQkNormAllHeads;
+    case QkNorm::none: break;
+    }
+    return layout::kQkNormNone;
 }
 
 }  // namespace
@@ -228,7 +238,9 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                             .positions = s.positions.data(),
                             .q = s.q.data(),
                             .kv = &kv,
-                            .write_slot = first_slot});
+                            .write_slot = first_slot,
+                            .qk_norm = qk_norm_code(c.qk_norm),
+                            .qk_norm_eps = float(c.qk_norm_eps)});
         after(ForwardStage::project, "project");
         // A mask replaces the causal and window rules.
         s.kernels->attend({.q = s.q.data(),

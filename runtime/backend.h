@@ -41,6 +41,8 @@ struct ProjectCall {
     float *q;
     KvCache *kv;  // the layer's cache, or scratch standing in for one
     int write_slot;
+    int qk_norm;  // layout::kQkNorm*: q and k normalised before RoPE, with the weights' q_norm / k_norm
+    float qk_norm_eps;
 };
 
 // q [b, s, n_h, hd] against slots [0, kv_len) -> z [b, s, n_h, hd] (+ pattern

@@ -188,6 +188,17 @@ void place_on_device(View &view, DeviceArray &array, const halide_device_interfa
     }
 }
 
+// The pipeline's weight for every value of a token's q and then k: a per-head
+// weight repeated for each head. Ones (unread) without a norm.
+std::vector<float> qk_norm_weight(const LayerDims &dims, const Weights &w) {
+    std::vector<float> weight(size_t(dims.q_width()) + dims.kv_width(), 1.f);
+    if (!w.q_norm.data) return weight;
+    const size_t q_size = w.q_norm.numel(), k_size = w.k_norm.numel();
+    for (int o = 0; o < dims.q_width(); ++o) weight[o] = w.q_norm.data[o % q_size];
+    for (int o = 0; o < dims.kv_width(); ++o) weight[dims.q_width() + o] = w.k_norm.data[o % k_size];
+    return weight;
+}
+
 class HalideKernels final : public Kernels {
 public:
     HalideKernels(const HalidePlatform &platform, const halide_device_interface_t *device, const LayerDims &dims,
@@ -200,7 +211,8 @@ public:
           out_({{&w.wo, &w.bo}}, dims.q_width()),
           sinks_(w.sinks.data ? std::vector<float>(w.sinks.data, w.sinks.data + dims.num_heads)
                               : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())),
-          use_sinks_(w.sinks.data ? 1 : 0) {
+          use_sinks_(w.sinks.data ? 1 : 0),
+          qk_norm_weight_(qk_norm_weight(dims, w)) {
         install_halide_hooks();
     }
 
@@ -208,6 +220,7 @@ public:
         const int hd = dims_.head_dim, tokens = c.batch * c.seq_len;
         View x(c.x, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
         View w = qkv_.weight_view(), bias = qkv_.bias_view();
+        View norm_weight(qk_norm_weight_.data(), kF32, {{int64_t(qk_norm_weight_.size()), 1}});
         View positions(c.positions, kI32, {{tokens, 1}});
         View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
@@ -217,6 +230,7 @@ public:
         View v = slots_view(*c.kv, c.kv->v(), c.write_slot, c.seq_len);
         if (device_) {
             place_constant(w, qkv_weights_), place_constant(bias, qkv_bias_);
+            place_constant(norm_weight, qk_norm_weight_array_);
             place_constant(cos, rope_cos_), place_constant(sin, rope_sin_);
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
@@ -224,8 +238,9 @@ public:
             place(k, kv.k, Sync::device_only, offset), place(v, kv.v, Sync::device_only, offset);
         }
         auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
-        run(pipeline(x.get(), w.get(), bias.get(), positions.get(), cos.get(), sin.get(), rope_.style,
-                     rope_.rotary_dim, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len, q.get(), k.get(), v.get()),
+        run(pipeline(x.get(), w.get(), bias.get(), norm_weight.get(), positions.get(), cos.get(), sin.get(),
+                     rope_.style, rope_.rotary_dim, c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads,
+                     dims_.num_kv_heads, c.seq_len, q.get(), k.get(), v.get()),
             "gqa_project");
     }
 
@@ -397,9 +412,11 @@ private:
     PackedLinear qkv_, out_;
     std::vector<float> sinks_;      // per query head; -inf: none
     int use_sinks_;
+    std::vector<float> qk_norm_weight_;
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
 
     DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_, sinks_array_;
+    DeviceArray qk_norm_weight_array_;
     DeviceArray x_, positions_, mask_, q_, out_array_;
     // z and the pattern: a forward writes pair `pending_`; the other holds the last
     // committed forward's (Kernels::commit).

@@ -23,14 +23,15 @@ using detail::fail;
 using detail::SafetensorsFile;
 using nlohmann::json;
 
-// The model types this version computes exactly, and those it knows but cannot
-// compute yet, with why.
-const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2", "phi3", "gemma2", "gpt_oss"};
-const std::map<std::string, std::string> kModelsNeedingMore = {
-    {"qwen3", "normalises q and k per head before RoPE (q_norm, k_norm)"},
-    {"olmo2", "normalises q and k over all heads before RoPE (q_norm, k_norm)"},
-    {"gemma3_text", "normalises q and k per head before RoPE (q_norm, k_norm with 1 + w)"},
-};
+// The model types this version computes, and how those that normalise q and k do.
+const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2",  "qwen3",  "olmo2",
+                                                "gemma2", "gemma3_text", "gpt_oss", "phi3"};
+const std::map<std::string, QkNorm> kQkNorms = {
+    {"qwen3", QkNorm::per_head}, {"gemma3_text", QkNorm::per_head}, {"olmo2", QkNorm::all_heads}};
+// Gemma 3's norms scale by 1 + w rather than w.
+bool norm_weight_is_offset(const std::string &model_type) {
+    return model_type == "gemma3_text";
+}
 
 json read_json(const std::filesystem::path &path) {
     std::ifstream in(path);
@@ -169,6 +170,11 @@ int sliding_window(const ConfigFile &file, const std::string &model_type, int la
         sliding = file.get<bool>("use_sliding_window", false) && layer >= file.get<int>("max_window_layers", 28);
     } else if (model_type == "gemma2") {
         sliding = layer % 2 == 0;  // transformers' Gemma 2: even layers slide
+    } else if (model_type == "gemma3_text") {
+        // Every sliding_window_pattern-th layer is global, the others slide.
+        const int pattern = file.get<int>("sliding_window_pattern", 6);
+        if (pattern <= 0) fail(file.path(), ": sliding_window_pattern is ", pattern, "; expected > 0");
+        sliding = (layer + 1) % pattern != 0;
     }
     if (!sliding) return 0;
     if (window <= 0) fail(file.path(), ": layer ", layer, " slides, but sliding_window is ", window);
@@ -230,12 +236,9 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     const ConfigFile file(dir / "config.json");
     HfLayer out;
     out.model_type = file.require<std::string>("model_type");
-    if (const auto more = kModelsNeedingMore.find(out.model_type); more != kModelsNeedingMore.end()) {
-        fail(file.path(), ": model_type '", out.model_type, "' ", more->second, ", which this version cannot compute yet");
-    }
     if (!kSupportedModels.count(out.model_type)) {
         fail(file.path(), ": model_type '", out.model_type, "' is not one this version knows (llama, mistral, qwen2, ",
-             "phi3, gemma2, gpt_oss)");
+             "qwen3, olmo2, gemma2, gemma3_text, gpt_oss, phi3)");
     }
     const int layers = file.require<int>("num_hidden_layers");
     if (layer < 0 || layer >= layers) fail("layer is ", layer, "; ", file.path(), " has ", layers, " layers");
@@ -263,10 +266,23 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         out.features.push_back("partial rotary (" + std::to_string(c.rotary_dim) + " of " +
                                std::to_string(c.head_dim) + " dims)");
     }
-    c.rope_scaling = parse_rope_scaling(file, out.features);
-    if (const int window = sliding_window(file, out.model_type, layer); window > 0) {
+    const int window = sliding_window(file, out.model_type, layer);
+    if (out.model_type == "gemma3_text" && window > 0) {
+        // Gemma 3's sliding layers rotate with their own base and no scaling.
+        c.rope_base = file.require<double>("rope_local_base_freq");
+        out.features.push_back("local RoPE base " + std::to_string(int64_t(c.rope_base)));
+    } else {
+        c.rope_scaling = parse_rope_scaling(file, out.features);
+    }
+    if (window > 0) {
         c.window = window;
         out.features.push_back("sliding window " + std::to_string(window));
+    }
+    if (const auto norm = kQkNorms.find(out.model_type); norm != kQkNorms.end()) {
+        c.qk_norm = norm->second;
+        c.qk_norm_eps = file.require<double>("rms_norm_eps");
+        out.features.push_back(std::string("q/k RMSNorm ") + (c.qk_norm == QkNorm::per_head ? "per head" : "over all heads") +
+                               (norm_weight_is_offset(out.model_type) ? " (weight 1 + w)" : ""));
     }
     if (file.has("query_pre_attn_scalar")) {
         const double scalar = file.require<double>("query_pre_attn_scalar");
@@ -291,6 +307,7 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
                                                                 "o_proj.weight", "q_proj.bias", "k_proj.bias",
                                                                 "v_proj.bias", "o_proj.bias"};
     known.insert("sinks");
+    if (c.qk_norm != QkNorm::none) known.insert({"q_norm.weight", "k_norm.weight"});
     for (const std::string &name : checkpoint.names_with_prefix(prefix)) {
         if (!known.count(name.substr(prefix.size()))) {
             fail(directory, ": tensor '", name, "' is not one this version computes with");
@@ -327,6 +344,16 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     w.wo = checkpoint.read(prefix + "o_proj.weight", w.o_shape);
     w.bo = optional_tensor("o_proj.bias", d);
     w.sinks = optional_tensor("sinks", c.num_heads);
+    if (c.qk_norm != QkNorm::none) {
+        const bool per_head = c.qk_norm == QkNorm::per_head;
+        w.q_norm = checkpoint.read(prefix + "q_norm.weight", {per_head ? c.head_dim : q});
+        w.k_norm = checkpoint.read(prefix + "k_norm.weight", {per_head ? c.head_dim : kv});
+        if (norm_weight_is_offset(out.model_type)) {
+            for (std::vector<float> *weight : {&w.q_norm, &w.k_norm}) {
+                for (float &value : *weight) value += 1.f;
+            }
+        }
+    }
     if (!w.sinks.empty()) out.features.push_back("attention sinks");
     if (!w.bq.empty()) out.features.push_back("q/k/v biases");
     if (!w.bo.empty()) out.features.push_back("o_proj bias");

@@ -37,6 +37,7 @@ public:
         wq_ = copy(w.wq), wk_ = copy(w.wk), wv_ = copy(w.wv), wo_ = copy(w.wo);
         bq_ = copy(w.bq), bk_ = copy(w.bk), bv_ = copy(w.bv), bo_ = copy(w.bo);
         sinks_ = copy(w.sinks);
+        q_norm_ = copy(w.q_norm), k_norm_ = copy(w.k_norm);
     }
 
     void project(const ProjectCall &c) override {
@@ -49,6 +50,11 @@ public:
                 linear(x, wq_, bq_, q);
                 linear(x, wk_, bk_, k);
                 linear(x, wv_, bv_, v);
+                if (c.qk_norm != layout::kQkNormNone) {
+                    const bool per_head = c.qk_norm == layout::kQkNormPerHead;
+                    rms_normalise(q, q_norm_, per_head ? hd : dims_.q_width(), c.qk_norm_eps);
+                    rms_normalise(k, k_norm_, per_head ? hd : dims_.kv_width(), c.qk_norm_eps);
+                }
                 const int pos = c.positions[token];
                 for (int h = 0; h < dims_.num_heads; ++h) {
                     rotate(rope_, &q[h * hd], pos);
@@ -131,6 +137,17 @@ public:
     }
 
 private:
+    // Each run of `group` values of `values`: x_e * w_e / sqrt(mean(x^2) + eps),
+    // with w the group's weight.
+    static void rms_normalise(std::vector<double> &values, const std::vector<float> &weight, int group, double eps) {
+        for (size_t first = 0; first < values.size(); first += group) {
+            double sum_squares = 0;
+            for (int e = 0; e < group; ++e) sum_squares += values[first + e] * values[first + e];
+            const double inv_rms = 1.0 / std::sqrt(sum_squares / group + eps);
+            for (int e = 0; e < group; ++e) values[first + e] *= inv_rms * weight[e];
+        }
+    }
+
     // out[o] = b[o] + sum_i x[i] * w[o][i]
     void linear(const float *x, const std::vector<float> &w, const std::vector<float> &bias,
                 std::vector<double> &out) const {
@@ -144,7 +161,7 @@ private:
 
     LayerDims dims_;
     const RopeTables &rope_;
-    std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_, sinks_;
+    std::vector<float> wq_, wk_, wv_, wo_, bq_, bk_, bv_, bo_, sinks_, q_norm_, k_norm_;
 };
 
 void reference_rope(const RopeTables &rope, const RopeCall &c) {

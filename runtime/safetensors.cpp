@@ -132,7 +132,7 @@ Weights LoadedWeights::view() const {
     };
     return {{wq.data(), q_shape}, {wk.data(), kv_shape}, {wv.data(), kv_shape}, {wo.data(), o_shape},
             optional(bq),         optional(bk),         optional(bv),         optional(bo),
-            optional(sinks)};
+            optional(sinks),      optional(q_norm),     optional(k_norm)};
 }
 
 LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,

@@ -147,6 +147,11 @@ void validate_config(const Config &c) {
     require_finite("softcap", c.softcap);
     if (c.softcap < 0) fail("softcap is ", c.softcap, "; expected > 0, or 0 for none");
     if (c.layer_id < -1) fail("layer_id is ", c.layer_id, "; expected >= 0, or -1 for no layer scaling");
+    if (c.qk_norm != QkNorm::none && c.qk_norm != QkNorm::per_head && c.qk_norm != QkNorm::all_heads) {
+        fail("qk_norm is ", int(c.qk_norm), "; expected none, per_head or all_heads");
+    }
+    require_finite("qk_norm_eps", c.qk_norm_eps);
+    require_positive("qk_norm_eps", c.qk_norm_eps);
 }
 
 void validate_weights(const Config &c, const Weights &w) {
@@ -160,6 +165,13 @@ void validate_weights(const Config &c, const Weights &w) {
     validate_tensor("bv", w.bv, {kv}, true);
     validate_tensor("bo", w.bo, {d}, true);
     validate_tensor("sinks", w.sinks, {c.num_heads}, true);
+    if (c.qk_norm == QkNorm::none) {
+        if (w.q_norm.data || w.k_norm.data) fail("q_norm / k_norm are given, but config.qk_norm is none");
+        return;
+    }
+    const bool per_head = c.qk_norm == QkNorm::per_head;
+    validate_tensor("q_norm", w.q_norm, {per_head ? c.head_dim : q}, false);
+    validate_tensor("k_norm", w.k_norm, {per_head ? c.head_dim : kv}, false);
 }
 
 // Positions for RoPE, one per token of x: input_pos [s], [b, s], [b] (s == 1), or

@@ -76,6 +76,13 @@ void schedule_project_epilogue(algo::Project &p, int lanes, bool decode) {
         p.k.parallel(p.t);
         p.v.parallel(p.t);
     }
+    // A token's q/k norms next to the rows that read them: a few thousand adds per
+    // token, against the projection's millions. Layers without a norm run the code
+    // they ran before norms existed.
+    p.q_sum_squares.compute_at(p.q, p.m);
+    p.k_sum_squares.compute_at(p.k, p.t);
+    p.q.specialize(p.qk_norm_mode == layout::kQkNormNone);
+    p.k.specialize(p.qk_norm_mode == layout::kQkNormNone);
 }
 
 void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {

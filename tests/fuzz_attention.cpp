@@ -1,5 +1,5 @@
 // libFuzzer harness: the fuzzer's bytes pick a layer (sizes, RoPE, window, scale,
-// soft-cap, biases), a KV cache or none, and a sequence of forward calls (lengths,
+// soft-cap, biases, sinks, q/k norms), a KV cache or none, and a sequence of forward calls (lengths,
 // masks, positions); every backend built and runnable here runs it next to the
 // reference, and any difference aborts with a description of the case.
 //
@@ -43,14 +43,15 @@ struct Call {
 
 struct Scenario {
     gqa::Config config;
-    Tensor wq, wk, wv, wo, bq, bk, bv, bo;
+    Tensor wq, wk, wv, wo, bq, bk, bv, bo, sinks, q_norm, k_norm;
     std::optional<gqa::CacheType> cache;
     int cache_batch = 0, cache_len = 0;
     std::vector<Call> calls;
     std::string description;
 
     gqa::Weights weights() const {
-        return {wq.view(), wk.view(), wv.view(), wo.view(), bq.view(), bk.view(), bv.view(), bo.view()};
+        return {wq.view(), wk.view(), wv.view(),    wo.view(),     bq.view(),    bk.view(),
+                bv.view(), bo.view(), sinks.view(), q_norm.view(), k_norm.view()};
     }
 };
 
@@ -86,7 +87,8 @@ Scenario draw(FuzzedDataProvider &in) {
     if (in.ConsumeProbability<float>() < 0.25f) c.softcap = in.ConsumeFloatingPointInRange(1.0, 50.0);
     const bool biases = in.ConsumeBool();
 
-    std::mt19937 rng(in.ConsumeIntegral<uint32_t>());
+    const uint32_t seed = in.ConsumeIntegral<uint32_t>();
+    std::mt19937 rng(seed);
     const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
     s.wq = normal_tensor({q, d}, 1 / std::sqrt(double(d)), rng);
     s.wk = normal_tensor({kv, d}, 1 / std::sqrt(double(d)), rng);
@@ -95,6 +97,20 @@ Scenario draw(FuzzedDataProvider &in) {
     if (biases) {
         s.bq = normal_tensor({q}, 0.5, rng), s.bk = normal_tensor({kv}, 0.5, rng);
         s.bv = normal_tensor({kv}, 0.5, rng), s.bo = normal_tensor({d}, 0.5, rng);
+    }
+    // The features added after the corpus was grown come from their own generator,
+    // so the saved inputs still draw the layers and calls they were saved for.
+    std::mt19937 feature_rng(seed + 1);
+    std::bernoulli_distribution with_sinks(0.25);
+    const bool sinks = with_sinks(feature_rng);
+    if (sinks) s.sinks = normal_tensor({c.num_heads}, 2.0, feature_rng);
+    c.qk_norm = std::uniform_int_distribution<int>(0, 3)(feature_rng) == 0 ? gqa::QkNorm::per_head
+                : std::uniform_int_distribution<int>(0, 3)(feature_rng) == 0 ? gqa::QkNorm::all_heads
+                                                                            : gqa::QkNorm::none;
+    if (c.qk_norm != gqa::QkNorm::none) {
+        const bool per_head = c.qk_norm == gqa::QkNorm::per_head;
+        s.q_norm = normal_tensor({per_head ? c.head_dim : q}, 0.5, feature_rng);
+        s.k_norm = normal_tensor({per_head ? c.head_dim : kv}, 0.5, feature_rng);
     }
 
     const int cache_kind = in.ConsumeIntegralInRange(0, 2);
@@ -154,7 +170,8 @@ Scenario draw(FuzzedDataProvider &in) {
          << " head_dim=" << c.head_dim << " max_seq_len=" << c.max_seq_len << " rope=" << int(c.rope_style)
          << " rotary_dim=" << c.rotary_dim << " fp32_angles=" << c.rope_fp32_angles << " causal=" << c.is_causal
          << " window=" << c.window.value_or(0) << " scale=" << c.scale << " layer_id=" << c.layer_id
-         << " softcap=" << c.softcap << " biases=" << biases << " cache="
+         << " softcap=" << c.softcap << " biases=" << biases << " sinks=" << sinks
+         << " qk_norm=" << int(c.qk_norm) << " cache="
          << (s.cache ? (*s.cache == gqa::CacheType::f16 ? "f16" : "f32") : "none") << " cache_batch=" << s.cache_batch
          << " cache_len=" << s.cache_len << "\n";
     for (const Call &call : s.calls) {

@@ -2,6 +2,7 @@
 // config becomes, and every config, tensor or directory it must refuse, by name.
 #include <gmock/gmock.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 
 #include "gqa/hf.hpp"
+#include "safetensors_file.h"
 #include "test_util.h"
 
 namespace {
@@ -82,10 +84,68 @@ TEST(HfCheckpoint, Qwen2HasBiases) {
     EXPECT_TRUE(hf.weights.bo.empty());
 }
 
-TEST(HfCheckpoint, ModelsNeedingMoreAreNamedWithWhatTheyNeed) {
-    EXPECT_THAT(load_error(kCheckpoints / "qwen3"), HasSubstr("q_norm"));
-    EXPECT_THAT(load_error(kCheckpoints / "olmo2"), HasSubstr("q_norm"));
-    EXPECT_THAT(load_error(kCheckpoints / "gemma3"), HasSubstr("1 + w"));
+TEST(HfCheckpoint, Qwen3NormalisesEachHead) {
+    const gqa::HfLayer hf = gqa::load_hf_layer((kCheckpoints / "qwen3").string(), 0);
+    EXPECT_EQ(hf.config.qk_norm, gqa::QkNorm::per_head);
+    EXPECT_EQ(hf.config.qk_norm_eps, 1e-6);
+    EXPECT_EQ(hf.weights.q_norm.size(), 32u);
+    EXPECT_EQ(hf.weights.k_norm.size(), 32u);
+}
+
+TEST(HfCheckpoint, Olmo2NormalisesAllHeadsAtOnce) {
+    const gqa::HfLayer hf = gqa::load_hf_layer((kCheckpoints / "olmo2").string(), 1);
+    EXPECT_EQ(hf.config.qk_norm, gqa::QkNorm::all_heads);
+    EXPECT_EQ(hf.config.head_dim, 16);  // 128 / 8
+    EXPECT_EQ(hf.weights.q_norm.size(), 128u);
+    EXPECT_EQ(hf.weights.k_norm.size(), 128u);
+}
+
+// Gemma 3: norm weights stored as w for a factor 1 + w; the sliding layer rotates
+// with the local base and no scaling, the global one with rope_theta and linear 8.
+TEST(HfCheckpoint, Gemma3OffsetsItsNormsAndRotatesLocalLayersWithTheirOwnBase) {
+    const gqa::HfLayer sliding = gqa::load_hf_layer((kCheckpoints / "gemma3").string(), 0);
+    EXPECT_EQ(sliding.config.window, 8);
+    EXPECT_EQ(sliding.config.rope_base, 10000.0);
+    EXPECT_EQ(sliding.config.rope_scaling.type, gqa::RopeScalingType::none);
+    EXPECT_EQ(sliding.config.qk_norm, gqa::QkNorm::per_head);
+    const gqa::HfLayer global = gqa::load_hf_layer((kCheckpoints / "gemma3").string(), 1);
+    EXPECT_FALSE(global.config.window.has_value());
+    EXPECT_EQ(global.config.rope_base, 1e6);
+    EXPECT_EQ(global.config.rope_scaling.type, gqa::RopeScalingType::linear);
+    EXPECT_EQ(global.config.rope_scaling.factor, 8);
+    EXPECT_DOUBLE_EQ(global.config.scale, 1 / std::sqrt(32.0));
+
+    // The stored weights, read as plain tensors, are 1 less than the loaded ones.
+    gqa::detail::SafetensorsFile file((kCheckpoints / "gemma3" / "model.safetensors").string());
+    const std::vector<float> q_norm = file.read("model.layers.1.self_attn.q_norm.weight", {32});
+    const std::vector<float> k_norm = file.read("model.layers.1.self_attn.k_norm.weight", {32});
+    for (int e = 0; e < 32; ++e) {
+        EXPECT_EQ(global.weights.q_norm[e], q_norm[e] + 1.f) << e;
+        EXPECT_EQ(global.weights.k_norm[e], k_norm[e] + 1.f) << e;
+    }
+}
+
+TEST(HfCheckpoint, Gemma3WithoutLayerTypesFollowsItsSlidingPattern) {
+    EditedCheckpoint gemma("gemma3");
+    gemma.config.erase("layer_types");
+    gemma.config["sliding_window_pattern"] = 2;  // layer 0 slides, layer 1 is global
+    const fs::path &dir = gemma.write();
+    EXPECT_EQ(gqa::load_hf_layer(dir.string(), 0).config.window, 8);
+    EXPECT_FALSE(gqa::load_hf_layer(dir.string(), 1).config.window.has_value());
+}
+
+TEST(HfCheckpoint, NormModelsNeedTheirEpsAndWeights) {
+    EditedCheckpoint qwen("qwen3");
+    qwen.config.erase("rms_norm_eps");
+    EXPECT_THAT(load_error(qwen.write()), HasSubstr("'rms_norm_eps'"));
+    EditedCheckpoint gemma("gemma3");
+    gemma.config.erase("rope_local_base_freq");
+    EXPECT_THAT(load_error(gemma.write()), HasSubstr("'rope_local_base_freq'"));
+    // A qwen2 checkpoint's tensors (no norm weights) under a qwen3 config.
+    EditedCheckpoint qwen2("qwen2");
+    qwen2.config["model_type"] = "qwen3";
+    qwen2.config["rms_norm_eps"] = 1e-6;
+    EXPECT_THAT(load_error(qwen2.write()), HasSubstr("has no tensor 'model.layers.0.self_attn.q_norm.weight'"));
 }
 
 TEST(HfCheckpoint, GptOssHasSinksYarnAndSlidingLayers) {

@@ -1,7 +1,7 @@
 // RoPE scaling as transformers computes it (linear, llama3, yarn, longrope, your
 // own frequencies): the frequencies against numbers worked out from the
-// definitions, every backend against the reference with each scaling, and the
-// configs that must be refused.
+// definitions, and the configs that must be refused. Every backend against the
+// reference with each scaling: test_model_features.cpp.
 #include <gmock/gmock.h>
 
 #include <cmath>
@@ -29,36 +29,12 @@ gqa::Config rotate_half_config(int head_dim, double base) {
     return c;
 }
 
-gqa::RopeScaling llama32() {
-    return {.type = gqa::RopeScalingType::llama3,
-            .factor = 32,
-            .original_max_position_embeddings = 8192,
-            .low_freq_factor = 1,
-            .high_freq_factor = 4};
-}
-
-gqa::RopeScaling gpt_oss_yarn() {
-    return {.type = gqa::RopeScalingType::yarn,
-            .factor = 32,
-            .original_max_position_embeddings = 4096,
-            .beta_fast = 32,
-            .beta_slow = 1,
-            .truncate = false};
-}
-
-gqa::RopeScaling phi3_longrope(int pairs) {
-    gqa::RopeScaling s{.type = gqa::RopeScalingType::longrope, .original_max_position_embeddings = 4096};
-    for (int j = 0; j < pairs; ++j) s.short_factor.push_back(1.0 + 0.1 * j), s.long_factor.push_back(2.0 + j);
-    s.max_position_embeddings = 131072;
-    return s;
-}
-
 // Llama-3.2-1B (head_dim 64, base 500000): pairs whose wavelength is under
 // 8192 / 4 keep their frequency, over 8192 / 1 are divided by 32, and the band
 // between blends; 17 of the 32 pairs change.
 TEST(RopeScaling, Llama3ChangesTheLowFrequencyBand) {
     gqa::Config c = rotate_half_config(64, 500000);
-    c.rope_scaling = llama32();
+    c.rope_scaling = gqa_test::llama32_scaling();
     const auto f = gqa::detail::rope_frequencies(c);
     const auto plain = unscaled(500000, 64);
     int changed = 0;
@@ -82,7 +58,7 @@ TEST(RopeScaling, Llama3ChangesTheLowFrequencyBand) {
 // is 0.1 ln 32 + 1, the first pairs extrapolate (kept), the last interpolate (/ 32).
 TEST(RopeScaling, YarnRampsAndScalesCosAndSin) {
     gqa::Config c = rotate_half_config(64, 150000);
-    c.rope_scaling = gpt_oss_yarn();
+    c.rope_scaling = gqa_test::gpt_oss_yarn_scaling();
     const auto f = gqa::detail::rope_frequencies(c);
     const auto plain = unscaled(150000, 64);
     EXPECT_NEAR(f.attention_factor, 0.1 * std::log(32.0) + 1, 1e-15);
@@ -111,7 +87,7 @@ TEST(RopeScaling, LinearDividesEveryFrequency) {
 TEST(RopeScaling, LongropePicksItsFactorsByTheLayersLength) {
     gqa::Config c = rotate_half_config(32, 10000);
     c.rotary_dim = 24;
-    c.rope_scaling = phi3_longrope(12);
+    c.rope_scaling = gqa_test::phi3_longrope_scaling(12);
     const auto plain = unscaled(10000, 24);
     for (int max_seq_len : {4096, 4097}) {
         c.max_seq_len = max_seq_len;
@@ -136,55 +112,6 @@ TEST(RopeScaling, OwnFrequenciesAreUsedAsGiven) {
     }
 }
 
-// Each scaling on every backend against the reference: a prefill then decode
-// steps on a cache, at positions far into the table, GQA with a partial rotary
-// dim where the scaling allows it.
-class ScaledRope : public testing::TestWithParam<std::tuple<gqa::Backend, gqa::RopeScalingType>> {};
-
-TEST_P(ScaledRope, MatchesTheReference) {
-    const auto [backend, type] = GetParam();
-    gqa::Config c = rotate_half_config(32, 150000);
-    c.embed_dim = 96, c.num_heads = 6, c.num_kv_heads = 2, c.max_seq_len = 8192;
-    c.rotary_dim = type == gqa::RopeScalingType::longrope ? 24 : 32;
-    switch (type) {
-    case gqa::RopeScalingType::linear: c.rope_scaling = {.type = type, .factor = 8}; break;
-    case gqa::RopeScalingType::llama3: c.rope_scaling = llama32(); break;
-    case gqa::RopeScalingType::yarn: c.rope_scaling = gpt_oss_yarn(); break;
-    case gqa::RopeScalingType::longrope: c.rope_scaling = phi3_longrope(12); break;
-    case gqa::RopeScalingType::none: break;
-    }
-    const auto weights = gqa_test::random_weights(c, true, 11);
-    std::vector<std::vector<float>> outs[2];
-    int slot = 0;
-    for (int run = 0; run < 2; ++run) {
-        gqa::Attention layer(c, weights.view(), run == 0 ? gqa::Backend::reference : backend);
-        layer.setup_cache(2, c.max_seq_len);
-        for (int step = 0; step < 3; ++step) {
-            const int s = step == 0 ? 37 : 1;
-            const auto x = gqa_test::random_input(c, 2, s, 12 + step);
-            // Positions far into the table, where the scalings differ most.
-            std::vector<int32_t> positions(s);
-            for (int i = 0; i < s; ++i) positions[i] = 6000 + (step == 0 ? i : 36 + step);
-            outs[run].push_back(layer.forward(x.view(), std::nullopt, gqa::TensorView<int32_t>{positions.data(), {s}}));
-        }
-        slot = layer.size();
-    }
-    EXPECT_EQ(slot, 39);
-    for (size_t n = 0; n < outs[0].size(); ++n) EXPECT_TRUE(gqa_test::all_close(outs[1][n], outs[0][n])) << "call " << n;
-}
-
-std::string scaled_rope_name(const testing::TestParamInfo<ScaledRope::ParamType> &info) {
-    static const char *const types[] = {"none", "linear", "llama3", "yarn", "longrope"};
-    return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" + types[int(std::get<1>(info.param))];
-}
-
-INSTANTIATE_TEST_SUITE_P(AllBackends, ScaledRope,
-                         testing::Combine(testing::ValuesIn(gqa_test::backends_under_test()),
-                                          testing::Values(gqa::RopeScalingType::linear, gqa::RopeScalingType::llama3,
-                                                          gqa::RopeScalingType::yarn,
-                                                          gqa::RopeScalingType::longrope)),
-                         scaled_rope_name);
-
 std::string construction_error(const gqa::Config &config) {
     const auto weights = gqa_test::random_weights(config, false, 1);
     return gqa_test::error_of([&] { gqa::Attention layer(config, weights.view(), gqa::Backend::reference); });
@@ -194,15 +121,15 @@ TEST(RopeScaling, BadScalingsAreErrorsNamingTheField) {
     gqa::Config c = rotate_half_config(32, 10000);
     c.rope_scaling = {.type = gqa::RopeScalingType::linear, .factor = 0};
     EXPECT_THAT(construction_error(c), HasSubstr("rope_scaling.factor is 0"));
-    c.rope_scaling = llama32();
+    c.rope_scaling = gqa_test::llama32_scaling();
     c.rope_scaling.high_freq_factor = 0.5;
     EXPECT_THAT(construction_error(c), HasSubstr("rope_scaling.high_freq_factor is 0.5"));
-    c.rope_scaling = gpt_oss_yarn();
+    c.rope_scaling = gqa_test::gpt_oss_yarn_scaling();
     c.rope_scaling.original_max_position_embeddings = 0;
     EXPECT_THAT(construction_error(c), HasSubstr("rope_scaling.original_max_position_embeddings is 0"));
-    c.rope_scaling = phi3_longrope(15);  // 16 pairs at rotary_dim 32
+    c.rope_scaling = gqa_test::phi3_longrope_scaling(15);  // 16 pairs at rotary_dim 32
     EXPECT_THAT(construction_error(c), HasSubstr("rope_scaling.short_factor holds 15 values"));
-    c.rope_scaling = phi3_longrope(16);
+    c.rope_scaling = gqa_test::phi3_longrope_scaling(16);
     c.rope_scaling.long_factor[3] = -1;
     EXPECT_THAT(construction_error(c), HasSubstr("rope_scaling.long_factor[3] is -1"));
     c.rope_scaling = {.type = gqa::RopeScalingType(9)};

@@ -65,6 +65,30 @@ LayerWeights random_weights(const gqa::Config &config, bool with_biases, uint32_
     return weights;
 }
 
+gqa::RopeScaling llama32_scaling() {
+    return {.type = gqa::RopeScalingType::llama3,
+            .factor = 32,
+            .original_max_position_embeddings = 8192,
+            .low_freq_factor = 1,
+            .high_freq_factor = 4};
+}
+
+gqa::RopeScaling gpt_oss_yarn_scaling() {
+    return {.type = gqa::RopeScalingType::yarn,
+            .factor = 32,
+            .original_max_position_embeddings = 4096,
+            .beta_fast = 32,
+            .beta_slow = 1,
+            .truncate = false};
+}
+
+gqa::RopeScaling phi3_longrope_scaling(int pairs) {
+    gqa::RopeScaling s{.type = gqa::RopeScalingType::longrope, .original_max_position_embeddings = 4096};
+    for (int j = 0; j < pairs; ++j) s.short_factor.push_back(1.0 + 0.1 * j), s.long_factor.push_back(2.0 + j);
+    s.max_position_embeddings = 131072;
+    return s;
+}
+
 HostTensor<float> random_input(const gqa::Config &config, int batch, int seq_len, uint32_t seed) {
     return random_normal({batch, seq_len, config.embed_dim}, 1.0, seed);
 }

@@ -56,6 +56,13 @@ struct LayerWeights {
 };
 LayerWeights random_weights(const gqa::Config &config, bool with_biases, uint32_t seed);
 
+// The RoPE scalings of real checkpoints: Llama 3.2 (llama3, factor 32, 8192),
+// gpt-oss (yarn, factor 32, 4096, untruncated), Phi-3 style longrope with `pairs`
+// made-up factors per list (original 4096, max 131072).
+gqa::RopeScaling llama32_scaling();
+gqa::RopeScaling gpt_oss_yarn_scaling();
+gqa::RopeScaling phi3_longrope_scaling(int pairs);
+
 // x [b, s, d] ~ N(0, 1).
 HostTensor<float> random_input(const gqa::Config &config, int batch, int seq_len, uint32_t seed);
 

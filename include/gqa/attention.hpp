@@ -101,6 +101,14 @@ enum class RopeStyle {
     rotate_half,  // GPT-NeoX / HF Llama / TransformerLens default: pairs (j, j + R/2)
 };
 
+// RMS normalisation of q and k before RoPE, each element then times its weight
+// (Weights::q_norm, k_norm): x * w / sqrt(mean(x^2) + eps), the mean in fp32.
+enum class QkNorm {
+    none,
+    per_head,   // over each head's head_dim values (Qwen3, Gemma 3)
+    all_heads,  // over all of a token's q values at once, and all its k values (OLMo 2)
+};
+
 struct Config {
     int embed_dim = 0;     // d
     int num_heads = 0;     // n_h (query heads)
@@ -128,6 +136,8 @@ struct Config {
     double scale = 0.0;     // multiplies q.k; 0 means 1/sqrt(head_dim)
     int layer_id = -1;      // >= 0: TL scale_attn_by_inverse_layer_idx, scores / (layer_id + 1)
     double softcap = 0.0;   // > 0: score = softcap * tanh(score / softcap) (Gemma-2)
+    QkNorm qk_norm = QkNorm::none;
+    double qk_norm_eps = 1e-6;  // > 0
 };
 
 // A read-only dense row-major tensor owned by the caller.
@@ -149,11 +159,16 @@ struct TensorView {
 // sinks [n_h] (optional, gpt-oss): one learned logit per query head that joins
 // every softmax denominator of that head and has no value:
 //   p_t = exp(s_t - m) / (sum_t' exp(s_t' - m) + exp(sink - m)).
+// q_norm, k_norm: the weights of config.qk_norm (given exactly when it is set):
+// [hd] each for per_head, [n_h*hd] and [n_kv*hd] for all_heads. They multiply the
+// normalised value as given; Gemma 3 stores w for a factor 1 + w, so pass 1 + w
+// (load_hf_layer does).
 // The layer copies and packs them at construction; the caller's memory is not kept.
 struct Weights {
     TensorView<float> wq, wk, wv, wo;
     TensorView<float> bq, bk, bv, bo;
     TensorView<float> sinks;
+    TensorView<float> q_norm, k_norm;
 };
 
 class Attention {

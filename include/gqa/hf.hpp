@@ -13,8 +13,8 @@ namespace gqa {
 
 struct HfLayer {
     std::string model_type;  // config.json's
-    Config config;           // rotate-half RoPE with the model's scaling, window, scale, soft-cap
-    LoadedWeights weights;   // fp32; a fused qkv_proj split into q, k and v
+    Config config;           // rotate-half RoPE with the model's scaling, window, scale, soft-cap, q/k norm
+    LoadedWeights weights;   // fp32; a fused qkv_proj split into q, k and v; Gemma's norm weights as 1 + w
     // What the layer uses beyond plain causal GQA, for people to read: e.g.
     // "rope_scaling llama3 (factor 32)", "sliding window 4096", "fused qkv_proj".
     std::vector<std::string> features;
@@ -24,9 +24,9 @@ struct HfLayer {
 // (model.layers.<layer>.self_attn.*, F32, F16 or BF16), and nothing else of the
 // checkpoint. max_seq_len is the layer's: the RoPE table's length and the bound on
 // positions (longrope picks its factors by it). model_type must be one of llama,
-// mistral, qwen2, phi3, gemma2, gpt_oss; qwen3, olmo2 and gemma3_text are named as
-// needing what this version cannot compute yet (q/k normalisation). A model type, a rope_scaling type or field, or a tensor it does not know,
-// and any inconsistent size, is a gqa::Error naming it; nothing is guessed.
+// mistral, qwen2, qwen3, olmo2, gemma2, gemma3_text, gpt_oss, phi3. A model type,
+// a rope_scaling type or field, or a tensor it does not know, and any inconsistent
+// size, is a gqa::Error naming it; nothing is guessed.
 HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len = 4096);
 
 }  // namespace gqa

@@ -27,6 +27,7 @@ public:
     std::vector<float> wq, wk, wv, wo;
     std::vector<float> bq, bk, bv, bo;  // empty: not in the file
     std::vector<float> sinks;           // [num_heads] (gpt-oss; load_hf_layer), empty: none
+    std::vector<float> q_norm, k_norm;  // config.qk_norm's weights (load_hf_layer), empty: none
     std::vector<int64_t> q_shape, kv_shape, o_shape;
 };
 

@@ -121,6 +121,17 @@ void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
     rows_over_warps(p.q, p.d, p.m);
     rows_over_warps(p.k, p.d, p.t);
     rows_over_warps(p.v, p.d, p.t);
+    // One thread per group (a head, or all heads) of a token, summing serially.
+    for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) {
+        sum_squares.compute_root();
+        for (Stage s : {Stage(sum_squares), sum_squares.update()}) {
+            Var mo("mo"), mi("mi");
+            thread_split(s, p.m, mo, mi, kWarp);
+            s.reorder(mi, p.g, mo).gpu_threads(mi).gpu_blocks(p.g, mo);
+        }
+    }
+    p.q.specialize(p.qk_norm_mode == layout::kQkNormNone);
+    p.k.specialize(p.qk_norm_mode == layout::kQkNormNone);
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &, const Knobs &knobs) {
