@@ -3,6 +3,7 @@
 #include "gqa/gqa.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <new>
 #include <optional>
 #include <string>
@@ -70,6 +71,49 @@ gqa::Backend to_backend(const gqa_backend &backend) {
     invalid("backend is " + std::to_string(enum_value(backend)) + "; expected a gqa_backend value (0 to 4)");
 }
 
+// A C enum whose values 0, 1, ... name `values` in order (as gqa.h declares them).
+template <typename CEnum, typename To>
+To from_c_enum(const CEnum &c_value, std::initializer_list<To> values, const char *field, const char *type_name) {
+    const int value = enum_value(c_value);
+    if (value < 0 || value >= int(values.size())) {
+        invalid(std::string(field) + " is " + std::to_string(value) + "; expected a " + type_name + " value (0 to " +
+                std::to_string(values.size() - 1) + ")");
+    }
+    return values.begin()[value];
+}
+
+// The per-pair arrays a config points to hold this many values.
+int rotary_pairs(const gqa_config &c) {
+    return (c.rotary_dim == 0 ? c.head_dim : c.rotary_dim) / 2;
+}
+
+std::vector<double> per_pair(const double *values, const char *name, int pairs) {
+    if (pairs <= 0) {
+        invalid(std::string(name) + " is given, but rotary_dim / 2 (or head_dim / 2) is " + std::to_string(pairs) +
+                "; expected > 0");
+    }
+    return std::vector<double>(values, values + pairs);
+}
+
+gqa::RopeScaling to_rope_scaling(const gqa_rope_scaling &s, int pairs) {
+    gqa::RopeScaling scaling;
+    using gqa::RopeScalingType;
+    scaling.type = from_c_enum(s.type, {RopeScalingType::none, RopeScalingType::linear, RopeScalingType::llama3,
+                                        RopeScalingType::yarn, RopeScalingType::longrope},
+                               "rope_scaling.type", "gqa_rope_scaling_type");
+    scaling.factor = s.factor;
+    scaling.original_max_position_embeddings = s.original_max_position_embeddings;
+    scaling.low_freq_factor = s.low_freq_factor, scaling.high_freq_factor = s.high_freq_factor;
+    scaling.beta_fast = s.beta_fast, scaling.beta_slow = s.beta_slow;
+    scaling.truncate = s.truncate != 0;
+    scaling.mscale = s.mscale, scaling.mscale_all_dim = s.mscale_all_dim;
+    if (s.short_factor) scaling.short_factor = per_pair(s.short_factor, "rope_scaling.short_factor", pairs);
+    if (s.long_factor) scaling.long_factor = per_pair(s.long_factor, "rope_scaling.long_factor", pairs);
+    scaling.max_position_embeddings = s.max_position_embeddings;
+    scaling.attention_factor = s.attention_factor;
+    return scaling;
+}
+
 gqa::Config to_config(const gqa_config &c) {
     gqa::Config config;
     config.embed_dim = c.embed_dim;
@@ -77,14 +121,9 @@ gqa::Config to_config(const gqa_config &c) {
     config.num_kv_heads = c.num_kv_heads;
     config.head_dim = c.head_dim;
     config.max_seq_len = c.max_seq_len;
-    switch (enum_value(c.rope_style)) {
-    case GQA_ROPE_NONE: config.rope_style = gqa::RopeStyle::none; break;
-    case GQA_ROPE_INTERLEAVED: config.rope_style = gqa::RopeStyle::interleaved; break;
-    case GQA_ROPE_ROTATE_HALF: config.rope_style = gqa::RopeStyle::rotate_half; break;
-    default:
-        invalid("rope_style is " + std::to_string(enum_value(c.rope_style)) +
-                "; expected a gqa_rope_style value (0 to 2)");
-    }
+    config.rope_style = from_c_enum(c.rope_style, {gqa::RopeStyle::none, gqa::RopeStyle::interleaved,
+                                                   gqa::RopeStyle::rotate_half},
+                                    "rope_style", "gqa_rope_style");
     config.rope_base = c.rope_base;
     config.rotary_dim = c.rotary_dim;
     config.rope_fp32_angles = c.rope_fp32_angles != 0;
@@ -93,6 +132,11 @@ gqa::Config to_config(const gqa_config &c) {
     config.scale = c.scale;
     config.layer_id = c.layer_id;
     config.softcap = c.softcap;
+    config.rope_scaling = to_rope_scaling(c.rope_scaling, rotary_pairs(c));
+    if (c.rope_inv_freq) config.rope_inv_freq = per_pair(c.rope_inv_freq, "rope_inv_freq", rotary_pairs(c));
+    config.qk_norm = from_c_enum(c.qk_norm, {gqa::QkNorm::none, gqa::QkNorm::per_head, gqa::QkNorm::all_heads},
+                                 "qk_norm", "gqa_qk_norm");
+    config.qk_norm_eps = c.qk_norm_eps;
     return config;
 }
 
@@ -113,6 +157,14 @@ gqa_config gqa_config_default(void) {
     c.rope_base = defaults.rope_base;
     c.is_causal = 1;
     c.layer_id = defaults.layer_id;
+    const gqa::RopeScaling scaling;
+    c.rope_scaling.type = GQA_ROPE_SCALING_NONE;
+    c.rope_scaling.factor = scaling.factor;
+    c.rope_scaling.low_freq_factor = scaling.low_freq_factor, c.rope_scaling.high_freq_factor = scaling.high_freq_factor;
+    c.rope_scaling.beta_fast = scaling.beta_fast, c.rope_scaling.beta_slow = scaling.beta_slow;
+    c.rope_scaling.truncate = scaling.truncate;
+    c.qk_norm = GQA_QK_NORM_NONE;
+    c.qk_norm_eps = defaults.qk_norm_eps;
     return c;
 }
 
@@ -160,7 +212,9 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
         };
         const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
                              view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
-                             view(weights->bv, {kv}),   view(weights->bo, {d}),     view(weights->sinks, {c.num_heads})};
+                             view(weights->bv, {kv}),   view(weights->bo, {d}),     view(weights->sinks, {c.num_heads}),
+                             view(weights->q_norm, {c.qk_norm == gqa::QkNorm::all_heads ? q : c.head_dim}),
+                             view(weights->k_norm, {c.qk_norm == gqa::QkNorm::all_heads ? kv : c.head_dim})};
         *layer = new gqa_attention{gqa::Attention(c, w, to_backend(backend))};
     });
 }

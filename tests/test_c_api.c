@@ -50,13 +50,22 @@ static double max_abs_diff(const float *got, const float *want, int count) {
 static float wq[HEADS * HEAD_DIM * D], wk[KV_HEADS * HEAD_DIM * D], wv[KV_HEADS * HEAD_DIM * D],
     wo[D * HEADS * HEAD_DIM], bo[D];
 static float prompt[2 * PROMPT * D], steps[STEPS][2 * D];
+static float sinks[HEADS], q_norm[HEAD_DIM], k_norm[HEAD_DIM];
 
-/* Prefill then STEPS decode steps, batch 2; out holds every output in order. */
-static gqa_status run(gqa_backend backend, gqa_cache_type cache, float *out) {
+/* Prefill then STEPS decode steps, batch 2; out holds every output in order. With
+ * model_features: rotate-half RoPE with llama3 scaling, q/k norms per head, sinks. */
+static gqa_status run(gqa_backend backend, gqa_cache_type cache, int model_features, float *out) {
     gqa_config config = gqa_config_default();
     config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
     config.max_seq_len = MAX_SEQ;
-    const gqa_weights weights = {wq, wk, wv, wo, NULL, NULL, NULL, bo};
+    gqa_weights weights = {wq, wk, wv, wo, NULL, NULL, NULL, bo};
+    if (model_features) {
+        config.rope_style = GQA_ROPE_ROTATE_HALF;
+        config.rope_scaling.type = GQA_ROPE_SCALING_LLAMA3;
+        config.rope_scaling.factor = 8, config.rope_scaling.original_max_position_embeddings = 16;
+        config.qk_norm = GQA_QK_NORM_PER_HEAD;
+        weights.sinks = sinks, weights.q_norm = q_norm, weights.k_norm = k_norm;
+    }
     gqa_attention *layer = NULL;
     gqa_status status = gqa_attention_create(&config, &weights, backend, &layer);
     if (status != GQA_STATUS_OK) return status;
@@ -74,20 +83,27 @@ static gqa_status run(gqa_backend backend, gqa_cache_type cache, float *out) {
 
 static void backends_match_reference(void) {
     enum { OUTPUTS = (2 * PROMPT + 2 * STEPS) * D };
-    static float want[OUTPUTS], got[OUTPUTS];
-    for (int half = 0; half <= 1; ++half) {
-        const gqa_cache_type cache = half ? GQA_CACHE_F16 : GQA_CACHE_F32;
-        CHECK(run(GQA_BACKEND_REFERENCE, cache, want) == GQA_STATUS_OK, "reference: %s", gqa_last_error());
-        for (int b = GQA_BACKEND_X86; b <= GQA_BACKEND_CUDA; ++b) {
-            if (!gqa_backend_available((gqa_backend)b)) continue;
-            CHECK(run((gqa_backend)b, cache, got) == GQA_STATUS_OK, "%s: %s", gqa_backend_name((gqa_backend)b),
-                  gqa_last_error());
-            const double worst = max_abs_diff(got, want, OUTPUTS);
-            /* The fp16 cache may round a k or v to the neighbouring half on one side. */
-            CHECK(worst <= (half ? GQA_HALF_CACHE_TOL : GQA_ATOL), "%s, %s cache: max |diff| %g", gqa_backend_name((gqa_backend)b),
-                  half ? "fp16" : "fp32", worst);
-            printf("%s, %s cache: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b),
-                   half ? "fp16" : "fp32", worst);
+    static float want[OUTPUTS], got[OUTPUTS], plain[OUTPUTS];
+    for (int features = 0; features <= 1; ++features) {
+        for (int half = 0; half <= 1; ++half) {
+            const gqa_cache_type cache = half ? GQA_CACHE_F16 : GQA_CACHE_F32;
+            CHECK(run(GQA_BACKEND_REFERENCE, cache, features, want) == GQA_STATUS_OK, "reference: %s", gqa_last_error());
+            if (features) {
+                /* The model fields reach the layer: they change its output. */
+                CHECK(run(GQA_BACKEND_REFERENCE, cache, 0, plain) == GQA_STATUS_OK, "%s", gqa_last_error());
+                CHECK(max_abs_diff(plain, want, OUTPUTS) > 1e-2, "the model features changed nothing");
+            }
+            for (int b = GQA_BACKEND_X86; b <= GQA_BACKEND_CUDA; ++b) {
+                if (!gqa_backend_available((gqa_backend)b)) continue;
+                CHECK(run((gqa_backend)b, cache, features, got) == GQA_STATUS_OK, "%s: %s",
+                      gqa_backend_name((gqa_backend)b), gqa_last_error());
+                const double worst = max_abs_diff(got, want, OUTPUTS);
+                /* The fp16 cache may round a k or v to the neighbouring half on one side. */
+                CHECK(worst <= (half ? GQA_HALF_CACHE_TOL : GQA_ATOL), "%s, %s cache: max |diff| %g",
+                      gqa_backend_name((gqa_backend)b), half ? "fp16" : "fp32", worst);
+                printf("%s, %s cache%s: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b),
+                       half ? "fp16" : "fp32", features ? ", model features" : "", worst);
+            }
         }
     }
 }
@@ -114,6 +130,17 @@ static void failures_are_reported(void) {
     CHECK(strcmp(gqa_backend_name(GQA_BACKEND_X86), "x86") == 0 && gqa_backend_available(GQA_BACKEND_REFERENCE) == 1 &&
               strstr(gqa_last_error(), "wk has no data") != NULL,
           "message after gqa_backend_name/available: %s", gqa_last_error());
+    config.qk_norm = (gqa_qk_norm)3;
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "qk_norm 3");
+    CHECK(strstr(gqa_last_error(), "qk_norm is 3") != NULL, "message: %s", gqa_last_error());
+    config.qk_norm = GQA_QK_NORM_PER_HEAD;
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "no q_norm");
+    CHECK(strstr(gqa_last_error(), "q_norm has no data") != NULL, "message: %s", gqa_last_error());
+    config.qk_norm = GQA_QK_NORM_NONE;
+    config.rope_scaling.type = (gqa_rope_scaling_type)5;
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_REFERENCE, &layer) == GQA_STATUS_INVALID, "scaling 5");
+    CHECK(strstr(gqa_last_error(), "rope_scaling.type is 5") != NULL, "message: %s", gqa_last_error());
+    config.rope_scaling.type = GQA_ROPE_SCALING_NONE;
     CHECK(gqa_attention_create(&config, &weights, (gqa_backend)9, &layer) == GQA_STATUS_INVALID, "backend 9");
     CHECK(strstr(gqa_last_error(), "backend is 9") != NULL, "message: %s", gqa_last_error());
 
@@ -156,6 +183,10 @@ int main(void) {
     fill(bo, sizeof bo / sizeof *bo, 1.0f, 5);
     fill(prompt, sizeof prompt / sizeof *prompt, 2.0f, 6);
     fill(&steps[0][0], sizeof steps / sizeof steps[0][0], 2.0f, 7);
+    fill(sinks, HEADS, 4.0f, 8);
+    fill(q_norm, HEAD_DIM, 1.0f, 9);
+    fill(k_norm, HEAD_DIM, 1.0f, 10);
+    for (int e = 0; e < HEAD_DIM; ++e) q_norm[e] += 1.0f, k_norm[e] += 1.0f; /* around 1, as trained norms are */
     backends_match_reference();
     failures_are_reported();
     if (failures) fprintf(stderr, "%d checks failed\n", failures);

@@ -45,6 +45,34 @@ typedef enum gqa_cache_type {
     GQA_CACHE_F16 = 1,  /* k and v rounded to IEEE fp16 as written; arithmetic stays fp32 */
 } gqa_cache_type;
 
+typedef enum gqa_rope_scaling_type {
+    GQA_ROPE_SCALING_NONE = 0,
+    GQA_ROPE_SCALING_LINEAR = 1,
+    GQA_ROPE_SCALING_LLAMA3 = 2,
+    GQA_ROPE_SCALING_YARN = 3,
+    GQA_ROPE_SCALING_LONGROPE = 4,
+} gqa_rope_scaling_type;
+
+/* transformers' rope_scaling; the fields mean what gqa::RopeScaling's do. */
+typedef struct gqa_rope_scaling {
+    gqa_rope_scaling_type type;
+    double factor;
+    int32_t original_max_position_embeddings;
+    double low_freq_factor, high_freq_factor;
+    double beta_fast, beta_slow;
+    int32_t truncate;
+    double mscale, mscale_all_dim;
+    const double *short_factor, *long_factor; /* longrope: rotary_dim / 2 each, else NULL */
+    int32_t max_position_embeddings;
+    double attention_factor;
+} gqa_rope_scaling;
+
+typedef enum gqa_qk_norm {
+    GQA_QK_NORM_NONE = 0,
+    GQA_QK_NORM_PER_HEAD = 1,   /* RMS over each head (Qwen3, Gemma 3) */
+    GQA_QK_NORM_ALL_HEADS = 2,  /* RMS over all heads of q, and of k (OLMo 2) */
+} gqa_qk_norm;
+
 /* The layer's configuration; start from gqa_config_default(). The fields mean what
  * gqa::Config's do. */
 typedef struct gqa_config {
@@ -63,6 +91,10 @@ typedef struct gqa_config {
     double scale;            /* 0: 1/sqrt(head_dim) */
     int32_t layer_id;        /* >= 0: scores / (layer_id + 1); default -1 */
     double softcap;          /* > 0: softcap * tanh(score / softcap); default 0 */
+    gqa_rope_scaling rope_scaling;  /* default: type GQA_ROPE_SCALING_NONE */
+    const double *rope_inv_freq;    /* NULL, or your own rotary_dim / 2 inverse frequencies */
+    gqa_qk_norm qk_norm;            /* default GQA_QK_NORM_NONE; weights q_norm, k_norm */
+    double qk_norm_eps;             /* default 1e-6 */
 } gqa_config;
 
 /* Projection weights in nn.Linear layout [out_features, in_features]:
@@ -73,6 +105,9 @@ typedef struct gqa_weights {
     const float *wq, *wk, *wv, *wo;
     const float *bq, *bk, *bv, *bo;
     const float *sinks; /* [num_heads] attention-sink logits (gpt-oss), or NULL */
+    /* With qk_norm: [head_dim] each (per head), or [num_heads*head_dim] and
+     * [num_kv_heads*head_dim] (all heads); NULL without. */
+    const float *q_norm, *k_norm;
 } gqa_weights;
 
 typedef struct gqa_attention gqa_attention;
