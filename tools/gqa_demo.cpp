@@ -1,6 +1,7 @@
-// gqa-demo: one Llama-shaped attention layer, prefill then token-by-token decode
-// with the KV cache, on every built backend (the compiled ones with an fp32 and an
-// fp16 cache); prints time and the largest difference from the reference backend.
+// gqa-demo: one attention layer (Llama-shaped with random weights, or a layer of a
+// Hugging Face checkpoint), prefill then token-by-token decode with the KV cache,
+// on every built backend (the compiled ones with an fp32 and an fp16 cache);
+// prints time and the largest difference from the reference backend.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "gqa/hf.hpp"
 #include "gqa/safetensors.hpp"
 #include "layer_flops.h"
 
@@ -25,17 +27,22 @@ struct Options {
     std::string weights_path;  // a .safetensors checkpoint; random weights without one
     std::string prefix = "model.layers.0.self_attn.";
     gqa::ProjectionNames names;
+    std::string model_dir;  // a Hugging Face checkpoint directory: config and weights from there
+    int layer = 0;
 };
 
 void usage() {
     std::puts(
         "usage: gqa-demo [--embed D] [--heads H] [--kv-heads K] [--head-dim HD] [--rope-base B]\n"
         "                [--prefill S] [--decode N] [--weights FILE.safetensors [--prefix P] [--o-name NAME]]\n"
+        "       gqa-demo --model DIR [--layer L] [--prefill S] [--decode N]\n"
         "Runs one attention layer (default: Llama-3.2-1B, embed 2048, 32 heads, 8 kv heads, head_dim 64)\n"
         "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache\n"
         "(fp32, and fp16 for the compiled backends). Random weights, or P{q,k,v,o}_proj.weight (and\n"
         "biases) from a checkpoint; the default prefix is model.layers.0.self_attn. (Hugging Face),\n"
-        "torchtune's is layers.0.attn. with --o-name output_proj.");
+        "torchtune's is layers.0.attn. with --o-name output_proj.\n"
+        "--model runs layer L (default 0) of a Hugging Face checkpoint directory (config.json and\n"
+        "model.safetensors or its shards): its config and weights, with every feature it uses.");
 }
 
 bool parse(int argc, char **argv, Options &o) {
@@ -46,6 +53,10 @@ bool parse(int argc, char **argv, Options &o) {
         const std::string text = argv[++i];
         if (arg == "--weights") {
             o.weights_path = text;
+            continue;
+        }
+        if (arg == "--model") {
+            o.model_dir = text;
             continue;
         }
         if (arg == "--prefix") {
@@ -67,6 +78,7 @@ bool parse(int argc, char **argv, Options &o) {
         else if (arg == "--head-dim") o.config.head_dim = value;
         else if (arg == "--prefill") o.prefill = value;
         else if (arg == "--decode") o.decode_steps = value;
+        else if (arg == "--layer") o.layer = value;
         else return false;
     }
     return o.prefill > 0 && o.decode_steps >= 0;
@@ -124,13 +136,24 @@ int main(int argc, char **argv) {
     }
     const gqa::Config &c = o.config;
     try {
+        gqa::HfLayer hf_layer;
+        if (!o.model_dir.empty()) {
+            hf_layer = gqa::load_hf_layer(o.model_dir, o.layer, o.prefill + o.decode_steps);
+            o.config = hf_layer.config;
+            std::string features;
+            for (const std::string &f : hf_layer.features) features += (features.empty() ? "" : ", ") + f;
+            std::printf("model: %s, layer %d of %s\nfeatures: %s\n", hf_layer.model_type.c_str(), o.layer,
+                        o.model_dir.c_str(), features.empty() ? "none beyond causal GQA" : features.c_str());
+        }
         std::printf("gqa-demo: layer embed %d, heads %d/%d, head_dim %d; prefill %d tokens, %d decode steps\n",
                     c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim, o.prefill, o.decode_steps);
         std::mt19937 rng(2024);
-        const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
         // A checkpoint's weights, or random ones (LoadedWeights holds either).
         gqa::LoadedWeights loaded;
-        if (!o.weights_path.empty()) {
+        const int q_width = c.num_heads * c.head_dim, kv_width = c.num_kv_heads * c.head_dim;
+        if (!o.model_dir.empty()) {
+            loaded = std::move(hf_layer.weights);
+        } else if (!o.weights_path.empty()) {
             loaded = gqa::load_safetensors(o.weights_path, o.prefix, c, o.names);
             std::printf("weights: %s{%s,%s,%s,%s} from %s\n", o.prefix.c_str(), o.names.q.c_str(), o.names.k.c_str(),
                         o.names.v.c_str(), o.names.o.c_str(), o.weights_path.c_str());
