@@ -105,7 +105,8 @@ endfunction()
 # for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16. It also writes
 # gqa_pipelines_<backend>.h, the runtime's table of them by name (PipelineTable in
 # runtime/halide_backend.h, fields in the order these loops add them), and the
-# INTERFACE target gqa_pipelines_<backend> that carries all of it.
+# INTERFACE target gqa_pipelines_<backend> that carries all of it, and the global
+# property gqa_pipeline_libraries_<backend> that lists them.
 function(gqa_add_pipelines backend)
     cmake_parse_arguments(ARG "" "RUNTIME" "TARGETS" ${ARGN})
     if (ARG_RUNTIME)
@@ -182,6 +183,8 @@ inline constexpr const char *pipeline_targets_@backend@ = "@targets@";
 }  // namespace gqa::detail
 ]] @ONLY)
 
+    # The libraries themselves, for tests that read them (the CUDA PTX check).
+    set_property(GLOBAL PROPERTY gqa_pipeline_libraries_${backend} ${libs})
     add_library(gqa_pipelines_${backend} INTERFACE)
     target_link_libraries(gqa_pipelines_${backend} INTERFACE ${libs} ${runtime})
     target_include_directories(gqa_pipelines_${backend} INTERFACE ${CMAKE_CURRENT_BINARY_DIR})

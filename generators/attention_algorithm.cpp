@@ -89,11 +89,14 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
 
     q_out(d, h, m) = rotate([&](Expr dd) { return q_value(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
                             rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
-    const Expr token = b * shape.seq_len + t;
-    k_out(d, t, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
-                                                  clamped_position(rope, token), rope.cos_table, rope.sin_table,
-                                                  rope.style, rope.rotary_dim));
-    v_out(d, t, kvh, b) = cast(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
+    p.new_tokens = RDom(0, shape.seq_len, "new_tokens");
+    const Expr token = b * shape.seq_len + p.new_tokens, slot = shape.write_slot + p.new_tokens;
+    k_out(d, t, kvh, b) = undef(cache_type);
+    k_out(d, slot, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
+                                                     clamped_position(rope, token), rope.cos_table, rope.sin_table,
+                                                     rope.style, rope.rotary_dim));
+    v_out(d, t, kvh, b) = undef(cache_type);
+    v_out(d, slot, kvh, b) = cast(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
     p.q = q_out;
     p.k = k_out;
     p.v = v_out;

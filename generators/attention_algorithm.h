@@ -70,7 +70,11 @@ struct QkNormInputs {
     Halide::Expr mode, eps;
 };
 
-// Fused Q/K/V projection with RoPE; K and V land in a crop of the cache.
+// Fused Q/K/V projection with RoPE; K and V land in the cache, in place: the
+// outputs k and v are the whole cache, of which a call writes only its own slots
+// (their pure definitions are undefined). A device backend then hands over the
+// cache's own device buffer rather than a crop of it, which OpenCL could only make
+// at aligned offsets.
 struct Project {
     Linear qkv;
     Halide::Var d{"d"}, h{"h"}, m{"m"}, t{"t"}, kvh{"kvh"}, b{"b"}, g{"g"};
@@ -80,13 +84,15 @@ struct Project {
     Halide::Func q_sum_squares, k_sum_squares;  // (g, m)
     Halide::RDom q_values, k_values;            // the values of one group
     Halide::Expr qk_norm_mode;
+    Halide::RDom new_tokens;  // the call's tokens t of a batch row, stored in slot write_slot + t
     Halide::Func q;  // q(d, h, m): rotated queries
-    Halide::Func k;  // k(d, t, kvh, b): rotated keys, t = token within the call
-    Halide::Func v;  // v(d, t, kvh, b)
+    Halide::Func k;  // k(d, slot, kvh, b): the cache; its update writes rotated keys
+    Halide::Func v;  // v(d, slot, kvh, b)
 };
 
 struct ProjectShape {
     Halide::Expr embed_dim, head_dim, num_heads, num_kv_heads, seq_len, tokens;
+    Halide::Expr write_slot;  // the cache slot of each batch row's first token
 };
 
 // k_out and v_out hold cache_type elements (fp32, or fp16 rounded to nearest even).

@@ -25,10 +25,11 @@ public:
     Input<int> num_heads{"num_heads"};
     Input<int> num_kv_heads{"num_kv_heads"};
     Input<int> seq_len{"seq_len"};  // tokens per batch row; x holds batch * seq_len tokens
+    Input<int> write_slot{"write_slot"};  // the cache slot of each row's first token
     Output<Buffer<float, 3>> q{"q"};  // (d, head, token)
 
-    // k, v: (d, token within the batch row, kv head, batch), crops of the cache, of
-    // cache_type; added here for that type, after q.
+    // k, v: (d, slot, kv head, batch), the whole cache, of cache_type; added here for
+    // that type, after q.
     void configure() {
         require_cache_type();
         k_ = add_output<Buffer<>>("k", cache_type, 4);
@@ -41,7 +42,8 @@ public:
                               rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
         algo::QkNormInputs norm{input_func(qk_norm_weight, autoscheduled), qk_norm, qk_norm_eps};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
-        algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent()};
+        algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent(),
+                                 write_slot};
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
         project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
@@ -65,9 +67,10 @@ public:
         num_heads.set_estimate(32);
         num_kv_heads.set_estimate(8);
         seq_len.set_estimate(tokens);
+        write_slot.set_estimate(0);
         q.set_estimates({{0, 64}, {0, 32}, {0, tokens}});
-        k_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
-        v_->set_estimates({{0, 64}, {0, tokens}, {0, 8}, {0, 1}});
+        k_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
+        v_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
         schedules::schedule_project(project_, get_target(), knobs(get_target()));
     }

@@ -80,7 +80,8 @@ public:
         return size_t(last + 1) * buffer_.type.bytes();
     }
 
-    // Also backs the view with device memory at `handle` (a raw device address).
+    // Also backs the view with the device memory `handle` (as the device interface's
+    // wrap_native takes it: a CUdeviceptr, a cl_mem).
     void wrap_device(const halide_device_interface_t *device, uint64_t handle, Backend backend) {
         check(device->wrap_native(nullptr, &buffer_, handle, device), backend, "wrapping device memory");
         device_ = device;
@@ -176,12 +177,12 @@ View rope_table_view(const RopeTables &rope, const std::vector<float> &table) {
 // Where a view's contents must be before the pipeline runs, and after.
 enum class Sync { device_only, upload, download };
 
-// Backs `view` with `array` from byte `offset` on (grown to hold it), uploading the
-// view's host contents when asked.
+// Backs `view` with `array` (grown to hold it), uploading the view's host contents
+// when asked. Every view starts where its array does: on OpenCL a device handle is
+// a cl_mem, not an address to offset.
 void place_on_device(View &view, DeviceArray &array, const halide_device_interface_t *device, Backend backend,
-                     Sync sync, size_t offset = 0) {
-    const uint64_t base = array.reserve(device, offset + view.bytes(), backend);
-    view.wrap_device(device, base + offset, backend);
+                     Sync sync) {
+    view.wrap_device(device, array.reserve(device, view.bytes(), backend), backend);
     if (sync == Sync::upload) {
         view.get()->set_host_dirty();
         check(halide_copy_to_device(nullptr, view.get(), device), backend, "copy to device");
@@ -225,9 +226,8 @@ public:
         View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
         const CachePipelines &cache = pipelines(*c.kv);
-        const size_t offset = c.kv->slot_index(0, 0, c.write_slot) * c.kv->element_bytes();
-        View k = slots_view(*c.kv, c.kv->k(), c.write_slot, c.seq_len);
-        View v = slots_view(*c.kv, c.kv->v(), c.write_slot, c.seq_len);
+        // The whole cache: the pipeline writes this call's slots in place.
+        View k = slots_view(*c.kv, c.kv->k(), c.kv->capacity()), v = slots_view(*c.kv, c.kv->v(), c.kv->capacity());
         if (device_) {
             place_constant(w, qkv_weights_), place_constant(bias, qkv_bias_);
             place_constant(norm_weight, qk_norm_weight_array_);
@@ -235,12 +235,12 @@ public:
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
             KvArrays kv = kv_arrays(*c.kv);
-            place(k, kv.k, Sync::device_only, offset), place(v, kv.v, Sync::device_only, offset);
+            place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
         }
         auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
         run(pipeline(x.get(), w.get(), bias.get(), norm_weight.get(), positions.get(), cos.get(), sin.get(),
                      rope_.style, rope_.rotary_dim, c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads,
-                     dims_.num_kv_heads, c.seq_len, q.get(), k.get(), v.get()),
+                     dims_.num_kv_heads, c.seq_len, c.write_slot, q.get(), k.get(), v.get()),
             "gqa_project");
     }
 
@@ -252,7 +252,7 @@ public:
         // The pipelines read whole chunks of key slots; the cache's padding covers them.
         const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
         const CachePipelines &cache = pipelines(*c.kv);
-        View k = slots_view(*c.kv, c.kv->k(), 0, slots), v = slots_view(*c.kv, c.kv->v(), 0, slots);
+        View k = slots_view(*c.kv, c.kv->k(), slots), v = slots_view(*c.kv, c.kv->v(), slots);
         if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
         View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
@@ -343,11 +343,10 @@ private:
         return kv.type() == CacheType::f16 ? platform_.pipelines.f16 : platform_.pipelines.f32;
     }
 
-    // Slots [first, first + slots) of every kv head and batch row of one of the
-    // cache's arrays, as the pipelines see them: (hd, slot, kv head, row).
-    static View slots_view(const KvCache &kv, const void *array, int first, int slots) {
-        return View(static_cast<const uint8_t *>(array) + kv.slot_index(0, 0, first) * kv.element_bytes(),
-                    kv.type() == CacheType::f16 ? kF16 : kF32,
+    // Slots [0, slots) of every kv head and batch row of one of the cache's arrays,
+    // as the pipelines see them: (hd, slot, kv head, row).
+    static View slots_view(const KvCache &kv, const void *array, int slots) {
+        return View(array, kv.type() == CacheType::f16 ? kF16 : kF32,
                     {{kv.head_dim(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
                      {kv.batch(), kv.row_stride()}});
     }
@@ -356,10 +355,10 @@ private:
         if (status != 0) check(status, platform_.backend, (std::string("pipeline ") + pipeline).c_str());
     }
 
-    // Backs `view` with `array` from byte `offset` on, uploading its host contents
-    // when asked. The array grows to hold the view.
-    void place(View &view, DeviceArray &array, Sync sync, size_t offset = 0) {
-        place_on_device(view, array, device_, platform_.backend, sync, offset);
+    // Backs `view` with `array`, uploading its host contents when asked. The array
+    // grows to hold the view.
+    void place(View &view, DeviceArray &array, Sync sync) {
+        place_on_device(view, array, device_, platform_.backend, sync);
     }
 
     // Weights and tables: uploaded the first time only.

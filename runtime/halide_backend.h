@@ -14,8 +14,8 @@ using ProjectPipeline = int (*)(halide_buffer_t *x, halide_buffer_t *w, halide_b
                                 halide_buffer_t *qk_norm_weight, halide_buffer_t *positions,
                                 halide_buffer_t *rope_cos, halide_buffer_t *rope_sin, int32_t rope_style,
                                 int32_t rotary_dim, int32_t qk_norm, float qk_norm_eps, int32_t head_dim,
-                                int32_t num_heads, int32_t num_kv_heads, int32_t seq_len, halide_buffer_t *q,
-                                halide_buffer_t *k, halide_buffer_t *v);
+                                int32_t num_heads, int32_t num_kv_heads, int32_t seq_len, int32_t write_slot,
+                                halide_buffer_t *q, halide_buffer_t *k, halide_buffer_t *v);
 using AttendPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                halide_buffer_t *sinks,

@@ -90,11 +90,12 @@ void schedule_linear(algo::Linear &l, const Knobs &knobs) {
 }
 
 // A light elementwise pass over (d, row...): head dims across a warp, one block
-// per `row`, any other dimension serial inside the thread.
-void rows_over_warps(Func f, const Var &d, const Var &row) {
+// per `row`, any other dimension serial inside the thread. (An update's RVars
+// start innermost, hence the full order.)
+void rows_over_warps(Stage s, const Var &d, const VarOrRVar &row) {
     Var dout("dout"), dt("dt");
-    thread_split(f, d, dout, dt, kWarp);
-    f.reorder(dout, dt).gpu_threads(dt).gpu_blocks(row);
+    thread_split(s, d, dout, dt, kWarp);
+    s.reorder(dt, dout, row).gpu_threads(dt).gpu_blocks(row);
 }
 
 }  // namespace
@@ -119,8 +120,8 @@ int split_blocks(const Knobs &knobs) {
 void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
     schedule_linear(p.qkv, knobs);
     rows_over_warps(p.q, p.d, p.m);
-    rows_over_warps(p.k, p.d, p.t);
-    rows_over_warps(p.v, p.d, p.t);
+    rows_over_warps(p.k.update(), p.d, p.new_tokens.x);
+    rows_over_warps(p.v.update(), p.d, p.new_tokens.x);
     // One thread per group (a head, or all heads) of a token, summing serially.
     for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) {
         sum_squares.compute_root();
@@ -131,7 +132,7 @@ void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
         }
     }
     p.q.specialize(p.qk_norm_mode == layout::kQkNormNone);
-    p.k.specialize(p.qk_norm_mode == layout::kQkNormNone);
+    p.k.update().specialize(p.qk_norm_mode == layout::kQkNormNone);
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &, const Knobs &knobs) {
