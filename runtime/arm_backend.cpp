@@ -40,7 +40,8 @@ const HalidePlatform &halide_platform() {
     static const HalidePlatform platform{.backend = Backend::arm,
                                          .pipelines = pipelines_arm,
                                          .can_use_target_features = hwcap_can_use_target_features,
-                                         .isa_name = arm_isa_name};
+                                         .isa_name = arm_isa_name,
+                                         .native_device_handle = nullptr};
     return platform;
 }
 

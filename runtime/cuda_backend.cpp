@@ -48,7 +48,8 @@ const HalidePlatform &cuda_platform() {
     static const HalidePlatform platform{.backend = Backend::cuda,
                                          .pipelines = pipelines_cuda,
                                          .can_use_target_features = nullptr,
-                                         .isa_name = cuda_isa_name};
+                                         .isa_name = cuda_isa_name,
+                                         .native_device_handle = halide_cuda_get_device_ptr};
     return platform;
 }
 

@@ -103,7 +103,9 @@ public:
         if (buffer_.device) halide_device_free(nullptr, &buffer_);
     }
 
-    uint64_t reserve(const halide_device_interface_t *device, size_t bytes, Backend backend) {
+    // Grows the allocation to `bytes`; returns its native handle.
+    uint64_t reserve(const halide_device_interface_t *device, size_t bytes, const HalidePlatform &platform) {
+        const Backend backend = platform.backend;
         if (bytes > capacity_) {
             if (bytes > size_t(INT32_MAX)) throw Error("a device array of " + std::to_string(bytes) + " bytes is over 2 GiB");
             if (buffer_.device) check(halide_device_free(nullptr, &buffer_), backend, "freeing device memory");
@@ -114,7 +116,7 @@ public:
             check(halide_device_malloc(nullptr, &buffer_, device), backend, "allocating device memory");
             capacity_ = bytes;
         }
-        return buffer_.device;
+        return platform.native_device_handle(nullptr, &buffer_);
     }
 
     // Waits for the device work queued so far (Halide syncs the whole stream).
@@ -180,9 +182,10 @@ enum class Sync { device_only, upload, download };
 // Backs `view` with `array` (grown to hold it), uploading the view's host contents
 // when asked. Every view starts where its array does: on OpenCL a device handle is
 // a cl_mem, not an address to offset.
-void place_on_device(View &view, DeviceArray &array, const halide_device_interface_t *device, Backend backend,
-                     Sync sync) {
-    view.wrap_device(device, array.reserve(device, view.bytes(), backend), backend);
+void place_on_device(View &view, DeviceArray &array, const halide_device_interface_t *device,
+                     const HalidePlatform &platform, Sync sync) {
+    const Backend backend = platform.backend;
+    view.wrap_device(device, array.reserve(device, view.bytes(), platform), backend);
     if (sync == Sync::upload) {
         view.get()->set_host_dirty();
         check(halide_copy_to_device(nullptr, view.get(), device), backend, "copy to device");
@@ -358,7 +361,7 @@ private:
     // Backs `view` with `array`, uploading its host contents when asked. The array
     // grows to hold the view.
     void place(View &view, DeviceArray &array, Sync sync) {
-        place_on_device(view, array, device_, platform_.backend, sync);
+        place_on_device(view, array, device_, platform_, sync);
     }
 
     // Weights and tables: uploaded the first time only.
@@ -391,8 +394,8 @@ private:
             // Sized for the whole store now: attend's views reach the padded slots past
             // what project's views cover, and growing the array then would drop the
             // keys and values project just wrote.
-            scratch_k_.reserve(device_, bytes, platform_.backend);
-            scratch_v_.reserve(device_, bytes, platform_.backend);
+            scratch_k_.reserve(device_, bytes, platform_);
+            scratch_v_.reserve(device_, bytes, platform_);
             return {scratch_k_, scratch_v_};
         }
         if (kv.version() != cache_.version) {
@@ -460,9 +463,9 @@ void run_halide_rope(const HalidePlatform &platform, const halide_device_interfa
     if (device) {
         for (auto [view, array] : {std::pair{&x, &x_array}, {&positions, &positions_array}, {&cos, &cos_array},
                                    {&sin, &sin_array}}) {
-            place_on_device(*view, *array, device, platform.backend, Sync::upload);
+            place_on_device(*view, *array, device, platform, Sync::upload);
         }
-        place_on_device(out, out_array, device, platform.backend, Sync::download);
+        place_on_device(out, out_array, device, platform, Sync::download);
     }
     check(platform.pipelines.rope(x.get(), positions.get(), cos.get(), sin.get(), rope.style, rope.rotary_dim, out.get()),
           platform.backend, "pipeline gqa_rope");

@@ -56,6 +56,11 @@ struct HalidePlatform {
     int (*can_use_target_features)(int count, const uint64_t *features);
     // A short name for a variant's instruction set, given its features.
     const char *(*isa_name)(const uint64_t *features);
+    // A GPU platform's native handle of a buffer's device memory, as its device
+    // interface's wrap_native takes it (halide_cuda_get_device_ptr: a CUdeviceptr;
+    // for OpenCL halide_opencl_get_cl_mem, a cl_mem, where halide_buffer_t::device
+    // is Halide's own record of it). Null for a CPU platform.
+    uintptr_t (*native_device_handle)(void *user_context, halide_buffer_t *buffer);
 };
 
 // The CPU pipelines of this build, defined by the architecture's file

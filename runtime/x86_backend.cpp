@@ -47,7 +47,8 @@ const HalidePlatform &halide_platform() {
     static const HalidePlatform platform{.backend = Backend::x86,
                                          .pipelines = pipelines_x86,
                                          .can_use_target_features = capped_can_use_target_features,
-                                         .isa_name = x86_isa_name};
+                                         .isa_name = x86_isa_name,
+                                         .native_device_handle = nullptr};
     return platform;
 }
 
