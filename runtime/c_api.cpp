@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gqa/attention.hpp"
+#include "validation.h"
 
 struct gqa_attention {
     gqa::Attention layer;
@@ -213,8 +214,8 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
         const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
                              view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
                              view(weights->bv, {kv}),   view(weights->bo, {d}),     view(weights->sinks, {c.num_heads}),
-                             view(weights->q_norm, {c.qk_norm == gqa::QkNorm::all_heads ? q : c.head_dim}),
-                             view(weights->k_norm, {c.qk_norm == gqa::QkNorm::all_heads ? kv : c.head_dim})};
+                             view(weights->q_norm, {gqa::detail::qk_norm_size(c, false)}),
+                             view(weights->k_norm, {gqa::detail::qk_norm_size(c, true)})};
         *layer = new gqa_attention{gqa::Attention(c, w, to_backend(backend))};
     });
 }

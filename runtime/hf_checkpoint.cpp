@@ -23,15 +23,24 @@ using detail::fail;
 using detail::SafetensorsFile;
 using nlohmann::json;
 
-// The model types this version computes, and how those that normalise q and k do.
-const std::set<std::string> kSupportedModels = {"llama", "mistral", "qwen2",  "qwen3",  "olmo2",
-                                                "gemma2", "gemma3_text", "gpt_oss", "phi3"};
-const std::map<std::string, QkNorm> kQkNorms = {
-    {"qwen3", QkNorm::per_head}, {"gemma3_text", QkNorm::per_head}, {"olmo2", QkNorm::all_heads}};
-// Gemma 3's norms scale by 1 + w rather than w.
-bool norm_weight_is_offset(const std::string &model_type) {
-    return model_type == "gemma3_text";
-}
+// The model types this version computes, with what sets their attention apart
+// beyond config.json's generic fields.
+struct ModelType {
+    QkNorm qk_norm = QkNorm::none;
+    bool norm_weight_offset = false;    // the norms scale by 1 + w (Gemma 3)
+    bool local_rope_on_sliding = false; // sliding layers: rope_local_base_freq, no scaling (Gemma 3)
+};
+const std::map<std::string, ModelType> kModelTypes = {
+    {"llama", {}},
+    {"mistral", {}},
+    {"qwen2", {}},
+    {"qwen3", {.qk_norm = QkNorm::per_head}},
+    {"olmo2", {.qk_norm = QkNorm::all_heads}},
+    {"gemma2", {}},
+    {"gemma3_text", {.qk_norm = QkNorm::per_head, .norm_weight_offset = true, .local_rope_on_sliding = true}},
+    {"gpt_oss", {}},
+    {"phi3", {}},
+};
 
 json read_json(const std::filesystem::path &path) {
     std::ifstream in(path);
@@ -236,10 +245,13 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     const ConfigFile file(dir / "config.json");
     HfLayer out;
     out.model_type = file.require<std::string>("model_type");
-    if (!kSupportedModels.count(out.model_type)) {
-        fail(file.path(), ": model_type '", out.model_type, "' is not one this version knows (llama, mistral, qwen2, ",
-             "qwen3, olmo2, gemma2, gemma3_text, gpt_oss, phi3)");
+    const auto known_type = kModelTypes.find(out.model_type);
+    if (known_type == kModelTypes.end()) {
+        std::string known;
+        for (const auto &[name, type] : kModelTypes) known += (known.empty() ? "" : ", ") + name;
+        fail(file.path(), ": model_type '", out.model_type, "' is not one this version knows (", known, ")");
     }
+    const ModelType &model = known_type->second;
     const int layers = file.require<int>("num_hidden_layers");
     if (layer < 0 || layer >= layers) fail("layer is ", layer, "; ", file.path(), " has ", layers, " layers");
 
@@ -267,8 +279,7 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
                                std::to_string(c.head_dim) + " dims)");
     }
     const int window = sliding_window(file, out.model_type, layer);
-    if (out.model_type == "gemma3_text" && window > 0) {
-        // Gemma 3's sliding layers rotate with their own base and no scaling.
+    if (model.local_rope_on_sliding && window > 0) {
         c.rope_base = file.require<double>("rope_local_base_freq");
         out.features.push_back("local RoPE base " + std::to_string(int64_t(c.rope_base)));
     } else {
@@ -278,11 +289,11 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         c.window = window;
         out.features.push_back("sliding window " + std::to_string(window));
     }
-    if (const auto norm = kQkNorms.find(out.model_type); norm != kQkNorms.end()) {
-        c.qk_norm = norm->second;
+    if (model.qk_norm != QkNorm::none) {
+        c.qk_norm = model.qk_norm;
         c.qk_norm_eps = file.require<double>("rms_norm_eps");
         out.features.push_back(std::string("q/k RMSNorm ") + (c.qk_norm == QkNorm::per_head ? "per head" : "over all heads") +
-                               (norm_weight_is_offset(out.model_type) ? " (weight 1 + w)" : ""));
+                               (model.norm_weight_offset ? " (weight 1 + w)" : ""));
     }
     if (file.has("query_pre_attn_scalar")) {
         const double scalar = file.require<double>("query_pre_attn_scalar");
@@ -345,10 +356,9 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     w.bo = optional_tensor("o_proj.bias", d);
     w.sinks = optional_tensor("sinks", c.num_heads);
     if (c.qk_norm != QkNorm::none) {
-        const bool per_head = c.qk_norm == QkNorm::per_head;
-        w.q_norm = checkpoint.read(prefix + "q_norm.weight", {per_head ? c.head_dim : q});
-        w.k_norm = checkpoint.read(prefix + "k_norm.weight", {per_head ? c.head_dim : kv});
-        if (norm_weight_is_offset(out.model_type)) {
+        w.q_norm = checkpoint.read(prefix + "q_norm.weight", {detail::qk_norm_size(c, false)});
+        w.k_norm = checkpoint.read(prefix + "k_norm.weight", {detail::qk_norm_size(c, true)});
+        if (model.norm_weight_offset) {
             for (std::vector<float> *weight : {&w.q_norm, &w.k_norm}) {
                 for (float &value : *weight) value += 1.f;
             }

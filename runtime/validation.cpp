@@ -114,6 +114,11 @@ void validate_rope_scaling(const Config &c, int pairs) {
 
 }  // namespace
 
+int64_t qk_norm_size(const Config &c, bool keys) {
+    if (c.qk_norm == QkNorm::per_head) return c.head_dim;
+    return int64_t(keys ? c.num_kv_heads : c.num_heads) * c.head_dim;
+}
+
 void validate_rope(const Config &c) {
     require_positive("head_dim", c.head_dim);
     require_positive("max_seq_len", c.max_seq_len);
@@ -169,9 +174,8 @@ void validate_weights(const Config &c, const Weights &w) {
         if (w.q_norm.data || w.k_norm.data) fail("q_norm / k_norm are given, but config.qk_norm is none");
         return;
     }
-    const bool per_head = c.qk_norm == QkNorm::per_head;
-    validate_tensor("q_norm", w.q_norm, {per_head ? c.head_dim : q}, false);
-    validate_tensor("k_norm", w.k_norm, {per_head ? c.head_dim : kv}, false);
+    validate_tensor("q_norm", w.q_norm, {qk_norm_size(c, false)}, false);
+    validate_tensor("k_norm", w.k_norm, {qk_norm_size(c, true)}, false);
 }
 
 // Positions for RoPE, one per token of x: input_pos [s], [b, s], [b] (s == 1), or

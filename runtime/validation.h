@@ -49,6 +49,9 @@ void allocate(const char *what, size_t elements, size_t element_bytes, Allocate 
 }
 
 int effective_rotary_dim(const Config &c);
+// The length of the q_norm (or, for keys, k_norm) weight config.qk_norm takes: head_dim
+// per head, all of a token's q (or k) values over all heads.
+int64_t qk_norm_size(const Config &c, bool keys);
 void validate_rope(const Config &c);
 void validate_config(const Config &c);
 void validate_weights(const Config &c, const Weights &w);
