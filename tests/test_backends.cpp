@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <optional>
+#include <ostream>
 #include <random>
 #include <string>
 #include <tuple>
@@ -250,6 +252,59 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, PrefillThenDecode,
                          [](const auto &info) {
                              return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" +
                                     std::get<1>(info.param).name;
+                         });
+
+// ---------------------------------------------------------------------------------------
+// One decode step against caches of many lengths: across the 32-key blocks and the
+// 256-key splits of the GPU decode, their edges, and a window that leaves splits
+// out. On pocl the first GPU decode schedule gave z divided by its block's thread
+// rows (issue 16); the short vectors never reach a second block.
+
+struct LongDecodeCase {
+    int cached;  // slots before the step
+    std::optional<int> window;
+
+    friend void PrintTo(const LongDecodeCase &c, std::ostream *os) {
+        *os << c.cached << " cached" << (c.window ? ", window " + std::to_string(*c.window) : "");
+    }
+};
+
+class LongCacheDecode : public testing::TestWithParam<std::tuple<gqa::Backend, LongDecodeCase>> {};
+
+TEST_P(LongCacheDecode, MatchesReference) {
+    const auto [backend, c] = GetParam();
+    constexpr int batch = 2;
+    gqa::Config config = gqa_test::make_config(128, 8, 2, 64, c.cached + 1);
+    config.window = c.window;
+    const auto weights = gqa_test::random_weights(config, false, 61);
+    const int64_t kv_heads = config.num_kv_heads, hd = config.head_dim;
+    const auto k = gqa_test::random_normal({batch, kv_heads, c.cached, hd}, 1.0, 62);
+    const auto v = gqa_test::random_normal({batch, kv_heads, c.cached, hd}, 1.0, 63);
+    const auto step = gqa_test::random_input(config, batch, 1, 64);
+    std::vector<float> out[2], z[2];
+    int n = 0;
+    for (gqa::Backend b : {gqa::Backend::reference, backend}) {
+        gqa::Attention layer(config, weights.view(), b);
+        layer.setup_cache(batch, c.cached + 1);
+        layer.append_cache(k.view(), v.view());
+        out[n] = layer.forward(step.view());
+        z[n++] = gqa_test::copy_of(layer.z());
+    }
+    EXPECT_TRUE(all_close(z[1], z[0]));
+    EXPECT_TRUE(all_close(out[1], out[0]));
+}
+
+const LongDecodeCase long_decode_cases[] = {{31, {}},  {63, {}},  {255, {}}, {256, {}}, {299, {}},
+                                            {512, {}}, {1023, {}}, {2048, {}}, {31, 64},  {63, 64},
+                                            {299, 64}, {2048, 64}};
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, LongCacheDecode,
+                         testing::Combine(testing::ValuesIn(gqa_test::backends_under_test()),
+                                          testing::ValuesIn(long_decode_cases)),
+                         [](const auto &info) {
+                             const LongDecodeCase &c = std::get<1>(info.param);
+                             return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" +
+                                    std::to_string(c.cached) + (c.window ? "_window" + std::to_string(*c.window) : "");
                          });
 
 // ---------------------------------------------------------------------------------------

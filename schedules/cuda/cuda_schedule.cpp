@@ -14,6 +14,8 @@ using namespace Halide;
 namespace {
 
 constexpr int kWarp = 32;
+// Split-K decode's second thread dimension: heads of the group (4 of Llama's 4 or 8).
+constexpr int kDecodeHeadThreads = 4;
 
 // Splits `v` so that its inner `threads` iterations become GPU threads.
 template <typename StageOrFunc>
@@ -202,7 +204,7 @@ void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs)
     const Var lane = decode ? rt : ii;
     auto split_rows = [&](Stage s) {
         s.split(i, io, ii, query_block, TailStrategy::GuardWithIf);
-        if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
+        if (decode) s.split(r, rout, rt, kDecodeHeadThreads, TailStrategy::GuardWithIf);
     };
 
     a.state.compute_root();
@@ -236,7 +238,9 @@ void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs)
         for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_at(a.z, dt);
     }
 
-    // Per key block, at block level inside the serial loop over blocks.
+    // Per key block, at block level inside the serial loop over blocks. Decode
+    // stages K with as many thread rows as the state update has (the group's
+    // heads), so that no block-level stage leaves thread rows idle.
     const LoopLevel step(a.state, a.blocks.x);
     Func k_tile = a.k_cache.in(a.qk);
     const std::vector<Var> kargs = k_tile.args();  // (d, t, kvh, b)
@@ -245,26 +249,38 @@ void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs)
         .store_in(MemoryType::GPUShared)
         .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
         .split(kargs[0], kdo, kdt, kWarp, TailStrategy::GuardWithIf)
-        .split(kargs[1], kto, kti, 8, TailStrategy::GuardWithIf)
+        .split(kargs[1], kto, kti, decode ? kDecodeHeadThreads : query_block, TailStrategy::GuardWithIf)
         .reorder(kdt, kti, kdo, kto)
         .gpu_threads(kdt, kti);
     // Scores of the block: a thread per (key, query or head), the dot over d serial.
-    for (Func f : {a.qk, a.block_exp}) {
+    std::vector<Func> block_scores{a.qk};
+    if (!decode) block_scores.push_back(a.block_exp);
+    for (Func f : block_scores) {
         f.compute_at(step).store_in(MemoryType::GPUShared);
         std::vector<Stage> stages{Stage(f)};
         if (f.has_update_definition()) stages.push_back(f.update());
         for (Stage s : stages) {
             s.split(tk, tout, tt, kWarp, TailStrategy::GuardWithIf);
-            if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
+            if (decode) s.split(r, rout, rt, kDecodeHeadThreads, TailStrategy::GuardWithIf);
             s.gpu_threads(tt, decode ? rt : i);
         }
     }
-    // Row statistics of the block: a thread per row (query, or head for decode).
-    for (Func f : {a.block_max, a.block_sum}) {
-        f.compute_at(step).store_in(MemoryType::GPUShared);
-        for (Stage s : {Stage(f), f.update()}) {
-            if (decode) s.split(r, rout, rt, 4, TailStrategy::GuardWithIf);
-            s.gpu_threads(decode ? rt : i);
+    if (decode) {
+        // Each thread derives its row's max and sum of the block itself, from the
+        // scores in shared memory (32 keys: cheap next to its P.V), and recomputes
+        // exp(score - max) where it uses it. Row statistics as block-level stages of
+        // their own ran on pocl with every work-item of the block instead of one per
+        // row, multiplying the sums by the block's thread rows (issue 16).
+        a.block_exp.compute_inline();
+        for (Func f : {a.block_max, a.block_sum}) {
+            f.compute_at(LoopLevel(a.state, dt)).store_in(MemoryType::Register);
+            for (const Var &v : f.args()) f.bound_extent(v, 1);
+        }
+    } else {
+        // Row statistics of the block: a thread per query.
+        for (Func f : {a.block_max, a.block_sum}) {
+            f.compute_at(step).store_in(MemoryType::GPUShared);
+            for (Stage s : {Stage(f), f.update()}) s.gpu_threads(i);
         }
     }
     // Each thread's own block P.V: one value, in a register.
