@@ -202,4 +202,12 @@ else ()
         gqa_add_pipelines(cuda TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-cuda-cuda_capability_70
                           RUNTIME gqa_rope_x86.runtime)
     endif ()
+    # OpenCL: the same GPU schedules as OpenCL C, which the driver compiles at first
+    # use (pocl runs them on the CPU in CI); the x86 runtime gains the OpenCL module.
+    # The sanitize preset leaves them out: pocl compiles kernels with its own LLVM
+    # inside the process, which is not code of ours to sanitize.
+    option(GQA_BUILD_OPENCL "Build the OpenCL libraries (they need no OpenCL SDK)" ON)
+    if (GQA_BUILD_OPENCL)
+        gqa_add_pipelines(opencl TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-opencl RUNTIME gqa_rope_x86.runtime)
+    endif ()
 endif ()

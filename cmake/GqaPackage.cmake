@@ -4,10 +4,10 @@
 # Nothing in it needs libHalide, at build or at run time.
 #
 #   <prefix>/include/gqa/...
-#   <prefix>/lib/libgqa_x86.a, libgqa_x86_cuda.a          (x86-64)
+#   <prefix>/lib/libgqa_x86.a, libgqa_x86_cuda.a, libgqa_x86_opencl.a   (x86-64)
 #   <prefix>/lib/aarch64-linux-gnu/libgqa_arm.a            (from the aarch64 half)
 #   <prefix>/lib/cmake/gqa/gqaConfig.cmake, gqaConfigVersion.cmake
-#   <prefix>/lib/pkgconfig/gqa.pc (x86), gqa-cuda.pc, gqa-arm.pc
+#   <prefix>/lib/pkgconfig/gqa.pc (x86), gqa-cuda.pc, gqa-opencl.pc, gqa-arm.pc
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -24,7 +24,7 @@ function(gqa_package_archive runtime)
             list(APPEND archives $<TARGET_FILE:${library}>)
         endforeach ()
     endforeach ()
-    list(REMOVE_DUPLICATES archives)  # the CUDA pipelines share the x86 Halide runtime
+    list(REMOVE_DUPLICATES archives)  # the GPU pipelines share the x86 Halide runtime
     set(output ${PROJECT_BINARY_DIR}/package/lib${runtime}.a)
     set(script ${PROJECT_BINARY_DIR}/package/lib${runtime}.mri)
     list(TRANSFORM archives PREPEND "ADDLIB ")
@@ -41,10 +41,12 @@ endfunction()
 
 gqa_package_archive(gqa_${GQA_BACKEND} gqa_pipelines_${GQA_BACKEND})
 set(gqa_archives ${GQA_PACKAGE_ARCHIVE})
-if (TARGET gqa_${GQA_BACKEND}_cuda)
-    gqa_package_archive(gqa_${GQA_BACKEND}_cuda gqa_pipelines_${GQA_BACKEND} gqa_pipelines_cuda)
-    list(APPEND gqa_archives ${GQA_PACKAGE_ARCHIVE})
-endif ()
+foreach (gpu IN ITEMS cuda opencl)
+    if (TARGET gqa_${GQA_BACKEND}_${gpu})
+        gqa_package_archive(gqa_${GQA_BACKEND}_${gpu} gqa_pipelines_${GQA_BACKEND} gqa_pipelines_${gpu})
+        list(APPEND gqa_archives ${GQA_PACKAGE_ARCHIVE})
+    endif ()
+endforeach ()
 
 # The aarch64 half (cmake/GqaAarch64.cmake) only builds its archive; the host
 # build installs everything, that archive included.
@@ -66,10 +68,12 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/gqa DESTINATION ${CMAKE_INSTALL_
 install(FILES ${gqa_archives} DESTINATION ${CMAKE_INSTALL_LIBDIR})
 gqa_package_pkgconfig(gqa ${CMAKE_INSTALL_LIBDIR} gqa_x86)
 set(GQA_PACKAGE_COMPONENTS x86)
-if (TARGET gqa_x86_cuda)
-    gqa_package_pkgconfig(gqa-cuda ${CMAKE_INSTALL_LIBDIR} gqa_x86_cuda)
-    list(APPEND GQA_PACKAGE_COMPONENTS cuda)
-endif ()
+foreach (gpu IN ITEMS cuda opencl)
+    if (TARGET gqa_x86_${gpu})
+        gqa_package_pkgconfig(gqa-${gpu} ${CMAKE_INSTALL_LIBDIR} gqa_x86_${gpu})
+        list(APPEND GQA_PACKAGE_COMPONENTS ${gpu})
+    endif ()
+endforeach ()
 if (GQA_BUILD_AARCH64)
     install(FILES ${GQA_AARCH64_BINARY_DIR}/package/libgqa_arm.a DESTINATION ${CMAKE_INSTALL_LIBDIR}/aarch64-linux-gnu)
     gqa_package_pkgconfig(gqa-arm ${CMAKE_INSTALL_LIBDIR}/aarch64-linux-gnu gqa_arm)

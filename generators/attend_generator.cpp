@@ -35,9 +35,9 @@ public:
 
     // Added here for their cache_type; they come after the inputs above.
     void configure() {
-        require_cache_type();
-        k_cache_ = add_input<Buffer<>>("k_cache", cache_type, 4);  // (d, slot, kv head, batch)
-        v_cache_ = add_input<Buffer<>>("v_cache", cache_type, 4);
+        const Type element = cache_storage(get_target());
+        k_cache_ = add_input<Buffer<>>("k_cache", element, 4);  // (d, slot, kv head, batch)
+        v_cache_ = add_input<Buffer<>>("v_cache", element, 4);
         if (with_pattern) pattern_ = add_output<Buffer<float, 5>>("pattern");  // (slot, query, r, kv head, batch)
     }
 

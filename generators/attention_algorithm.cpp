@@ -49,6 +49,10 @@ Expr clamped_position(const RopeInputs &rope, const Expr &m) {
     return clamp(rope.positions(m), 0, rope.table_len - 1);
 }
 
+Expr to_cache_element(const Type &cache_type, const Expr &value) {
+    return cache_type == UInt(16) ? narrow_half(value) : cast(cache_type, value);
+}
+
 }  // namespace
 
 Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const QkNormInputs &norm,
@@ -92,11 +96,11 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     p.new_tokens = RDom(0, shape.seq_len, "new_tokens");
     const Expr token = b * shape.seq_len + p.new_tokens, slot = shape.write_slot + p.new_tokens;
     k_out(d, t, kvh, b) = undef(cache_type);
-    k_out(d, slot, kvh, b) = cast(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
+    k_out(d, slot, kvh, b) = to_cache_element(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
                                                      clamped_position(rope, token), rope.cos_table, rope.sin_table,
                                                      rope.style, rope.rotary_dim));
     v_out(d, t, kvh, b) = undef(cache_type);
-    v_out(d, slot, kvh, b) = cast(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
+    v_out(d, slot, kvh, b) = to_cache_element(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
     p.q = q_out;
     p.k = k_out;
     p.v = v_out;
@@ -113,6 +117,30 @@ Expr widen_half(const Expr &half) {
     const Expr special = reinterpret<float>(moved | 0x7f800000);
     const Expr magnitude = select((bits & 0x7c00) == 0x7c00, special, finite);
     return reinterpret<float>(reinterpret<uint32_t>(magnitude) | ((bits & 0x8000) << 16));
+}
+
+Expr narrow_half(const Expr &value) {
+    auto u32 = [](uint32_t c) { return Expr(c); };
+    const Expr bits = reinterpret<uint32_t>(value);
+    const Expr magnitude = bits & u32(0x7fffffff);
+    // `kept` plus one where the bits dropped from it were over half its last place
+    // (`tie`), or exactly half with `kept` odd: nearest, ties to even.
+    auto rounded = [&](const Expr &kept, const Expr &dropped, const Expr &tie) {
+        return kept + select(dropped > tie || (dropped == tie && (kept & u32(1)) == u32(1)), u32(1), u32(0));
+    };
+    // Normal halves: the exponent rebiased (127 -> 15) and 13 mantissa bits rounded
+    // off; a carry moves into the exponent, and past the largest finite to infinity.
+    const Expr normal = min(rounded((magnitude - u32(0x38000000)) >> 13, magnitude & u32(0x1fff), u32(0x1000)),
+                            u32(0x7c00));
+    // Subnormal halves: the value in units of 2^-24, implicit bit included; from a
+    // shift of 25 on everything rounds to zero.
+    const Expr shift = min(u32(126) - (magnitude >> 23), u32(25));
+    const Expr mantissa = (magnitude & u32(0x7fffff)) | u32(0x800000);
+    const Expr subnormal =
+        rounded(mantissa >> shift, mantissa & ((u32(1) << shift) - u32(1)), u32(1) << (shift - u32(1)));
+    const Expr half = select(magnitude > u32(0x7f800000), u32(0x7e00),  // NaN stays NaN (quiet)
+                             magnitude >= u32(0x38800000), normal, subnormal);
+    return cast<uint16_t>(half | ((bits >> 16) & u32(0x8000)));
 }
 
 namespace {
@@ -144,7 +172,9 @@ Expr mask_allows(const AttendInputs &in, const Expr &t, const Expr &i, const Exp
 }
 
 Expr widen(const Expr &element, bool native_half_widening) {
-    if (element.type() == Float(16) && !native_half_widening) return widen_half(element);
+    if (element.type() == UInt(16) || (element.type() == Float(16) && !native_half_widening)) {
+        return widen_half(element);
+    }
     return cast<float>(element);
 }
 
@@ -167,7 +197,8 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
-    a.half_cache = Expr(in.k_cache(d, t, kvh, b)).type() == Float(16);
+    const Type element = Expr(in.k_cache(d, t, kvh, b)).type();
+    a.half_cache = element == Float(16) || element == UInt(16);
     constexpr int P = layout::kKeySlotPadding;
     const Expr slot = min(t, (in.kv_len + P - 1) / P * P - 1);
     a.k_cache(d, t, kvh, b) = widen(in.k_cache(d, slot, kvh, b), in.native_half_widening);

@@ -95,7 +95,8 @@ struct ProjectShape {
     Halide::Expr write_slot;  // the cache slot of each batch row's first token
 };
 
-// k_out and v_out hold cache_type elements (fp32, or fp16 rounded to nearest even).
+// k_out and v_out hold cache_type elements: fp32, or fp16 rounded to nearest even,
+// either as float16 or as its bits in uint16 (see narrow_half).
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
                        const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
                        int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out,
@@ -164,9 +165,14 @@ struct AttendBlocked : AttendScores {
 // the target has no conversion instruction it uses (x86: it never emits F16C).
 Halide::Expr widen_half(const Halide::Expr &half);
 
+// fp32 -> the bits of the nearest fp16 (ties to even; subnormals, infinities, and
+// NaN as a quiet NaN), with integer operations, as gqa::float_to_half rounds. For
+// targets where Halide's float16 type is unusable: OpenCL without cl_khr_fp16.
+Halide::Expr narrow_half(const Halide::Expr &value);
+
 struct AttendInputs {
     Halide::Func q, mask;
-    Halide::Func k_cache, v_cache;  // fp32 or fp16 elements; widened to fp32 as read
+    Halide::Func k_cache, v_cache;  // fp32, fp16 or fp16 bits (uint16); widened to fp32 as read
     // kv_len is the number of valid key slots; k_cache/v_cache may extend past it
     // (up to kv_len rounded up to layout::kKeySlotPadding) and those slots are ignored.
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch;

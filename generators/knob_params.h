@@ -29,10 +29,12 @@ struct KnobParams {
     // Element type of the KV cache the pipeline writes or reads: float32 or float16.
     Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
 
-    void require_cache_type() const {
+    // cache_type, checked, as the target stores it (schedules::cache_storage_type).
+    Halide::Type cache_storage(const Halide::Target &target) const {
         const Halide::Type type = cache_type;
         schedules::require(type == Halide::Float(32) || type == Halide::Float(16),
                            "cache_type must be float32 or float16");
+        return schedules::cache_storage_type(target, type);
     }
 
     bool knobs_apply(const Halide::Target &target) const {

@@ -31,9 +31,8 @@ public:
     // k, v: (d, slot, kv head, batch), the whole cache, of cache_type; added here for
     // that type, after q.
     void configure() {
-        require_cache_type();
-        k_ = add_output<Buffer<>>("k", cache_type, 4);
-        v_ = add_output<Buffer<>>("v", cache_type, 4);
+        k_ = add_output<Buffer<>>("k", cache_storage(get_target()), 4);
+        v_ = add_output<Buffer<>>("v", cache_storage(get_target()), 4);
     }
 
     void generate() {
@@ -47,7 +46,7 @@ public:
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
         project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
-                                        token_group, q, *k_, *v_, cache_type);
+                                        token_group, q, *k_, *v_, cache_storage(get_target()));
     }
 
     void schedule() {

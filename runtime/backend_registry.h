@@ -34,6 +34,7 @@ Backend resolve_backend(Backend backend);
 BackendEntry reference_backend_entry();
 BackendEntry x86_backend_entry();
 BackendEntry arm_backend_entry();
+BackendEntry opencl_backend_entry();
 BackendEntry cuda_backend_entry();
 
 }  // namespace gqa::detail

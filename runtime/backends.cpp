@@ -13,16 +13,17 @@ std::string_view backend_name(Backend backend) {
     case Backend::x86: return "x86";
     case Backend::arm: return "arm";
     case Backend::cuda: return "cuda";
+    case Backend::opencl: return "opencl";
     case Backend::best: return "best";
     }
     return "unknown";
 }
 
 Backend backend_from_name(std::string_view name) {
-    for (Backend b : {Backend::reference, Backend::x86, Backend::arm, Backend::cuda, Backend::best}) {
+    for (Backend b : {Backend::reference, Backend::x86, Backend::arm, Backend::cuda, Backend::opencl, Backend::best}) {
         if (backend_name(b) == name) return b;
     }
-    detail::fail("unknown backend '", name, "'; expected reference, x86, arm, cuda or best");
+    detail::fail("unknown backend '", name, "'; expected reference, x86, arm, cuda, opencl or best");
 }
 
 std::vector<Backend> available_backends() {

@@ -62,6 +62,7 @@ std::optional<gqa::Backend> known_backend(const gqa_backend &backend) {
     case GQA_BACKEND_X86: return gqa::Backend::x86;
     case GQA_BACKEND_ARM: return gqa::Backend::arm;
     case GQA_BACKEND_CUDA: return gqa::Backend::cuda;
+    case GQA_BACKEND_OPENCL: return gqa::Backend::opencl;
     case GQA_BACKEND_BEST: return gqa::Backend::best;
     }
     return std::nullopt;
@@ -69,7 +70,7 @@ std::optional<gqa::Backend> known_backend(const gqa_backend &backend) {
 
 gqa::Backend to_backend(const gqa_backend &backend) {
     if (const std::optional<gqa::Backend> known = known_backend(backend)) return *known;
-    invalid("backend is " + std::to_string(enum_value(backend)) + "; expected a gqa_backend value (0 to 4)");
+    invalid("backend is " + std::to_string(enum_value(backend)) + "; expected a gqa_backend value (0 to 5)");
 }
 
 // A C enum whose values 0, 1, ... name `values` in order (as gqa.h declares them).
@@ -231,6 +232,7 @@ gqa_backend gqa_attention_backend(const gqa_attention *layer) {
     case gqa::Backend::x86: return GQA_BACKEND_X86;
     case gqa::Backend::arm: return GQA_BACKEND_ARM;
     case gqa::Backend::cuda: return GQA_BACKEND_CUDA;
+    case gqa::Backend::opencl: return GQA_BACKEND_OPENCL;
     case gqa::Backend::best: break;
     }
     return GQA_BACKEND_BEST;

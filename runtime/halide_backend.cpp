@@ -131,7 +131,6 @@ private:
 };
 
 const halide_type_t kF32{halide_type_float, 32, 1};
-const halide_type_t kF16{halide_type_float, 16, 1};
 const halide_type_t kI32{halide_type_int, 32, 1};
 const halide_type_t kU8{halide_type_uint, 8, 1};
 
@@ -348,8 +347,8 @@ private:
 
     // Slots [0, slots) of every kv head and batch row of one of the cache's arrays,
     // as the pipelines see them: (hd, slot, kv head, row).
-    static View slots_view(const KvCache &kv, const void *array, int slots) {
-        return View(array, kv.type() == CacheType::f16 ? kF16 : kF32,
+    View slots_view(const KvCache &kv, const void *array, int slots) const {
+        return View(array, kv.type() == CacheType::f16 ? platform_.half_cache_element : kF32,
                     {{kv.head_dim(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
                      {kv.batch(), kv.row_stride()}});
     }

@@ -61,6 +61,9 @@ struct HalidePlatform {
     // for OpenCL halide_opencl_get_cl_mem, a cl_mem, where halide_buffer_t::device
     // is Halide's own record of it). Null for a CPU platform.
     uintptr_t (*native_device_handle)(void *user_context, halide_buffer_t *buffer);
+    // The element type the pipelines take an fp16 cache as: float16, or its bits
+    // (uint16) where the target stores it so (schedules::cache_storage_type: OpenCL).
+    halide_type_t half_cache_element = {halide_type_float, 16, 1};
 };
 
 // The CPU pipelines of this build, defined by the architecture's file

@@ -55,6 +55,14 @@ bool native_half_widening(const Target &target) {
     return target.has_feature(Target::CUDA) || target.has_feature(Target::ARMFp16);
 }
 
+// fp16 as its bits on OpenCL: Halide 14 needs cl_half for any float16 there, and
+// with it every kernel declares half helpers, which a device without cl_khr_fp16
+// (pocl) refuses to build; the bits need only integer operations (algo::narrow_half,
+// algo::widen_half).
+Type cache_storage_type(const Target &target, const Type &cache_type) {
+    return cache_type == Float(16) && target.has_feature(Target::OpenCL) ? UInt(16) : cache_type;
+}
+
 void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
     case Family::cuda: return cuda::schedule_project(p, target, knobs);

@@ -15,7 +15,7 @@ import math
 import sys
 from pathlib import Path
 
-BACKEND_ORDER = ["x86", "arm", "cuda", "baseline", "torch", "reference"]
+BACKEND_ORDER = ["x86", "arm", "cuda", "opencl", "baseline", "torch", "reference"]
 PART_ORDER = ["layer", "proj", "core"]
 PROBE_PART = "probe"
 TIME_TO_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}

@@ -686,7 +686,7 @@ struct Options {
 };
 
 constexpr const char *usage =
-    "usage: gqa-conformance [--backend NAME|all] [--atol X] [--rtol X] [--cases REGEX] DIR";
+    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--atol X] [--rtol X] [--cases REGEX] DIR";
 
 double parse_tolerance(const std::string &flag, const std::string &text) {
     size_t used = 0;
@@ -733,27 +733,37 @@ Options parse_options(int argc, char **argv) {
     return options;
 }
 
-std::vector<gqa::Backend> selected_backends(const std::string &name) {
-    std::vector<gqa::Backend> available = gqa::available_backends();
-    std::erase(available, gqa::Backend::best);  // an alias of one of the others
-    if (name == "all") return available;
-
+// One backend by name; a GPU one without a device is NoDevice.
+gqa::Backend selected_backend(const std::string &name, const std::vector<gqa::Backend> &available) {
     gqa::Backend backend;
     try {
         backend = gqa::backend_from_name(name);
     } catch (const gqa::Error &error) {
         throw InvalidInput(std::string("--backend: ") + error.what());
     }
-    if (backend != gqa::Backend::best && gqa::backend_built(backend) &&
-        std::find(available.begin(), available.end(), backend) == available.end()) {
+    if (backend == gqa::Backend::best || std::find(available.begin(), available.end(), backend) != available.end()) {
+        return backend;
+    }
+    if (gqa::backend_built(backend)) {
         throw NoDevice("backend " + name + " is built but " + gqa::backend_unavailable_reason(backend));
     }
-    if (backend != gqa::Backend::best && std::find(available.begin(), available.end(), backend) == available.end()) {
-        std::string names;
-        for (gqa::Backend each : available) names += " " + std::string(gqa::backend_name(each));
-        throw InvalidInput("backend " + name + " is not available in this build (available:" + names + ")");
+    std::string names;
+    for (gqa::Backend each : available) names += " " + std::string(gqa::backend_name(each));
+    throw InvalidInput("backend " + name + " is not available in this build (available:" + names + ")");
+}
+
+// "all", or backend names separated by commas.
+std::vector<gqa::Backend> selected_backends(const std::string &names) {
+    std::vector<gqa::Backend> available = gqa::available_backends();
+    std::erase(available, gqa::Backend::best);  // an alias of one of the others
+    if (names == "all") return available;
+    std::vector<gqa::Backend> selected;
+    for (size_t begin = 0; begin <= names.size();) {
+        const size_t end = std::min(names.find(',', begin), names.size());
+        selected.push_back(selected_backend(names.substr(begin, end - begin), available));
+        begin = end + 1;
     }
-    return {backend};
+    return selected;
 }
 
 // A manifest whose arrays do not fit its config (a weight of the wrong shape, an x

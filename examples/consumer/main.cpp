@@ -62,7 +62,7 @@ int main() {
                     std::string(gqa::backend_name(backend)).c_str(), gqa::backend_isa(backend).c_str(), worst,
                     ok ? "ok" : "FAILED");
     }
-    for (gqa::Backend backend : {gqa::Backend::x86, gqa::Backend::arm, gqa::Backend::cuda}) {
+    for (gqa::Backend backend : {gqa::Backend::x86, gqa::Backend::arm, gqa::Backend::cuda, gqa::Backend::opencl}) {
         const std::string why = gqa::backend_unavailable_reason(backend);
         if (gqa::backend_built(backend) && !why.empty()) {
             std::printf("%-5s linked in, cannot run here: %s\n", std::string(gqa::backend_name(backend)).c_str(),

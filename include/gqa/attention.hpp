@@ -38,11 +38,12 @@ enum class Backend {
     x86,        // Halide AOT, AVX-512 / AVX2 / SSE4.1 chosen at run time
     arm,        // Halide AOT for aarch64, ARMv8.2 FP16 / ARMv8.0 NEON chosen at run time
     cuda,       // Halide AOT for CUDA (x86-64 hosts): weights and KV cache on the GPU
+    opencl,     // the GPU schedules as OpenCL C (x86-64 hosts): weights and KV cache on the device
     best,       // the fastest backend built for this machine
 };
 
 std::string_view backend_name(Backend backend);
-// "reference", "x86", "arm", "cuda", "best"; throws Error for anything else.
+// "reference", "x86", "arm", "cuda", "opencl", "best"; throws Error for anything else.
 Backend backend_from_name(std::string_view name);
 // Backends compiled into this library that can run here, fastest last.
 std::vector<Backend> available_backends();

@@ -31,6 +31,7 @@ typedef enum gqa_backend {
     GQA_BACKEND_ARM = 2,        /* Halide AOT, ARMv8.2 FP16 / ARMv8.0 NEON chosen at run time */
     GQA_BACKEND_CUDA = 3,       /* Halide AOT for CUDA: weights and KV cache on the GPU */
     GQA_BACKEND_BEST = 4,       /* the fastest backend available here */
+    GQA_BACKEND_OPENCL = 5,     /* the GPU schedules as OpenCL C: weights and KV cache on the device */
     GQA_BACKEND_NONE = -1,      /* returned by gqa_attention_backend(NULL) */
 } gqa_backend;
 
