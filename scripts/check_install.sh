@@ -13,7 +13,8 @@ echo "installed into a temporary prefix:"
 (cd "$prefix" && find . -type f | sort | sed 's/^/  /')
 
 # consumer: the default component (x86); consumer-cuda: x86 + CUDA (which only
-# reports the CUDA backend where a GPU is found); consumer-arm: cross-built for
+# reports the CUDA backend where a GPU is found); consumer-opencl: x86 + OpenCL (on
+# pocl here); consumer-arm: cross-built for
 # aarch64 against the arm component and run under qemu-user.
 configure_and_build() {
     local name=$1
@@ -26,6 +27,8 @@ configure_and_build consumer
 "$scratch/consumer/gqa-consumer-c"
 configure_and_build consumer-cuda -DGQA_COMPONENTS="x86;cuda"
 "$scratch/consumer-cuda/gqa-consumer"
+configure_and_build consumer-opencl -DGQA_COMPONENTS="x86;opencl"
+"$scratch/consumer-opencl/gqa-consumer"
 # A component of the other architecture is refused at configure time, by name.
 if cmake -S examples/consumer -B "$scratch/wrong-arch" -DCMAKE_PREFIX_PATH="$prefix" -DGQA_COMPONENTS=arm \
         > "$scratch/wrong-arch.log" 2>&1 || ! grep -q "component 'arm' does not link into" "$scratch/wrong-arch.log"; then

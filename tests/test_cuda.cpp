@@ -1,7 +1,8 @@
-// The CUDA backend. Where it can run, the whole suite covers it (it is one of the
-// runnable backends); these tests add what is CUDA's own: where it is built but
-// there is no driver or GPU, asking for it is a clear gqa::Error (never an abort)
-// and the GPU tests report as skipped with the reason.
+// The GPU backends. Where they can run, the whole suite covers them (they are
+// runnable backends); these tests add what is theirs: where one is built but there
+// is no driver or device, asking for it is a clear gqa::Error (never an abort) and
+// its tests report as skipped with the reason (CTest's gpu.no_opencl_driver hides
+// pocl to check the OpenCL side of that in CI).
 #include <gmock/gmock.h>
 
 #include <algorithm>
@@ -15,18 +16,24 @@ namespace {
 using gqa_test::error_of;
 using testing::HasSubstr;
 
-TEST(Cuda, WithoutADeviceIsAClearError) {
-    if (!gqa::backend_built(gqa::Backend::cuda)) GTEST_SKIP() << "the CUDA backend is not built into this library";
-    const std::string reason = gqa::backend_unavailable_reason(gqa::Backend::cuda);
-    if (reason.empty()) GTEST_SKIP() << "a CUDA device is present";
+class GpuBackend : public testing::TestWithParam<gqa::Backend> {};
+
+TEST_P(GpuBackend, WithoutADeviceIsAClearError) {
+    const gqa::Backend backend = GetParam();
+    const std::string name(gqa::backend_name(backend));
+    if (!gqa::backend_built(backend)) GTEST_SKIP() << "the " << name << " backend is not built into this library";
+    const std::string reason = gqa::backend_unavailable_reason(backend);
+    if (reason.empty()) GTEST_SKIP() << "a " << name << " device is present";
     const gqa::Config config = gqa_test::make_config(64, 4, 2, 16);
     const auto weights = gqa_test::random_weights(config, false, 5);
-    EXPECT_THAT(error_of([&] { gqa::Attention layer(config, weights.view(), gqa::Backend::cuda); }),
-                HasSubstr(reason));
-    EXPECT_THAT(error_of([&] { gqa::backend_isa(gqa::Backend::cuda); }), HasSubstr("cuda"));
+    EXPECT_THAT(error_of([&] { gqa::Attention layer(config, weights.view(), backend); }), HasSubstr(reason));
+    EXPECT_THAT(error_of([&] { gqa::backend_isa(backend); }), HasSubstr(name));
     const auto available = gqa::available_backends();
-    EXPECT_EQ(std::count(available.begin(), available.end(), gqa::Backend::cuda), 0);
+    EXPECT_EQ(std::count(available.begin(), available.end(), backend), 0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Gpu, GpuBackend, testing::Values(gqa::Backend::cuda, gqa::Backend::opencl),
+                         gqa_test::backend_test_name);
 
 // A Llama-shaped layer, prefill then decode steps on an fp32 and an fp16 cache,
 // reading the device-resident cache and z back: the paths the grid exercises

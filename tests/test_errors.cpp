@@ -385,7 +385,7 @@ TEST(BackendErrors, UnavailableAtConstruction) {
     const gqa::Config config = gqa_test::make_config(32, 4, 2, 8);
     const auto weights = gqa_test::random_weights(config, false, 1);
     int refused = 0;
-    for (gqa::Backend backend : {gqa::Backend::cuda, gqa::Backend::arm, gqa::Backend::x86}) {
+    for (gqa::Backend backend : {gqa::Backend::cuda, gqa::Backend::opencl, gqa::Backend::arm, gqa::Backend::x86}) {
         if (std::find(available.begin(), available.end(), backend) != available.end()) continue;
         ++refused;
         const std::string reason = gqa::backend_unavailable_reason(backend);

@@ -3,6 +3,7 @@
 // double arithmetic after), both measured against the exact fp32-cache result.
 #include <gmock/gmock.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -153,6 +154,33 @@ TEST_P(HalfCache, PatternStaysWithinTwiceTheReferencesFp16Error) {
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, HalfCache, testing::ValuesIn(gqa_test::backends_under_test()),
                          gqa_test::backend_test_name);
+
+// Each backend narrows the new keys and values to fp16 in its own code (on OpenCL
+// with integer operations on the bits); the values that stress a narrowing must
+// come out as the runtime's float_to_half makes them. V = x picks each value
+// exactly (one nonzero weight per row), at the edges of rounding, overflow and
+// subnormals; the last two rows overflow fp32 to inf and -inf. (NaN from finite
+// inputs depends on the order of a backend's sums, so none is made here.)
+TEST_P(HalfCache, NarrowsEdgeValuesLikeTheRuntime) {
+    const gqa::Config config = gqa_test::make_config(16, 1, 1, 16);
+    constexpr float inf = std::numeric_limits<float>::infinity();
+    const float inputs[16] = {65504.f, 65519.99f, 65520.f, 1e6f, -1e6f, std::ldexp(1.f, -25),
+                              3 * std::ldexp(1.f, -25), 1e-8f, -std::ldexp(1.f, -24), 1 + std::ldexp(1.f, -11),
+                              1 + 3 * std::ldexp(1.f, -11), -2.5f, 0.1f, -65505.f, 1e30f, -1e30f};
+    gqa_test::LayerWeights weights = gqa_test::random_weights(config, false, 31);
+    std::fill(weights.wv.values.begin(), weights.wv.values.end(), 0.f);
+    for (int row = 0; row < 16; ++row) weights.wv.values[row * 16 + row] = row < 14 ? 1.f : 1e30f;
+    const gqa_test::HostTensor<float> x{std::vector<float>(inputs, inputs + 16), {1, 1, 16}};
+
+    gqa::Attention layer(config, weights.view(), GetParam());
+    layer.setup_cache(1, 4, CacheType::f16);
+    layer.forward(x.view());
+    const auto v = layer.v_cache_f16();
+    for (int n = 0; n < 16; ++n) {
+        const float value = n < 14 ? inputs[n] : n == 14 ? inf : -inf;
+        EXPECT_EQ(v.data[n], float_to_half(value)) << "element " << n << " (" << value << ")";
+    }
+}
 
 // Accessors of the other element type, and a bad type, are errors that change nothing.
 TEST(HalfCacheErrors, AccessorOfTheOtherTypeAndBadType) {
