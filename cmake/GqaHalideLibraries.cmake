@@ -46,7 +46,7 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/cuda/cuda_schedule.cpp
+                     ${PROJECT_SOURCE_DIR}/schedules/gpu/gpu_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
 if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
     target_link_libraries(gqa_generators PRIVATE gqa_common)
@@ -207,7 +207,9 @@ else ()
     # The sanitize preset leaves them out: pocl compiles kernels with its own LLVM
     # inside the process, which is not code of ours to sanitize.
     option(GQA_BUILD_OPENCL "Build the OpenCL libraries (they need no OpenCL SDK)" ON)
+    set(GQA_OPENCL_TARGET x86-64-linux-avx-avx2-f16c-fma-sse41-opencl CACHE STRING
+        "Halide target of the OpenCL libraries (host code for AVX2 x86-64)")
     if (GQA_BUILD_OPENCL)
-        gqa_add_pipelines(opencl TARGETS x86-64-linux-avx-avx2-f16c-fma-sse41-opencl RUNTIME gqa_rope_x86.runtime)
+        gqa_add_pipelines(opencl TARGETS ${GQA_OPENCL_TARGET} RUNTIME gqa_rope_x86.runtime)
     endif ()
 endif ()
