@@ -53,6 +53,8 @@ size_t cpu_l3_bytes() {
     return file >> kib ? kib << 10 : size_t(32) << 20;
 }
 
+// OpenCL is measured against this host's CPU: the one OpenCL device the project
+// runs on is pocl, on the CPU.
 const Limits &limits_of(int backend) {
     static const Limits cuda = gpu ? Limits{gpu->fp32_gflops, gpu->dram_gbs, gpu->l2_bytes} : Limits{};
     return gqa::Backend(backend) == gqa::Backend::cuda ? cuda : cpu_limits;

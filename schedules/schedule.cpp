@@ -10,10 +10,10 @@ namespace {
 
 // One GPU family: Halide's GPU schedules compile for CUDA and OpenCL alike (run
 // on pocl, the OpenCL build's prefill pipelines match the x86 ones).
-enum class Family { x86, arm, cuda };
+enum class Family { x86, arm, gpu };
 
 Family family(const Target &target) {
-    if (target.has_gpu_feature()) return Family::cuda;
+    if (target.has_gpu_feature()) return Family::gpu;
     require((target.arch == Target::X86 && target.bits == 64) || (target.arch == Target::ARM && target.bits == 64),
             "no schedule for target " + target.to_string() + " yet");
     return target.arch == Target::ARM ? Family::arm : Family::x86;
@@ -28,21 +28,21 @@ Softmax attend_formulation(const Target &target, const Knobs &knobs, bool with_p
         return Softmax::three_pass;
     }
     if (knobs.softmax != Softmax::automatic) return knobs.softmax;
-    return family(target) == Family::cuda ? cuda::preferred_softmax(knobs) : cpu::preferred_softmax(knobs);
+    return family(target) == Family::gpu ? gpu::preferred_softmax(knobs) : cpu::preferred_softmax(knobs);
 }
 
 int key_block(const Target &target, const Knobs &knobs) {
-    return family(target) == Family::cuda ? cuda::key_block(knobs) : cpu::key_block(knobs);
+    return family(target) == Family::gpu ? gpu::key_block(knobs) : cpu::key_block(knobs);
 }
 
 int split_blocks(const Target &target, const Knobs &knobs) {
-    return family(target) == Family::cuda ? cuda::split_blocks(knobs) : cpu::split_blocks(knobs);
+    return family(target) == Family::gpu ? gpu::split_blocks(knobs) : cpu::split_blocks(knobs);
 }
 
-// The CUDA GEMM stages x tiles in shared memory itself.
+// The GPU GEMM stages x tiles in shared memory itself.
 int gemm_token_group(const Target &target, const Knobs &knobs) {
     switch (family(target)) {
-    case Family::cuda: return 1;
+    case Family::gpu: return 1;
     case Family::arm: return arm::gemm_token_group(knobs);
     case Family::x86: return x86::gemm_token_group(knobs);
     }
@@ -65,7 +65,7 @@ Type cache_storage_type(const Target &target, const Type &cache_type) {
 
 void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
-    case Family::cuda: return cuda::schedule_project(p, target, knobs);
+    case Family::gpu: return gpu::schedule_project(p, target, knobs);
     case Family::arm: return arm::schedule_project(p, target, knobs);
     case Family::x86: return x86::schedule_project(p, target, knobs);
     }
@@ -73,20 +73,20 @@ void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs
 
 void schedule_attend(algo::Attend &a, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
-    case Family::cuda: return cuda::schedule_attend(a, target, knobs);
+    case Family::gpu: return gpu::schedule_attend(a, target, knobs);
     case Family::arm: return arm::schedule_attend(a, target, knobs);
     case Family::x86: return x86::schedule_attend(a, target, knobs);
     }
 }
 
 void schedule_attend(algo::AttendBlocked &a, const Target &target, const Knobs &knobs) {
-    if (family(target) == Family::cuda) return cuda::schedule_attend(a, target, knobs);
+    if (family(target) == Family::gpu) return gpu::schedule_attend(a, target, knobs);
     cpu::schedule_merged_attend(a, target.natural_vector_size<float>());
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
-    case Family::cuda: return cuda::schedule_output(l, out, target, knobs);
+    case Family::gpu: return gpu::schedule_output(l, out, target, knobs);
     case Family::arm: return arm::schedule_output(l, out, target, knobs);
     case Family::x86: return x86::schedule_output(l, out, target, knobs);
     }
@@ -94,7 +94,7 @@ void schedule_output(algo::Linear &l, Func out, const Target &target, const Knob
 
 void schedule_rope(Func out, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
-    case Family::cuda: return cuda::schedule_rope(out, target, knobs);
+    case Family::gpu: return gpu::schedule_rope(out, target, knobs);
     case Family::arm: return arm::schedule_rope(out, target, knobs);
     case Family::x86: return x86::schedule_rope(out, target, knobs);
     }

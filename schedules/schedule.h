@@ -59,7 +59,7 @@ inline void require(bool ok, const std::string &message) {
     if (!ok) throw Halide::CompileError("gqa schedule: " + message);
 }
 
-namespace cuda {
+namespace gpu {
 Softmax preferred_softmax(const Knobs &knobs);
 int key_block(const Knobs &knobs);
 int split_blocks(const Knobs &knobs);
@@ -68,7 +68,7 @@ void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs 
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
 void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
-}  // namespace cuda
+}  // namespace gpu
 
 namespace arm {
 int gemm_token_group(const Knobs &knobs);

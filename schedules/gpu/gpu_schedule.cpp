@@ -1,13 +1,18 @@
-// CUDA schedules (PTX from Halide 14, fp32 FMA: Halide 14 has no tensor-core path).
+// GPU schedules, one family for CUDA (PTX) and OpenCL (OpenCL C): Halide lowers
+// the same gpu_blocks / gpu_threads / shared-memory schedule to either, so nothing
+// here depends on the API. Sizes are chosen for NVIDIA GPUs (32-thread warps, the
+// 48 KiB of shared memory a kernel gets without opting in) and stay within what any
+// OpenCL 1.2 device must offer (256 work-items are not guaranteed, but pocl and
+// every GPU this targets allow them). fp32 FMA: Halide 14 has no tensor-core path.
 // Thread counts are constants: a dimension of run-time extent (head dims, the
 // group's heads) is split with GuardWithIf and only its inner part becomes
 // threads. Staged tiles sit at block level, in shared memory, and every thread
-// loop is inside the block loops. Written without a GPU to run them on: the
-// generated PTX is checked with ptxas; results and timings are owed to a GPU run.
+// loop is inside the block loops. CI runs them on pocl (OpenCL on the CPU) and
+// assembles the PTX with ptxas; an H200 ran the CUDA build once (README).
 #include "layout.h"
 #include "../schedule.h"
 
-namespace gqa::schedules::cuda {
+namespace gqa::schedules::gpu {
 
 using namespace Halide;
 
@@ -30,7 +35,7 @@ void thread_split(StageOrFunc &&s, const VarOrRVar &v, const VarOrRVar &outer, c
 void schedule_gemm(algo::Linear &l, const Knobs &knobs) {
     const int tile = or_default(knobs.gemm_tile_outputs, 64), k_step = 16, per_thread = 4;
     require(tile % (per_thread * 4) == 0 && layout::kWeightPanel % tile == 0,
-            "cuda gemm_tile_outputs must divide 64 and be a multiple of 16");
+            "gpu gemm_tile_outputs must divide 64 and be a multiple of 16");
     Var o = l.o, m = l.m, ob("ob"), mb("mb"), oi("oi"), mi("mi"), ot("ot"), mt("mt"), oii("oii"), mii("mii");
     RVar k = l.k.x, ko("ko"), ki("ki");
 
@@ -288,4 +293,4 @@ void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs)
     for (const Var &v : a.block_acc.args()) a.block_acc.bound_extent(v, 1);
 }
 
-}  // namespace gqa::schedules::cuda
+}  // namespace gqa::schedules::gpu
