@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The one-shot CUDA check, for a machine with an NVIDIA GPU: the GoogleTest suite
 # (every test on every runnable backend, CUDA included), the C API test, every
-# conformance set on `--backend cuda`, the demo, and gqa-bench on CUDA for the W1
-# and W2 shapes (prefill and decode: TFLOP/s, GB/s, and fractions of the GPU's fp32
-# peak and memory bandwidth read from its driver). Everything goes into one
-# Markdown report.
+# conformance set on `--backend cuda` (fp32 and fp16 cache), the demo, and
+# gqa-bench on CUDA for the W1 and W2 shapes (prefill and decode: TFLOP/s, GB/s,
+# and fractions of the GPU's fp32 peak and memory bandwidth read from its driver).
+# Everything goes into one Markdown report.
 #
 #   scripts/gpu-check.sh [--report FILE]
 #       Sets up and builds what the check needs in build/ (Debian 12 with the
@@ -97,6 +97,7 @@ check() {
     run_step c_api 60 "$bin/gqa-c-api-test"
     for set in "$vectors"/*/; do
         run_step "conformance_$(basename "$set")" 120 "$bin/gqa-conformance" --backend cuda "$set"
+        run_step "conformance_$(basename "$set")_f16" 120 "$bin/gqa-conformance" --backend cuda --cache f16 "$set"
     done
     run_step demo 120 "$bin/gqa-demo"
     run_step bench 400 "$bin/gqa-bench" --benchmark_filter="$bench_filter" --benchmark_repetitions=3 \

@@ -1,6 +1,8 @@
 // gqa-conformance: runs the conformance vectors of a directory (manifest.json plus the
 // raw arrays it names, format in docs/semantics.md §11) on the library's backends and prints
-// PASS / FAIL / UNSUPPORTED per (case, backend).
+// PASS / FAIL / UNSUPPORTED per (case, backend). With --cache f16 the cases that
+// use a KV cache run with an fp16 one, their outputs held to the fp16 rule of
+// tools/tolerance.h and the stored halves to one unit in the last place.
 //
 // Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
 // manifest or data file (everything is loaded and checked, and run once on the
@@ -22,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <regex>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -622,6 +625,47 @@ public:
         }
     }
 
+    // An output computed with an fp16 cache, by the fp16 rule of tools/tolerance.h:
+    // against the expected (exact) array, at most GQA_HALF_CACHE_FACTOR times the
+    // reference backend's own fp16 error past the fp32 tolerance.
+    void compare_half_rule(const std::string &what, const gqa::TensorView<float> &got,
+                           const std::vector<float> &reference_half, const Tensor &want) {
+        if (got.shape != want.shape || got.data == nullptr) {
+            fail(what + ": shape " + gqa::shape_string(got.shape) + ", expected " + gqa::shape_string(want.shape));
+            return;
+        }
+        const auto &wanted = std::get<std::vector<float>>(want.values);
+        const std::span<const float> values(got.data, wanted.size());
+        for (size_t i = 0; i < wanted.size(); ++i) {
+            const double error = std::abs(double(values[i]) - double(wanted[i]));
+            if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
+        }
+        if (!gqa_tools::within_half_cache_rule(values, reference_half, wanted)) {
+            fail(what + ": outside the fp16-cache rule (worst excess over the fp32 tolerance " +
+                 std::to_string(gqa_tools::largest_excess(values, wanted)) + ")");
+        }
+    }
+
+    // Stored halves against the expected fp32 values: within one unit in the last
+    // place (GQA_HALF_ULP relative; subnormals by the smallest normal's unit).
+    void compare_halves(const std::string &what, const gqa::TensorView<uint16_t> &got, const Tensor &want) {
+        const auto &wanted = std::get<std::vector<float>>(want.values);
+        if (got.shape != want.shape || got.data == nullptr) {
+            fail(what + ": shape " + gqa::shape_string(got.shape) + ", expected " + gqa::shape_string(want.shape));
+            return;
+        }
+        constexpr double smallest_normal = 0x1p-14;
+        int64_t outside = 0;
+        for (size_t i = 0; i < wanted.size(); ++i) {
+            const double stored = gqa::half_to_float(got.data[i]), expected = wanted[i];
+            outside += !(std::abs(stored - expected) <= GQA_HALF_ULP * std::max(std::abs(expected), smallest_normal));
+        }
+        if (outside > 0) {
+            fail(what + ": " + std::to_string(outside) + " of " + std::to_string(wanted.size()) +
+                 " halves more than one unit in the last place from the expected values");
+        }
+    }
+
     void expect_equal(const std::string &what, int got, int want) {
         if (got != want) fail(what + ": " + std::to_string(got) + ", expected " + std::to_string(want));
     }
@@ -652,11 +696,16 @@ void run_case(const RopeCase &rope, gqa::Backend backend, Checker &check) {
     }
 }
 
-void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check) {
+// Runs a layer case on `backend`, its cache (if it has one) of element type
+// `cache`, handing every output and its expected array to `observe(what, got,
+// want)` in call order; the final cache goes to `check`.
+template <typename Observe>
+void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType cache, Observe &&observe,
+               Checker &check) {
     gqa::Attention layer(layer_case.config, layer_case.weights_view(), backend);
     if (layer_case.cache_batch) {
         layer.setup_cache(*layer_case.cache_batch,
-                          layer_case.cache_len > 0 ? layer_case.cache_len : layer_case.config.max_seq_len);
+                          layer_case.cache_len > 0 ? layer_case.cache_len : layer_case.config.max_seq_len, cache);
     }
     layer.set_record_pattern(std::any_of(layer_case.calls.begin(), layer_case.calls.end(),
                                          [](const Call &call) { return call.pattern.has_value(); }));
@@ -666,27 +715,63 @@ void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check)
         const std::string prefix = layer_case.calls.size() > 1 ? "call " + std::to_string(i) + " " : "";
         std::vector<float> out = layer.forward(call.x.view<float>(), optional_view<uint8_t>(call.mask),
                                                optional_view<int32_t>(call.input_pos));
-        check.compare(prefix + "out", {out.data(), {call.x.shape[0], call.x.shape[1], layer_case.config.embed_dim}},
-                      call.out);
-        if (call.pattern) check.compare(prefix + "pattern", layer.pattern(), *call.pattern);
-        if (call.z) check.compare(prefix + "z", layer.z(), *call.z);
+        observe(prefix + "out", gqa::TensorView<float>{out.data(), {call.x.shape[0], call.x.shape[1],
+                                                                   layer_case.config.embed_dim}},
+                call.out);
+        if (call.pattern) observe(prefix + "pattern", layer.pattern(), *call.pattern);
+        if (call.z) observe(prefix + "z", layer.z(), *call.z);
     }
     if (const auto &final_cache = layer_case.final_cache) {
-        check.compare("k_cache", layer.k_cache(), final_cache->k);
-        check.compare("v_cache", layer.v_cache(), final_cache->v);
+        if (layer_case.cache_batch && cache == gqa::CacheType::f16) {
+            check.compare_halves("k_cache", layer.k_cache_f16(), final_cache->k);
+            check.compare_halves("v_cache", layer.v_cache_f16(), final_cache->v);
+        } else {
+            check.compare("k_cache", layer.k_cache(), final_cache->k);
+            check.compare("v_cache", layer.v_cache(), final_cache->v);
+        }
         check.expect_equal("cache size", layer.size(), final_cache->size);
     }
 }
 
+// With an fp16 cache, outputs follow the fp16 rule, which needs the reference
+// backend's fp16 results next to the expected ones; a case without a cache runs
+// as with fp32.
+void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check,
+              gqa::CacheType cache = gqa::CacheType::f32) {
+    if (cache == gqa::CacheType::f32 || !layer_case.cache_batch) {
+        run_layer(layer_case, backend, gqa::CacheType::f32,
+                  [&](const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
+                      check.compare(what, got, want);
+                  },
+                  check);
+        return;
+    }
+    std::vector<std::vector<float>> reference_half;
+    Checker reference_check(std::numeric_limits<double>::max(), 0);
+    run_layer(layer_case, gqa::Backend::reference, cache,
+              [&](const std::string &, const gqa::TensorView<float> &got, const Tensor &) {
+                  reference_half.emplace_back(got.data, got.data + got.numel());
+              },
+              reference_check);
+    size_t next = 0;
+    run_layer(layer_case, backend, cache,
+              [&](const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
+                  check.compare_half_rule(what, got, reference_half.at(next++), want);
+              },
+              check);
+}
+
 struct Options {
     std::string backend = "all";
+    gqa::CacheType cache = gqa::CacheType::f32;  // of the cases that use a KV cache
     double atol = GQA_ATOL, rtol = GQA_RTOL;
     std::optional<std::regex> cases;  // run only the cases whose names it matches
     fs::path dir;
 };
 
 constexpr const char *usage =
-    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--atol X] [--rtol X] [--cases REGEX] DIR";
+    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--cache f32|f16] [--atol X] [--rtol X] [--cases REGEX] "
+    "DIR";
 
 double parse_tolerance(const std::string &flag, const std::string &text) {
     size_t used = 0;
@@ -707,11 +792,16 @@ Options parse_options(int argc, char **argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         const bool has_value = i + 1 < argc;
-        if ((arg == "--backend" || arg == "--atol" || arg == "--rtol" || arg == "--cases") && !has_value) {
+        if ((arg == "--backend" || arg == "--cache" || arg == "--atol" || arg == "--rtol" || arg == "--cases") &&
+            !has_value) {
             throw InvalidInput(arg + " needs a value\n" + usage);
         }
         if (arg == "--backend") {
             options.backend = argv[++i];
+        } else if (arg == "--cache") {
+            const std::string type = argv[++i];
+            if (type != "f32" && type != "f16") throw InvalidInput("--cache wants f32 or f16, got \"" + type + "\"");
+            options.cache = type == "f16" ? gqa::CacheType::f16 : gqa::CacheType::f32;
         } else if (arg == "--atol") {
             options.atol = parse_tolerance(arg, argv[++i]);
         } else if (arg == "--rtol") {
@@ -812,7 +902,7 @@ int run(const Options &options) {
                 if (const auto *rope = std::get_if<RopeCase>(&test_case.body)) {
                     run_case(*rope, backend, check);
                 } else if (const auto *layer = std::get_if<LayerCase>(&test_case.body)) {
-                    run_case(*layer, backend, check);
+                    run_case(*layer, backend, check, options.cache);
                 }
             } catch (const std::exception &error) {
                 check.fail(std::string("threw: ") + error.what());
