@@ -2,7 +2,8 @@
 // OpenBLAS baseline, on the W1/W2/W3 layer shapes; the full layer and the
 // attention core alone; prefill of 512 tokens and decode against 2048 and 8192
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
-// weights and caches exceed the last-level cache, as in a real model). Counters:
+// weights and caches exceed the last-level cache, as in a real model); fp32 and
+// bf16 weights (the modes named _bf16w), fp32 and fp16 caches. Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
 // limits of the device that runs them: for the CPU backends this machine's FMA
 // peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
@@ -63,11 +64,25 @@ const Limits &limits_of(int backend) {
 using gqa_tools::random_values;
 using LayerWeights = gqa_tools::WorkloadWeights;
 
-// Bytes of one layer's weights, from its shape (no need to draw them).
+// Bytes of one layer's weights as the layer keeps them (config.weight_type; fp32
+// biases), from its shape (no need to draw them).
 size_t weight_bytes(const Shape &s) {
     const gqa::Config &c = s.config;
     const size_t d = c.embed_dim, q = size_t(c.num_heads) * c.head_dim, kv = size_t(c.num_kv_heads) * c.head_dim;
-    return sizeof(float) * (d * (2 * q + 2 * kv) + (s.bias ? q + 2 * kv : 0));
+    const size_t element = c.weight_type.value_or(gqa::WeightType::f32) == gqa::WeightType::f32 ? 4 : 2;
+    return element * d * (2 * q + 2 * kv) + sizeof(float) * (s.bias ? q + 2 * kv : 0);
+}
+
+// The shape with its weights kept as `type` (drawn in fp32, converted by the layer).
+Shape with_weights(Shape s, gqa::WeightType type) {
+    s.config.weight_type = type;
+    return s;
+}
+
+// The mode-name suffix of a weight type: none for fp32, "_bf16w" for bf16.
+std::string weight_suffix(const Shape &s) {
+    const gqa::WeightType type = s.config.weight_type.value_or(gqa::WeightType::f32);
+    return type == gqa::WeightType::f32 ? "" : "_" + std::string(gqa::weight_type_name(type)) + "w";
 }
 
 size_t cache_bytes(const gqa::Config &c, int slots, gqa::CacheType type = gqa::CacheType::f32) {
@@ -354,6 +369,10 @@ void register_all() {
             if ((backend == int(gqa::Backend::reference)) != small) continue;
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
             add("layer/prefill512" + tail, layer_prefill, s, backend);
+            // bf16 weights, as checkpoints ship them; the baseline has fp32 ones only.
+            const Shape bf16 = with_weights(s, gqa::WeightType::bf16);
+            const bool typed_weights = backend != kBaseline && !small;
+            if (typed_weights) add("layer/prefill512" + weight_suffix(bf16) + tail, layer_prefill, bf16, backend);
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
             add("proj/prefill512" + tail, projections, s, backend);
             for (int context : {2048, 8192}) {
@@ -364,6 +383,11 @@ void register_all() {
                 add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true, f32);
                 // The fp16 cache halves the cache bytes; the baseline has no such option.
                 if (backend != kBaseline) add("layer/" + mode + "_f16_cold" + tail, layer_decode, s, backend, context, true, f16);
+                if (typed_weights) {
+                    const std::string typed = "layer/" + mode + weight_suffix(bf16);
+                    add(typed + "_cold" + tail, layer_decode, bf16, backend, context, true, f32);
+                    add(typed + "_f16_cold" + tail, layer_decode, bf16, backend, context, true, f16);
+                }
                 add("core/" + mode + tail, core, s, backend, 1, context);
             }
         }

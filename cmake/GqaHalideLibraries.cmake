@@ -98,11 +98,22 @@ function(gqa_generator_params out generator mode)
     set(${out} ${params} PARENT_SCOPE)
 endfunction()
 
+# The library name suffix of a weight type: none for fp32, _w<type> otherwise.
+function(gqa_weight_suffix out weights)
+    if (weights STREQUAL "f32")
+        set(${out} "" PARENT_SCOPE)
+    else ()
+        set(${out} _w${weights} PARENT_SCOPE)
+    endif ()
+endfunction()
+
 # gqa_add_pipelines(<backend> TARGETS ... [RUNTIME <runtime>]): every pipeline for
 # one backend, all sharing one Halide runtime: gqa_rope_<backend>.runtime, or the
 # given one (one runtime per host architecture serves its CPU and GPU backends). The pipelines that
 # touch the KV cache come once per cache element type: gqa_<pipeline>_<mode>_<backend>
-# for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16. It also writes
+# for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16; those that read the
+# projection weights (project, output) once per weight type too, a suffix _wbf16 or
+# _wf16 before the backend's for the 16-bit ones. It also writes
 # gqa_pipelines_<backend>.h, the runtime's table of them by name (PipelineTable in
 # runtime/halide_backend.h, fields in the order these loops add them), and the
 # INTERFACE target gqa_pipelines_<backend> that carries all of it, and the global
@@ -124,14 +135,25 @@ function(gqa_add_pipelines backend)
     if (GQA_AUTOSCHEDULER)
         set(autoscheduler AUTOSCHEDULER Halide::${GQA_AUTOSCHEDULER})
     endif ()
-    foreach (mode IN ITEMS prefill decode)
-        set(lib gqa_output_${mode}_${backend})
-        gqa_generator_params(params output ${mode} mode=${mode})
-        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_output
-                           TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
-        list(APPEND libs ${lib})
-        string(APPEND table ",\n    .output_${mode} = ${lib}")
+    # In gqa::WeightType's order, which PipelineTable's arrays follow.
+    set(weight_types f32 bf16 f16)
+    set(outputs)
+    foreach (weights IN LISTS weight_types)
+        gqa_weight_suffix(weight_suffix ${weights})
+        set(fields)
+        foreach (mode IN ITEMS prefill decode)
+            set(lib gqa_output_${mode}${weight_suffix}_${backend})
+            gqa_generator_params(params output ${mode} mode=${mode} weight_type=${weights})
+            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_output
+                               TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
+            list(APPEND libs ${lib})
+            list(APPEND fields ".${mode} = ${lib}")
+        endforeach ()
+        list(JOIN fields ", " fields)
+        list(APPEND outputs "{${fields}}")
     endforeach ()
+    list(JOIN outputs ", " outputs)
+    string(APPEND table ",\n    .output = {${outputs}}")
     foreach (cache IN ITEMS f32 f16)
         if (cache STREQUAL "f32")
             set(cache_suffix "")
@@ -140,16 +162,31 @@ function(gqa_add_pipelines backend)
             set(cache_suffix _f16)
             set(cache_type float16)
         endif ()
-        set(fields)
-        foreach (mode IN ITEMS prefill decode)
-            foreach (pipeline IN ITEMS project attend)
-                set(lib gqa_${pipeline}_${mode}${cache_suffix}_${backend})
-                gqa_generator_params(params ${pipeline} ${mode} mode=${mode} cache_type=${cache_type})
-                add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${pipeline}
+        set(projects)
+        foreach (weights IN LISTS weight_types)
+            gqa_weight_suffix(weight_suffix ${weights})
+            set(modes)
+            foreach (mode IN ITEMS prefill decode)
+                set(lib gqa_project_${mode}${cache_suffix}${weight_suffix}_${backend})
+                gqa_generator_params(params project ${mode} mode=${mode} cache_type=${cache_type}
+                                     weight_type=${weights})
+                add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_project
                                    TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
                 list(APPEND libs ${lib})
-                list(APPEND fields ".${pipeline}_${mode} = ${lib}")
+                list(APPEND modes ".${mode} = ${lib}")
             endforeach ()
+            list(JOIN modes ", " modes)
+            list(APPEND projects "{${modes}}")
+        endforeach ()
+        list(JOIN projects ", " projects)
+        set(fields ".project = {${projects}}")
+        foreach (mode IN ITEMS prefill decode)
+            set(lib gqa_attend_${mode}${cache_suffix}_${backend})
+            gqa_generator_params(params attend ${mode} mode=${mode} cache_type=${cache_type})
+            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
+                               TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
+            list(APPEND libs ${lib})
+            list(APPEND fields ".attend_${mode} = ${lib}")
         endforeach ()
         # Attention weights for interpretability: one instance, any sequence length.
         set(lib gqa_attend_pattern${cache_suffix}_${backend})

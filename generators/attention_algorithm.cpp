@@ -8,18 +8,22 @@ namespace gqa::algo {
 
 using namespace Halide;
 
-Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &bias,
-                     const Expr &in_dim, const Expr &tokens, int panel, int token_group) {
+Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, WeightType weight_type,
+                     bool native_half_widening, const Func &bias, const Expr &in_dim, const Expr &tokens, int panel,
+                     int token_group) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
+    l.panels = Func(name + "_panels");
     l.weight = Func(name + "_weight");
+    l.narrow_weights = weight_type != WeightType::f32;
     l.input = x;
     l.token_group = token_group;
     l.k = RDom(0, in_dim, name + "_k");
 
-    Var o = l.o, m = l.m, i("i"), j("j"), g("g");
-    l.weight(o, i) = packed_weight(o % panel, i, o / panel);
+    Var o = l.o, m = l.m, i("i"), j("j"), g("g"), lane("lane"), p("p");
+    l.panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), weight_type, native_half_widening);
+    l.weight(o, i) = l.panels(o % panel, i, o / panel);
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
     // those rows are never stored.
@@ -55,13 +59,14 @@ Expr to_cache_element(const Type &cache_type, const Expr &value) {
 
 }  // namespace
 
-Project define_project(const Func &x, const Func &packed_weight, const Func &bias, const QkNormInputs &norm,
-                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group, Func q_out,
-                       Func k_out, Func v_out, const Type &cache_type) {
+Project define_project(const Func &x, const Func &packed_weight, WeightType weight_type, bool native_half_widening,
+                       const Func &bias, const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape,
+                       int panel, int token_group, Func q_out, Func k_out, Func v_out, const Type &cache_type) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    p.qkv = define_linear("qkv", x, packed_weight, bias, shape.embed_dim, shape.tokens, panel, token_group);
+    p.qkv = define_linear("qkv", x, packed_weight, weight_type, native_half_widening, bias, shape.embed_dim,
+                          shape.tokens, panel, token_group);
     const Func qkv = p.qkv.result;
     Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b, g = p.g;
 
@@ -96,9 +101,10 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &bia
     p.new_tokens = RDom(0, shape.seq_len, "new_tokens");
     const Expr token = b * shape.seq_len + p.new_tokens, slot = shape.write_slot + p.new_tokens;
     k_out(d, t, kvh, b) = undef(cache_type);
-    k_out(d, slot, kvh, b) = to_cache_element(cache_type, rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
-                                                     clamped_position(rope, token), rope.cos_table, rope.sin_table,
-                                                     rope.style, rope.rotary_dim));
+    const Expr rotated_k = rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
+                                  clamped_position(rope, token), rope.cos_table, rope.sin_table, rope.style,
+                                  rope.rotary_dim);
+    k_out(d, slot, kvh, b) = to_cache_element(cache_type, rotated_k);
     v_out(d, t, kvh, b) = undef(cache_type);
     v_out(d, slot, kvh, b) = to_cache_element(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
     p.q = q_out;
@@ -231,6 +237,15 @@ Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const E
 }
 
 }  // namespace
+
+Expr widen_weight(const Expr &element, WeightType type, bool native_half_widening) {
+    switch (type) {
+    case WeightType::f32: return element;
+    case WeightType::bf16: return reinterpret<float>(cast<uint32_t>(element) << 16);  // the upper half of a float
+    case WeightType::f16: return widen(element, native_half_widening);
+    }
+    return element;
+}
 
 Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
     Attend a;

@@ -22,6 +22,15 @@
 
 namespace gqa::algo {
 
+// How packed projection weights are stored. fp32 as is; bf16 as its bits (uint16);
+// fp16 as float16, or its bits (uint16) where the target has no usable float16
+// (schedules::cache_storage_type says which). Widened to fp32 exactly as read, so
+// every product accumulates in fp32.
+enum class WeightType { f32, bf16, f16 };
+
+// A packed weight element as fp32.
+Halide::Expr widen_weight(const Halide::Expr &element, WeightType type, bool native_half_widening);
+
 // y(o, m) = sum_i x(i, m) * W[o][i] + bias(o), W packed in panels of `panel` rows.
 // The packed weights and the bias are zero-padded to whole panels, so a schedule
 // may compute whole panels of outputs. With token_group > 1 the product reads x
@@ -33,15 +42,17 @@ struct Linear {
     Halide::RDom k;
     Halide::Func product;       // the reduction over k
     Halide::Func result;        // product + bias
-    Halide::Func weight;        // W[o][i] read from the packed panels
+    Halide::Func panels;        // the packed weights widened to fp32, (o % panel, i, o / panel)
+    Halide::Func weight;        // W[o][i] read from panels
+    bool narrow_weights = false;  // stored in 16 bits: a schedule may widen a panel once and reuse it
     Halide::Func input;         // x(i, m), for schedules that stage it
     Halide::Func grouped_rows;  // defined when token_group > 1
     int token_group = 1;
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
-                     const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel,
-                     int token_group);
+                     WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
+                     const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel, int token_group);
 
 // Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
 //   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
@@ -97,7 +108,8 @@ struct ProjectShape {
 
 // k_out and v_out hold cache_type elements: fp32, or fp16 rounded to nearest even,
 // either as float16 or as its bits in uint16 (see narrow_half).
-Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &bias,
+Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, WeightType weight_type,
+                       bool native_half_widening, const Halide::Func &bias,
                        const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
                        int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out,
                        const Halide::Type &cache_type);

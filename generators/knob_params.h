@@ -16,6 +16,10 @@ enum class PipelineMode { prefill, decode };
 inline const std::map<std::string, PipelineMode> kPipelineModes = {{"prefill", PipelineMode::prefill},
                                                                    {"decode", PipelineMode::decode}};
 
+// The runtime's gqa::WeightType names.
+inline const std::map<std::string, algo::WeightType> kWeightTypes = {
+    {"f32", algo::WeightType::f32}, {"bf16", algo::WeightType::bf16}, {"f16", algo::WeightType::f16}};
+
 // Mixed into a Generator: Halide registers GeneratorParams found in the object.
 struct KnobParams {
     Halide::GeneratorParam<PipelineMode> mode{"mode", PipelineMode::prefill, kPipelineModes};
@@ -28,6 +32,20 @@ struct KnobParams {
     Halide::GeneratorParam<std::string> knob_isa{"knob_isa", ""};
     // Element type of the KV cache the pipeline writes or reads: float32 or float16.
     Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
+
+    // Element type of the projection weights the pipeline reads (project, output).
+    Halide::GeneratorParam<algo::WeightType> weight_type{"weight_type", algo::WeightType::f32, kWeightTypes};
+
+    // The packed weights' element type on the target: bf16 as its bits, fp16 as
+    // the target stores an fp16 cache.
+    Halide::Type weight_storage(const Halide::Target &target) const {
+        switch (weight_type) {
+        case algo::WeightType::f32: return Halide::Float(32);
+        case algo::WeightType::bf16: return Halide::UInt(16);
+        case algo::WeightType::f16: return schedules::cache_storage_type(target, Halide::Float(16));
+        }
+        return Halide::Float(32);
+    }
 
     // cache_type, checked, as the target stores it (schedules::cache_storage_type).
     Halide::Type cache_storage(const Halide::Target &target) const {

@@ -11,13 +11,16 @@ using namespace Halide;
 class OutputGenerator : public Generator<OutputGenerator>, public KnobParams {
 public:
     Input<Buffer<float, 2>> z{"z"};        // (n_h * hd, token)
-    Input<Buffer<float, 3>> w_o{"w_o"};    // packed Wo panels
     Input<Buffer<float, 1>> b_o{"b_o"};    // (embed)
     Output<Buffer<float, 2>> out{"out"};  // (embed, token)
 
+    // w_o, the packed Wo panels of weight_type: added here for its type, after b_o.
+    void configure() { w_o_ = add_input<Buffer<>>("w_o", weight_storage(get_target()), 3); }
+
     void generate() {
         const bool autoscheduled = get_auto_schedule();
-        linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(w_o, autoscheduled),
+        linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(*w_o_, autoscheduled),
+                                      weight_type, schedules::native_half_widening(get_target()),
                                       input_func(b_o, autoscheduled), z.dim(0).extent(), z.dim(1).extent(),
                                       layout::kWeightPanel,
                                       schedules::gemm_token_group(get_target(), knobs(get_target())));
@@ -27,7 +30,7 @@ public:
     void schedule() {
         const int tokens = mode == PipelineMode::decode ? 1 : 512;
         z.set_estimates({{0, 2048}, {0, tokens}});
-        w_o.set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 32}});
+        w_o_->set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 32}});
         b_o.set_estimates({{0, 2048}});
         out.set_estimates({{0, 2048}, {0, tokens}});
         if (get_auto_schedule()) return;
@@ -35,6 +38,7 @@ public:
     }
 
 private:
+    Input<Buffer<>> *w_o_ = nullptr;
     algo::Linear linear_;
 };
 

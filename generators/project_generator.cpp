@@ -11,7 +11,6 @@ using namespace Halide;
 class ProjectGenerator : public Generator<ProjectGenerator>, public KnobParams {
 public:
     Input<Buffer<float, 2>> x{"x"};                    // (embed, token)
-    Input<Buffer<float, 3>> w_qkv{"w_qkv"};            // packed [Wq; Wk; Wv] panels
     Input<Buffer<float, 1>> b_qkv{"b_qkv"};            // (n_h + 2 n_kv) * hd
     Input<Buffer<float, 1>> qk_norm_weight{"qk_norm_weight"};  // (n_h + n_kv) * hd: q's, then k's
     Input<Buffer<int32_t, 1>> positions{"positions"};  // (token)
@@ -28,11 +27,14 @@ public:
     Input<int> write_slot{"write_slot"};  // the cache slot of each row's first token
     Output<Buffer<float, 3>> q{"q"};  // (d, head, token)
 
-    // k, v: (d, slot, kv head, batch), the whole cache, of cache_type; added here for
-    // that type, after q.
+    // Added here for their types: w_qkv, the packed [Wq; Wk; Wv] panels of
+    // weight_type, after the inputs above; k, v: (d, slot, kv head, batch), the whole
+    // cache, of cache_type, after q.
     void configure() {
-        k_ = add_output<Buffer<>>("k", cache_storage(get_target()), 4);
-        v_ = add_output<Buffer<>>("v", cache_storage(get_target()), 4);
+        cache_element_ = cache_storage(get_target());
+        w_qkv_ = add_input<Buffer<>>("w_qkv", weight_storage(get_target()), 3);
+        k_ = add_output<Buffer<>>("k", cache_element_, 4);
+        v_ = add_output<Buffer<>>("v", cache_element_, 4);
     }
 
     void generate() {
@@ -44,15 +46,16 @@ public:
         algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent(),
                                  write_slot};
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
-        project_ = algo::define_project(input_func(x, autoscheduled), input_func(w_qkv, autoscheduled),
+        project_ = algo::define_project(input_func(x, autoscheduled), input_func(*w_qkv_, autoscheduled), weight_type,
+                                        schedules::native_half_widening(get_target()),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
-                                        token_group, q, *k_, *v_, cache_storage(get_target()));
+                                        token_group, q, *k_, *v_, cache_element_);
     }
 
     void schedule() {
         const int tokens = mode == PipelineMode::decode ? 1 : 512;
         x.set_estimates({{0, 2048}, {0, tokens}});
-        w_qkv.set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 48}});
+        w_qkv_->set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 48}});
         b_qkv.set_estimates({{0, 3072}});
         qk_norm_weight.set_estimates({{0, 2560}});
         positions.set_estimates({{0, tokens}});
@@ -75,6 +78,8 @@ public:
     }
 
 private:
+    Halide::Type cache_element_;
+    Input<Buffer<>> *w_qkv_ = nullptr;
     Output<Buffer<>> *k_ = nullptr, *v_ = nullptr;
     algo::Project project_;
 };

@@ -10,6 +10,7 @@
 #include "layout.h"
 #include "test_hooks.h"
 #include "validation.h"
+#include "weights.h"
 
 namespace gqa {
 
@@ -37,6 +38,7 @@ struct Attention::State {
     Config config;
     LayerDims dims;
     Backend backend;
+    WeightType weight_type = WeightType::f32;
     RopeTables rope;
     std::unique_ptr<Kernels> kernels;
     double scale = 0;
@@ -91,7 +93,9 @@ Attention::Attention(const Config &config, const Weights &weights, Backend backe
     s->rope = make_rope_tables(config);
     s->scale = (config.scale > 0 ? config.scale : 1.0 / std::sqrt(double(config.head_dim))) /
                (config.layer_id >= 0 ? config.layer_id + 1 : 1);
-    s->kernels = built_backend(s->backend)->make_kernels(s->dims, weights, s->rope);
+    s->weight_type = stored_weight_type(config, weights);
+    const TypedWeights typed(weights, s->weight_type);
+    s->kernels = built_backend(s->backend)->make_kernels(s->dims, typed.weights(), s->rope);
     state_ = s.release();
 }
 
@@ -358,6 +362,10 @@ const Config &Attention::config() const {
 
 Backend Attention::backend() const {
     return state_->backend;
+}
+
+WeightType Attention::weight_type() const {
+    return state_->weight_type;
 }
 
 void apply_rope(const Config &config, const TensorView<float> &x, std::span<float> out,

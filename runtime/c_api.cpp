@@ -116,6 +116,11 @@ gqa::RopeScaling to_rope_scaling(const gqa_rope_scaling &s, int pairs) {
     return scaling;
 }
 
+gqa::WeightType to_weight_type(gqa_weight_type type, const char *name) {
+    return from_c_enum(type, {gqa::WeightType::f32, gqa::WeightType::bf16, gqa::WeightType::f16}, name,
+                       "gqa_weight_type (GQA_WEIGHT_F32, BF16 or F16)");
+}
+
 gqa::Config to_config(const gqa_config &c) {
     gqa::Config config;
     config.embed_dim = c.embed_dim;
@@ -139,6 +144,7 @@ gqa::Config to_config(const gqa_config &c) {
     config.qk_norm = from_c_enum(c.qk_norm, {gqa::QkNorm::none, gqa::QkNorm::per_head, gqa::QkNorm::all_heads},
                                  "qk_norm", "gqa_qk_norm");
     config.qk_norm_eps = c.qk_norm_eps;
+    if (c.weight_type != GQA_WEIGHT_AS_GIVEN) config.weight_type = to_weight_type(c.weight_type, "weight_type");
     return config;
 }
 
@@ -167,6 +173,7 @@ gqa_config gqa_config_default(void) {
     c.rope_scaling.truncate = scaling.truncate;
     c.qk_norm = GQA_QK_NORM_NONE;
     c.qk_norm_eps = defaults.qk_norm_eps;
+    c.weight_type = GQA_WEIGHT_AS_GIVEN;
     return c;
 }
 
@@ -212,8 +219,16 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
         const auto view = [](const float *data, std::vector<int64_t> shape) {
             return data ? gqa::TensorView<float>{data, std::move(shape)} : gqa::TensorView<float>{};
         };
-        const gqa::Weights w{view(weights->wq, {q, d}), view(weights->wk, {kv, d}), view(weights->wv, {kv, d}),
-                             view(weights->wo, {d, q}), view(weights->bq, {q}),     view(weights->bk, {kv}),
+        const gqa::WeightType type = to_weight_type(weights->type, "weights.type");
+        const auto projection = [type](const void *data, std::vector<int64_t> shape) {
+            if (!data) return gqa::WeightView{};
+            return type == gqa::WeightType::f32
+                       ? gqa::WeightView(static_cast<const float *>(data), std::move(shape))
+                       : gqa::WeightView(static_cast<const uint16_t *>(data), std::move(shape), type);
+        };
+        const gqa::Weights w{projection(weights->wq, {q, d}), projection(weights->wk, {kv, d}),
+                             projection(weights->wv, {kv, d}), projection(weights->wo, {d, q}),
+                             view(weights->bq, {q}),     view(weights->bk, {kv}),
                              view(weights->bv, {kv}),   view(weights->bo, {d}),     view(weights->sinks, {c.num_heads}),
                              view(weights->q_norm, {gqa::detail::qk_norm_size(c, false)}),
                              view(weights->k_norm, {gqa::detail::qk_norm_size(c, true)})};

@@ -56,20 +56,7 @@ const HalidePlatform &cuda_platform() {
 }  // namespace
 
 BackendEntry cuda_backend_entry() {
-    return {.backend = Backend::cuda,
-            .unavailable_reason =
-                [] {
-                    static const std::string reason = probe_cuda();
-                    return reason;
-                },
-            .isa = [] { return std::string(cuda_isa_name(nullptr)); },
-            .make_kernels =
-                [](const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-                    return make_halide_kernels(cuda_platform(), halide_cuda_device_interface(), dims, weights, rope);
-                },
-            .rope = [](const RopeTables &rope, const RopeCall &call) {
-                run_halide_rope(cuda_platform(), halide_cuda_device_interface(), rope, call);
-            }};
+    return halide_gpu_backend_entry<cuda_platform, halide_cuda_device_interface, probe_cuda>();
 }
 
 }  // namespace gqa::detail

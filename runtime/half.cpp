@@ -1,6 +1,6 @@
-// binary16 conversions written out, so the reference backend and callers get the
-// same rounding on every compiler and CPU (round to nearest, ties to even, with
-// subnormals, infinities and NaN), matching the pipelines' float16 casts.
+// binary16 and bfloat16 conversions written out, so the reference backend and
+// callers get the same rounding on every compiler and CPU (round to nearest, ties
+// to even, with subnormals, infinities and NaN), matching the pipelines' casts.
 #include <cmath>
 #include <cstring>
 
@@ -46,6 +46,23 @@ float half_to_float(uint16_t half) {
     }
     float value;
     std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+uint16_t float_to_bfloat16(float value) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return uint16_t((bits >> 16) | 0x0040u);  // NaN stays NaN (quiet)
+    // Round the dropped 16 bits to nearest, ties to the even upper half; a carry
+    // moves into the exponent, and past the largest finite to infinity.
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return uint16_t(bits >> 16);
+}
+
+float bfloat16_to_float(uint16_t bits) {
+    const uint32_t widened = uint32_t(bits) << 16;
+    float value;
+    std::memcpy(&value, &widened, sizeof value);
     return value;
 }
 

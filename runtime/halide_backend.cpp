@@ -133,31 +133,52 @@ private:
 const halide_type_t kF32{halide_type_float, 32, 1};
 const halide_type_t kI32{halide_type_int, 32, 1};
 const halide_type_t kU8{halide_type_uint, 8, 1};
+const halide_type_t kU16{halide_type_uint, 16, 1};
 
 int round_up(int n, int multiple) {
     return (n + multiple - 1) / multiple * multiple;
 }
 
-// Packs [rows of W1; rows of W2; ...] ([out, in] each) into kWeightPanel-wide
-// panels, zero-padded, and the matching biases (zeros where absent).
+// Packs [rows of W1; rows of W2; ...] ([out, in] each, all of one weight type) into
+// kWeightPanel-wide panels of that type, zero-padded, and the matching biases
+// (zeros where absent).
 struct PackedLinear {
-    AlignedVector<float> weights, bias;
+    WeightType type;
+    halide_type_t element;          // as the pipelines take it
+    AlignedVector<float> values;    // fp32 weights
+    AlignedVector<uint16_t> bits;   // bf16 or f16 weights
+    AlignedVector<float> bias;
     int in = 0, panels = 0;
 
-    PackedLinear(std::initializer_list<std::pair<const TensorView<float> *, const TensorView<float> *>> parts,
-                 int in_features) {
+    using Part = std::pair<const WeightView *, const TensorView<float> *>;
+
+    PackedLinear(std::initializer_list<Part> parts, int in_features, const HalidePlatform &platform)
+        : type(parts.begin()->first->type),
+          element(type == WeightType::f32    ? kF32
+                  : type == WeightType::bf16 ? kU16
+                                             : platform.half_cache_element),
+          in(in_features) {
+        if (type == WeightType::f32) {
+            pack(parts, values);
+        } else {
+            pack(parts, bits);
+        }
+    }
+
+    template <typename Element>
+    void pack(std::initializer_list<Part> parts, AlignedVector<Element> &packed) {
         constexpr int P = layout::kWeightPanel;
-        in = in_features;
         int out = 0;
         for (const auto &part : parts) out += static_cast<int>(part.first->shape[0]);
         panels = (out + P - 1) / P;
-        weights.assign(static_cast<size_t>(panels) * P * in, 0.f);
+        packed.assign(static_cast<size_t>(panels) * P * in, Element(0));
         bias.assign(static_cast<size_t>(panels) * P, 0.f);
         int row = 0;
         for (const auto &[w, b] : parts) {
+            const Element *weights = static_cast<const Element *>(w->data);
             for (int r = 0; r < w->shape[0]; ++r, ++row) {
-                const float *src = w->data + static_cast<size_t>(r) * in;
-                float *panel = weights.data() + static_cast<size_t>(row / P) * P * in + row % P;
+                const Element *src = weights + static_cast<size_t>(r) * in;
+                Element *panel = packed.data() + static_cast<size_t>(row / P) * P * in + row % P;
                 for (int i = 0; i < in; ++i) panel[static_cast<size_t>(i) * P] = src[i];
                 if (b->data) bias[row] = b->data[r];
             }
@@ -165,8 +186,9 @@ struct PackedLinear {
     }
 
     View weight_view() const {
-        return View(weights.data(), kF32, {{layout::kWeightPanel, 1}, {in, layout::kWeightPanel},
-                                           {panels, int64_t(layout::kWeightPanel) * in}});
+        const void *data = type == WeightType::f32 ? static_cast<const void *>(values.data()) : bits.data();
+        return View(data, element, {{layout::kWeightPanel, 1}, {in, layout::kWeightPanel},
+                                    {panels, int64_t(layout::kWeightPanel) * in}});
     }
     View bias_view() const { return View(bias.data(), kF32, {{int(bias.size()), 1}}); }
 };
@@ -210,8 +232,8 @@ public:
           device_(device),
           dims_(dims),
           rope_(rope),
-          qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim),
-          out_({{&w.wo, &w.bo}}, dims.q_width()),
+          qkv_({{&w.wq, &w.bq}, {&w.wk, &w.bk}, {&w.wv, &w.bv}}, dims.embed_dim, platform),
+          out_({{&w.wo, &w.bo}}, dims.q_width(), platform),
           sinks_(w.sinks.data ? std::vector<float>(w.sinks.data, w.sinks.data + dims.num_heads)
                               : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())),
           use_sinks_(w.sinks.data ? 1 : 0),
@@ -239,10 +261,11 @@ public:
             KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
         }
-        auto *pipeline = c.seq_len == 1 ? cache.project_decode : cache.project_prefill;
-        run(pipeline(x.get(), w.get(), bias.get(), norm_weight.get(), positions.get(), cos.get(), sin.get(),
-                     rope_.style, rope_.rotary_dim, c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads,
-                     dims_.num_kv_heads, c.seq_len, c.write_slot, q.get(), k.get(), v.get()),
+        const ModePipelines<ProjectPipeline> &project = cache.project[int(qkv_.type)];
+        auto *pipeline = c.seq_len == 1 ? project.decode : project.prefill;
+        run(pipeline(x.get(), bias.get(), norm_weight.get(), positions.get(), cos.get(), sin.get(), rope_.style,
+                     rope_.rotary_dim, c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len,
+                     c.write_slot, w.get(), q.get(), k.get(), v.get()),
             "gqa_project");
     }
 
@@ -297,8 +320,9 @@ public:
             place_constant(w, out_weights_), place_constant(bias, out_bias_);
             place(z, z_[pending_], Sync::device_only), place(out, out_array_, Sync::download);
         }
-        auto *pipeline = c.seq_len == 1 ? platform_.pipelines.output_decode : platform_.pipelines.output_prefill;
-        run(pipeline(z.get(), w.get(), bias.get(), out.get()), "gqa_output");
+        const ModePipelines<OutputPipeline> &output = platform_.pipelines.output[int(out_.type)];
+        auto *pipeline = c.seq_len == 1 ? output.decode : output.prefill;
+        run(pipeline(z.get(), bias.get(), w.get(), out.get()), "gqa_output");
         if (device_) download(out);
     }
 

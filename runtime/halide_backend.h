@@ -4,18 +4,19 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "HalideRuntime.h"
 #include "backend_registry.h"
 
 namespace gqa::detail {
 
-using ProjectPipeline = int (*)(halide_buffer_t *x, halide_buffer_t *w, halide_buffer_t *bias,
-                                halide_buffer_t *qk_norm_weight, halide_buffer_t *positions,
-                                halide_buffer_t *rope_cos, halide_buffer_t *rope_sin, int32_t rope_style,
-                                int32_t rotary_dim, int32_t qk_norm, float qk_norm_eps, int32_t head_dim,
-                                int32_t num_heads, int32_t num_kv_heads, int32_t seq_len, int32_t write_slot,
-                                halide_buffer_t *q, halide_buffer_t *k, halide_buffer_t *v);
+using ProjectPipeline = int (*)(halide_buffer_t *x, halide_buffer_t *bias, halide_buffer_t *qk_norm_weight,
+                                halide_buffer_t *positions, halide_buffer_t *rope_cos, halide_buffer_t *rope_sin,
+                                int32_t rope_style, int32_t rotary_dim, int32_t qk_norm, float qk_norm_eps,
+                                int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t seq_len,
+                                int32_t write_slot, halide_buffer_t *w, halide_buffer_t *q, halide_buffer_t *k,
+                                halide_buffer_t *v);
 using AttendPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                halide_buffer_t *sinks,
@@ -24,16 +25,23 @@ using AttendPatternPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask,
                                       int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                       halide_buffer_t *sinks, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
                                       halide_buffer_t *z, halide_buffer_t *pattern);
-using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *w, halide_buffer_t *bias, halide_buffer_t *out);
+using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *out);
 using RopePipeline = int (*)(halide_buffer_t *x, halide_buffer_t *positions, halide_buffer_t *rope_cos,
                              halide_buffer_t *rope_sin, int32_t rope_style, int32_t rotary_dim, halide_buffer_t *out);
 
+template <typename Pipeline>
+struct ModePipelines {
+    Pipeline prefill, decode;
+};
+
+// Arrays indexed by gqa::WeightType hold one entry per weight type.
+inline constexpr int kWeightTypeCount = 3;
+static_assert(int(WeightType::f16) == kWeightTypeCount - 1, "one pipeline entry per gqa::WeightType");
+
 // The pipelines that write or read the KV cache, for one cache element type.
 struct CachePipelines {
-    ProjectPipeline project_prefill;
-    AttendPipeline attend_prefill;
-    ProjectPipeline project_decode;
-    AttendPipeline attend_decode;
+    ModePipelines<ProjectPipeline> project[kWeightTypeCount];
+    AttendPipeline attend_prefill, attend_decode;
     AttendPatternPipeline attend_pattern;
 };
 
@@ -43,7 +51,7 @@ struct CachePipelines {
 // pipeline_targets_<backend> (the Halide targets they were compiled for).
 struct PipelineTable {
     RopePipeline rope;
-    OutputPipeline output_prefill, output_decode;
+    ModePipelines<OutputPipeline> output[kWeightTypeCount];
     CachePipelines f32, f16;
 };
 
@@ -79,6 +87,25 @@ void run_halide_rope(const HalidePlatform &platform, const halide_device_interfa
 
 // The registry entry of this build's CPU backend (Backend::x86 or Backend::arm).
 BackendEntry halide_cpu_backend_entry(Backend backend);
+
+// The registry entry of a GPU platform: its pipelines on `device()`'s memory,
+// available when `probe()` (run once) finds a driver and a device.
+template <const HalidePlatform &(*platform)(), const halide_device_interface_t *(*device)(),
+          std::string (*probe)()>
+BackendEntry halide_gpu_backend_entry() {
+    return {.backend = platform().backend,
+            .unavailable_reason =
+                [] {
+                    static const std::string reason = probe();
+                    return reason;
+                },
+            .isa = [] { return std::string(platform().isa_name(nullptr)); },
+            .make_kernels =
+                [](const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
+                    return make_halide_kernels(platform(), device(), dims, weights, rope);
+                },
+            .rope = [](const RopeTables &rope, const RopeCall &call) { run_halide_rope(platform(), device(), rope, call); }};
+}
 
 inline bool has_target_feature(const uint64_t *features, int feature) {
     return (features[feature / 64] >> (feature % 64)) & 1;

@@ -222,11 +222,17 @@ public:
         return names;
     }
     std::vector<float> read(const std::string &name, const std::vector<int64_t> &shape) {
-        if (!has(name)) fail(directory_.string(), " has no tensor '", name, "'");
-        return file(shard_of_.at(name)).read(name, shape);
+        return file_of(name).read(name, shape);
+    }
+    WeightData read_weight(const std::string &name, const std::vector<int64_t> &shape) {
+        return file_of(name).read_weight(name, shape);
     }
 
 private:
+    SafetensorsFile &file_of(const std::string &name) {
+        if (!has(name)) fail(directory_.string(), " has no tensor '", name, "'");
+        return file(shard_of_.at(name));
+    }
     SafetensorsFile &file(const std::string &shard) {
         auto &opened = files_[shard];
         if (!opened) opened = std::make_unique<SafetensorsFile>((directory_ / shard).string());
@@ -333,10 +339,10 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     };
     if (fused) {
         // Rows q, then k, then v (Phi-3/4).
-        const std::vector<float> qkv = checkpoint.read(prefix + "qkv_proj.weight", {q + 2 * kv, d});
-        w.wq.assign(qkv.begin(), qkv.begin() + q * d);
-        w.wk.assign(qkv.begin() + q * d, qkv.begin() + (q + kv) * d);
-        w.wv.assign(qkv.begin() + (q + kv) * d, qkv.end());
+        const WeightData qkv = checkpoint.read_weight(prefix + "qkv_proj.weight", {q + 2 * kv, d});
+        w.wq = qkv.slice(0, size_t(q * d));
+        w.wk = qkv.slice(size_t(q * d), size_t(kv * d));
+        w.wv = qkv.slice(size_t((q + kv) * d), size_t(kv * d));
         const std::vector<float> b = optional_tensor("qkv_proj.bias", q + 2 * kv);
         if (!b.empty()) {
             w.bq.assign(b.begin(), b.begin() + q);
@@ -345,14 +351,14 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         }
         out.features.push_back("fused qkv_proj");
     } else {
-        w.wq = checkpoint.read(prefix + "q_proj.weight", w.q_shape);
-        w.wk = checkpoint.read(prefix + "k_proj.weight", w.kv_shape);
-        w.wv = checkpoint.read(prefix + "v_proj.weight", w.kv_shape);
+        w.wq = checkpoint.read_weight(prefix + "q_proj.weight", w.q_shape);
+        w.wk = checkpoint.read_weight(prefix + "k_proj.weight", w.kv_shape);
+        w.wv = checkpoint.read_weight(prefix + "v_proj.weight", w.kv_shape);
         w.bq = optional_tensor("q_proj.bias", q);
         w.bk = optional_tensor("k_proj.bias", kv);
         w.bv = optional_tensor("v_proj.bias", kv);
     }
-    w.wo = checkpoint.read(prefix + "o_proj.weight", w.o_shape);
+    w.wo = checkpoint.read_weight(prefix + "o_proj.weight", w.o_shape);
     w.bo = optional_tensor("o_proj.bias", d);
     w.sinks = optional_tensor("sinks", c.num_heads);
     if (c.qk_norm != QkNorm::none) {

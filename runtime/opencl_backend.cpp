@@ -52,21 +52,7 @@ const HalidePlatform &opencl_platform() {
 }  // namespace
 
 BackendEntry opencl_backend_entry() {
-    return {.backend = Backend::opencl,
-            .unavailable_reason =
-                [] {
-                    static const std::string reason = probe_opencl();
-                    return reason;
-                },
-            .isa = [] { return std::string(opencl_isa_name(nullptr)); },
-            .make_kernels =
-                [](const LayerDims &dims, const Weights &weights, const RopeTables &rope) {
-                    return make_halide_kernels(opencl_platform(), halide_opencl_device_interface(), dims, weights,
-                                               rope);
-                },
-            .rope = [](const RopeTables &rope, const RopeCall &call) {
-                run_halide_rope(opencl_platform(), halide_opencl_device_interface(), rope, call);
-            }};
+    return halide_gpu_backend_entry<opencl_platform, halide_opencl_device_interface, probe_opencl>();
 }
 
 }  // namespace gqa::detail

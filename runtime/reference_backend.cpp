@@ -34,7 +34,13 @@ public:
         auto copy = [](const TensorView<float> &t) {
             return t.data ? std::vector<float>(t.data, t.data + t.numel()) : std::vector<float>();
         };
-        wq_ = copy(w.wq), wk_ = copy(w.wk), wv_ = copy(w.wv), wo_ = copy(w.wo);
+        // The stored values, widened: what the pipelines compute from.
+        auto widen = [](const WeightView &t) {
+            std::vector<float> values(size_t(t.numel()));
+            for (size_t i = 0; i < values.size(); ++i) values[i] = t.value(int64_t(i));
+            return values;
+        };
+        wq_ = widen(w.wq), wk_ = widen(w.wk), wv_ = widen(w.wv), wo_ = widen(w.wo);
         bq_ = copy(w.bq), bk_ = copy(w.bk), bv_ = copy(w.bv), bo_ = copy(w.bo);
         sinks_ = copy(w.sinks);
         q_norm_ = copy(w.q_norm), k_norm_ = copy(w.k_norm);

@@ -47,7 +47,7 @@ SafetensorsFile::SafetensorsFile(const std::string &path) : path_(path), in_(pat
     data_size_ = file_size - data_begin_;
 }
 
-std::vector<float> SafetensorsFile::read(const std::string &name, const std::vector<int64_t> &expected) {
+WeightData SafetensorsFile::read_weight(const std::string &name, const std::vector<int64_t> &expected) {
     if (!has(name)) fail("has no tensor '" + name + "'" + names_hint());
     const nlohmann::json &entry = header_.at(name);
     std::string dtype;
@@ -75,26 +75,25 @@ std::vector<float> SafetensorsFile::read(const std::string &name, const std::vec
     }
     in_.clear();
     in_.seekg(std::streamoff(data_begin_ + offsets[0]));
-    std::vector<float> values(count);
     const auto read_into = [&](void *to, size_t size) {
         if (!in_.read(static_cast<char *>(to), std::streamsize(size))) fail("tensor '" + name + "' cannot be read");
     };
+    // Little-endian, as stored.
+    WeightData data;
     if (dtype == "F32") {
-        read_into(values.data(), count * 4);  // little-endian fp32, as stored
+        data.values.resize(count);
+        read_into(data.values.data(), count * 4);
     } else {
-        std::vector<uint16_t> halves(count);
-        read_into(halves.data(), count * 2);
-        for (size_t i = 0; i < count; ++i) {
-            if (dtype == "F16") {
-                values[i] = half_to_float(halves[i]);
-            } else {
-                // bfloat16 is the top half of a float32.
-                const uint32_t wide = uint32_t(halves[i]) << 16;
-                std::memcpy(&values[i], &wide, 4);
-            }
-        }
+        data.type = dtype == "F16" ? WeightType::f16 : WeightType::bf16;
+        data.bits.resize(count);
+        read_into(data.bits.data(), count * 2);
     }
-    return values;
+    return data;
+}
+
+std::vector<float> SafetensorsFile::read(const std::string &name, const std::vector<int64_t> &expected) {
+    WeightData data = read_weight(name, expected);
+    return data.type == WeightType::f32 ? std::move(data.values) : data.to_float();
 }
 
 void SafetensorsFile::fail(const std::string &what) const {
@@ -126,11 +125,36 @@ namespace gqa {
 
 using detail::SafetensorsFile;
 
+WeightView WeightData::view(std::vector<int64_t> shape) const {
+    return type == WeightType::f32 ? WeightView(values.data(), std::move(shape))
+                                   : WeightView(bits.data(), std::move(shape), type);
+}
+
+std::vector<float> WeightData::to_float() const {
+    if (type == WeightType::f32) return values;
+    std::vector<float> widened(bits.size());
+    for (size_t i = 0; i < bits.size(); ++i) {
+        widened[i] = type == WeightType::bf16 ? bfloat16_to_float(bits[i]) : half_to_float(bits[i]);
+    }
+    return widened;
+}
+
+WeightData WeightData::slice(size_t first, size_t count) const {
+    WeightData part;
+    part.type = type;
+    if (type == WeightType::f32) {
+        part.values.assign(values.begin() + first, values.begin() + first + count);
+    } else {
+        part.bits.assign(bits.begin() + first, bits.begin() + first + count);
+    }
+    return part;
+}
+
 Weights LoadedWeights::view() const {
     const auto optional = [](const std::vector<float> &bias) {
         return bias.empty() ? TensorView<float>{} : TensorView<float>{bias.data(), {int64_t(bias.size())}};
     };
-    return {{wq.data(), q_shape}, {wk.data(), kv_shape}, {wv.data(), kv_shape}, {wo.data(), o_shape},
+    return {wq.view(q_shape),     wk.view(kv_shape),    wv.view(kv_shape),    wo.view(o_shape),
             optional(bq),         optional(bk),         optional(bv),         optional(bo),
             optional(sinks),      optional(q_norm),     optional(k_norm)};
 }
@@ -147,10 +171,10 @@ LoadedWeights load_safetensors(const std::string &path, const std::string &prefi
     SafetensorsFile file(path);
     LoadedWeights w;
     w.q_shape = {q, d}, w.kv_shape = {kv, d}, w.o_shape = {d, q};
-    w.wq = file.read(prefix + names.q + ".weight", w.q_shape);
-    w.wk = file.read(prefix + names.k + ".weight", w.kv_shape);
-    w.wv = file.read(prefix + names.v + ".weight", w.kv_shape);
-    w.wo = file.read(prefix + names.o + ".weight", w.o_shape);
+    w.wq = file.read_weight(prefix + names.q + ".weight", w.q_shape);
+    w.wk = file.read_weight(prefix + names.k + ".weight", w.kv_shape);
+    w.wv = file.read_weight(prefix + names.v + ".weight", w.kv_shape);
+    w.wo = file.read_weight(prefix + names.o + ".weight", w.o_shape);
     const auto bias = [&](const std::string &name, int64_t size) {
         const std::string full = prefix + name + ".bias";
         return file.has(full) ? file.read(full, {size}) : std::vector<float>{};

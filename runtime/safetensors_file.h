@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "gqa/safetensors.hpp"
+
 namespace gqa::detail {
 
 class SafetensorsFile {
@@ -19,7 +21,9 @@ public:
     bool has(const std::string &name) const { return header_.contains(name); }
     // Every tensor's name.
     std::vector<std::string> names() const;
-    // The tensor `name` (F32, F16 or BF16) as fp32, checked against `expected`.
+    // The tensor `name` (F32, F16 or BF16), checked against `expected`: as stored,
+    // or as fp32.
+    WeightData read_weight(const std::string &name, const std::vector<int64_t> &expected);
     std::vector<float> read(const std::string &name, const std::vector<int64_t> &expected);
     const std::string &path() const { return path_; }
 

@@ -17,10 +17,32 @@ std::string shape_string(const std::vector<int64_t> &shape) {
 namespace detail {
 namespace {
 
-void validate_tensor(const char *name, const TensorView<float> &t, std::vector<int64_t> expected, bool optional) {
+template <typename View>
+void validate_tensor(const char *name, const View &t, std::vector<int64_t> expected, bool optional) {
     if (optional && !t.data && t.shape.empty()) return;
     if (!t.data) fail(name, " has no data");
     if (t.shape != expected) fail(name, " has shape ", shape_string(t.shape), "; expected ", shape_string(expected));
+}
+
+bool known_weight_type(WeightType type) {
+    return type == WeightType::f32 || type == WeightType::bf16 || type == WeightType::f16;
+}
+
+// Each projection of a known type; without config.weight_type, all of one type,
+// which the layer then keeps.
+void validate_weight_types(const Config &c, const Weights &w) {
+    if (c.weight_type && !known_weight_type(*c.weight_type)) {
+        fail("config.weight_type is ", int(*c.weight_type), "; expected f32, bf16 or f16");
+    }
+    const std::pair<const char *, const WeightView *> views[] = {{"wq", &w.wq}, {"wk", &w.wk}, {"wv", &w.wv},
+                                                                 {"wo", &w.wo}};
+    for (const auto &[name, view] : views) {
+        if (!known_weight_type(view->type)) fail(name, " has type ", int(view->type), "; expected f32, bf16 or f16");
+        if (!c.weight_type && view->type != w.wq.type) {
+            fail(name, " is ", weight_type_name(view->type), " but wq is ", weight_type_name(w.wq.type),
+                 "; give the four projections one type, or set config.weight_type to convert them to it");
+        }
+    }
 }
 
 }  // namespace
@@ -165,6 +187,7 @@ void validate_weights(const Config &c, const Weights &w) {
     validate_tensor("wk", w.wk, {kv, d}, false);
     validate_tensor("wv", w.wv, {kv, d}, false);
     validate_tensor("wo", w.wo, {d, q}, false);
+    validate_weight_types(c, w);
     validate_tensor("bq", w.bq, {q}, true);
     validate_tensor("bk", w.bk, {kv}, true);
     validate_tensor("bv", w.bv, {kv}, true);

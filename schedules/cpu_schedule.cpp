@@ -58,6 +58,10 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
         l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
     }
+    if (l.narrow_weights && tile.widen_once) {
+        const std::vector<Var> args = l.panels.args();  // (lane, i, panel)
+        l.panels.compute_at(l.result, oo).vectorize(args[0], tile.lanes);
+    }
     if (tokens > 1) {
         // Regrouped once per call, not per weight panel; rows are read contiguously.
         const std::vector<Var> args = l.grouped_rows.args();  // (j, i, g)

@@ -23,6 +23,10 @@ struct GemmTile {
     // blocks a panel's accumulators live in memory and each block of its weights
     // stays in L1; on the AVX-512 Xeon, 128-512 measured within noise of 0.
     int k_block = 0;
+    // 16-bit weights: widen the tile's slice of its panel once into fp32 scratch
+    // that every token tile then reads (prefill), rather than at each load (decode,
+    // where each weight is read once anyway).
+    bool widen_once = false;
 };
 void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile);
 

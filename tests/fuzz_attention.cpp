@@ -112,6 +112,11 @@ Scenario draw(FuzzedDataProvider &in) {
         s.q_norm = normal_tensor({per_head ? c.head_dim : q}, 0.5, feature_rng);
         s.k_norm = normal_tensor({per_head ? c.head_dim : kv}, 0.5, feature_rng);
     }
+    // Half the layers keep their weights in 16 bits: the reference then computes
+    // from the same rounded values, so the tolerances stay those of fp32 weights.
+    const int weight_kind = std::uniform_int_distribution<int>(0, 3)(feature_rng);
+    if (weight_kind == 1) c.weight_type = gqa::WeightType::bf16;
+    if (weight_kind == 2) c.weight_type = gqa::WeightType::f16;
 
     const int cache_kind = in.ConsumeIntegralInRange(0, 2);
     const int batch = in.ConsumeIntegralInRange(1, 3);
@@ -171,7 +176,8 @@ Scenario draw(FuzzedDataProvider &in) {
          << " rotary_dim=" << c.rotary_dim << " fp32_angles=" << c.rope_fp32_angles << " causal=" << c.is_causal
          << " window=" << c.window.value_or(0) << " scale=" << c.scale << " layer_id=" << c.layer_id
          << " softcap=" << c.softcap << " biases=" << biases << " sinks=" << sinks
-         << " qk_norm=" << int(c.qk_norm) << " cache="
+         << " qk_norm=" << int(c.qk_norm)
+         << " weights=" << gqa::weight_type_name(c.weight_type.value_or(gqa::WeightType::f32)) << " cache="
          << (s.cache ? (*s.cache == gqa::CacheType::f16 ? "f16" : "f32") : "none") << " cache_batch=" << s.cache_batch
          << " cache_len=" << s.cache_len << "\n";
     for (const Call &call : s.calls) {

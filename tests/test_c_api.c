@@ -6,6 +6,7 @@
 #include "../tools/tolerance.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,6 +109,68 @@ static void backends_match_reference(void) {
     }
 }
 
+/* One prefill (fp32 cache) of layers built from `weights`, kept as `keep`. */
+static gqa_status prefill_with(gqa_backend backend, const gqa_weights *weights, gqa_weight_type keep, float *out) {
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
+    config.max_seq_len = MAX_SEQ;
+    config.weight_type = keep;
+    gqa_attention *layer = NULL;
+    gqa_status status = gqa_attention_create(&config, weights, backend, &layer);
+    if (status == GQA_STATUS_OK) {
+        status = gqa_attention_forward(layer, prompt, 2, PROMPT, out, 2 * PROMPT * D, NULL, 0, NULL, 0);
+    }
+    gqa_attention_free(layer);
+    return status;
+}
+
+/* bf16 bits as given, against the reference on the same values as floats; and the
+ * config's weight_type converts. bf16 bits here are the upper halves of the fp32
+ * weights (truncated), which fp32 holds exactly. */
+static void bf16_weights_reach_the_layer(void) {
+    enum { Q = HEADS * HEAD_DIM * D, KV = KV_HEADS * HEAD_DIM * D, OUTPUTS = 2 * PROMPT * D };
+    static uint16_t q16[Q], k16[KV], v16[KV], o16[Q];
+    static float q_cut[Q], k_cut[KV], v_cut[KV], o_cut[Q];
+    static float want[OUTPUTS], got[OUTPUTS], full[OUTPUTS];
+    const float *floats[4] = {wq, wk, wv, wo};
+    uint16_t *bits[4] = {q16, k16, v16, o16};
+    float *cut[4] = {q_cut, k_cut, v_cut, o_cut};
+    const int counts[4] = {Q, KV, KV, Q};
+    for (int w = 0; w < 4; ++w) {
+        for (int i = 0; i < counts[w]; ++i) {
+            uint32_t word;
+            memcpy(&word, &floats[w][i], 4);
+            bits[w][i] = (uint16_t)(word >> 16);
+            word &= 0xffff0000u;
+            memcpy(&cut[w][i], &word, 4);
+        }
+    }
+    const gqa_weights as_floats = {q_cut, k_cut, v_cut, o_cut, NULL, NULL, NULL, bo};
+    CHECK(prefill_with(GQA_BACKEND_REFERENCE, &as_floats, GQA_WEIGHT_AS_GIVEN, want) == GQA_STATUS_OK, "%s",
+          gqa_last_error());
+    gqa_weights as_bits = {q16, k16, v16, o16, NULL, NULL, NULL, bo};
+    as_bits.type = GQA_WEIGHT_BF16;
+    for (int b = GQA_BACKEND_REFERENCE; b <= GQA_BACKEND_OPENCL; ++b) {
+        if (!gqa_backend_available((gqa_backend)b)) continue;
+        CHECK(prefill_with((gqa_backend)b, &as_bits, GQA_WEIGHT_AS_GIVEN, got) == GQA_STATUS_OK, "%s: %s",
+              gqa_backend_name((gqa_backend)b), gqa_last_error());
+        const double worst = max_abs_diff(got, want, OUTPUTS);
+        CHECK(worst <= GQA_ATOL, "%s, bf16 weights: max |diff| %g", gqa_backend_name((gqa_backend)b), worst);
+        printf("%s, bf16 weights: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b), worst);
+    }
+    /* fp32 weights kept as bf16 are rounded: they differ from the fp32 layer. */
+    const gqa_weights originals = {wq, wk, wv, wo, NULL, NULL, NULL, bo};
+    CHECK(prefill_with(GQA_BACKEND_REFERENCE, &originals, GQA_WEIGHT_AS_GIVEN, full) == GQA_STATUS_OK, "%s",
+          gqa_last_error());
+    CHECK(prefill_with(GQA_BACKEND_REFERENCE, &originals, GQA_WEIGHT_BF16, got) == GQA_STATUS_OK, "%s",
+          gqa_last_error());
+    CHECK(max_abs_diff(got, full, OUTPUTS) > 1e-3, "config.weight_type changed nothing");
+
+    as_bits.type = (gqa_weight_type)5;
+    CHECK(prefill_with(GQA_BACKEND_REFERENCE, &as_bits, GQA_WEIGHT_AS_GIVEN, got) == GQA_STATUS_INVALID, "type 5");
+    CHECK(strstr(gqa_last_error(), "weights.type is 5") != NULL, "message: %s", gqa_last_error());
+}
+
 static void failures_are_reported(void) {
     gqa_config config = gqa_config_default();
     config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = 4, config.head_dim = HEAD_DIM;
@@ -188,6 +251,7 @@ int main(void) {
     fill(k_norm, HEAD_DIM, 1.0f, 10);
     for (int e = 0; e < HEAD_DIM; ++e) q_norm[e] += 1.0f, k_norm[e] += 1.0f; /* around 1, as trained norms are */
     backends_match_reference();
+    bf16_weights_reach_the_layer();
     failures_are_reported();
     if (failures) fprintf(stderr, "%d checks failed\n", failures);
     return failures ? 1 : 0;

@@ -110,10 +110,11 @@ protected:
 TEST_F(Safetensors, Fp32RoundTripBuildsTheSameLayer) {
     const std::string path = write_file("f32", layer_entries("F32"));
     const gqa::LoadedWeights loaded = gqa::load_safetensors(path, prefix_, config_);
-    EXPECT_EQ(loaded.wq, weights_.wq.values);
-    EXPECT_EQ(loaded.wk, weights_.wk.values);
-    EXPECT_EQ(loaded.wv, weights_.wv.values);
-    EXPECT_EQ(loaded.wo, weights_.wo.values);
+    EXPECT_EQ(loaded.wq.type, gqa::WeightType::f32);
+    EXPECT_EQ(loaded.wq.values, weights_.wq.values);
+    EXPECT_EQ(loaded.wk.values, weights_.wk.values);
+    EXPECT_EQ(loaded.wv.values, weights_.wv.values);
+    EXPECT_EQ(loaded.wo.values, weights_.wo.values);
     EXPECT_EQ(loaded.bq, weights_.bq->values);
     EXPECT_EQ(loaded.bo, weights_.bo->values);
     EXPECT_TRUE(loaded.bk.empty() && loaded.bv.empty()) << "biases the file lacks stay absent";
@@ -127,7 +128,7 @@ TEST_F(Safetensors, Fp32RoundTripBuildsTheSameLayer) {
     }
 }
 
-TEST_F(Safetensors, HalfAndBfloat16AreConvertedOnLoad) {
+TEST_F(Safetensors, HalfAndBfloat16WeightsKeepTheirType) {
     for (const std::string dtype : {"F16", "BF16"}) {
         SCOPED_TRACE(dtype);
         // Values both formats hold exactly: multiples of 1/64 below 2 in magnitude.
@@ -137,9 +138,14 @@ TEST_F(Safetensors, HalfAndBfloat16AreConvertedOnLoad) {
         for (float &v : weights_.bq->values) v = std::round(v * 64.f) / 64.f;
         for (float &v : weights_.bo->values) v = std::round(v * 64.f) / 64.f;
         const gqa::LoadedWeights loaded = gqa::load_safetensors(write_file(dtype, layer_entries(dtype)), prefix_, config_);
-        EXPECT_EQ(loaded.wq, weights_.wq.values);
-        EXPECT_EQ(loaded.wo, weights_.wo.values);
-        EXPECT_EQ(loaded.bo, weights_.bo->values);
+        const gqa::WeightType type = dtype == "F16" ? gqa::WeightType::f16 : gqa::WeightType::bf16;
+        for (const gqa::WeightData *w : {&loaded.wq, &loaded.wk, &loaded.wv, &loaded.wo}) {
+            EXPECT_EQ(w->type, type);
+            EXPECT_TRUE(w->values.empty());
+        }
+        EXPECT_EQ(loaded.wq.to_float(), weights_.wq.values);
+        EXPECT_EQ(loaded.wo.to_float(), weights_.wo.values);
+        EXPECT_EQ(loaded.bo, weights_.bo->values);  // biases become fp32
     }
 }
 
@@ -147,7 +153,7 @@ TEST_F(Safetensors, TorchtuneOutputProjName) {
     const std::string path = write_file("torchtune", layer_entries("F32", "output_proj"));
     EXPECT_THAT(error_of(path), HasSubstr("o_proj.weight"));
     const gqa::LoadedWeights loaded = gqa::load_safetensors(path, prefix_, config_, {.o = "output_proj"});
-    EXPECT_EQ(loaded.wo, weights_.wo.values);
+    EXPECT_EQ(loaded.wo.values, weights_.wo.values);
 }
 
 TEST_F(Safetensors, MalformedFilesAreErrors) {

@@ -159,10 +159,10 @@ int main(int argc, char **argv) {
                         o.names.v.c_str(), o.names.o.c_str(), o.weights_path.c_str());
         } else {
             const float w_std = 1.f / std::sqrt(float(c.embed_dim));
-            loaded.wq = random_vector(size_t(q_width) * c.embed_dim, w_std, rng);
-            loaded.wk = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
-            loaded.wv = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
-            loaded.wo = random_vector(size_t(c.embed_dim) * q_width, 1.f / std::sqrt(float(q_width)), rng);
+            loaded.wq.values = random_vector(size_t(q_width) * c.embed_dim, w_std, rng);
+            loaded.wk.values = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+            loaded.wv.values = random_vector(size_t(kv_width) * c.embed_dim, w_std, rng);
+            loaded.wo.values = random_vector(size_t(c.embed_dim) * q_width, 1.f / std::sqrt(float(q_width)), rng);
             loaded.q_shape = {q_width, c.embed_dim}, loaded.kv_shape = {kv_width, c.embed_dim};
             loaded.o_shape = {c.embed_dim, q_width};
         }

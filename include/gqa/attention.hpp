@@ -18,6 +18,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace gqa {
@@ -68,6 +69,18 @@ std::string shape_string(const std::vector<int64_t> &shape);
 // stores values.
 uint16_t float_to_half(float value);
 float half_to_float(uint16_t bits);
+// bfloat16 bits (the upper half of a float) <-> float, rounding to nearest even.
+uint16_t float_to_bfloat16(float value);
+float bfloat16_to_float(uint16_t bits);
+
+// Element type of the projection weights wq, wk, wv, wo as the layer keeps them,
+// packed, in host or device memory. bf16 and f16 halve that memory and what a
+// decode step reads; each weight is widened to fp32 exactly as it is read, and
+// every product is accumulated in fp32 (biases, sinks and norm weights stay fp32).
+enum class WeightType { f32, bf16, f16 };
+std::string_view weight_type_name(WeightType type);  // "f32", "bf16", "f16"
+// The inverse; throws Error for any other name.
+WeightType weight_type_from_name(std::string_view name);
 
 // RoPE frequency scaling, as transformers' `rope_scaling` (modeling_rope_utils.py)
 // computes it: each rotated pair j has the inverse frequency inv_j = base^(-2j/R),
@@ -139,6 +152,11 @@ struct Config {
     double softcap = 0.0;   // > 0: score = softcap * tanh(score / softcap) (Gemma-2)
     QkNorm qk_norm = QkNorm::none;
     double qk_norm_eps = 1e-6;  // > 0
+
+    // The type the layer keeps wq, wk, wv and wo in. Unset: the type they are given
+    // in (all four must share it). Set: each is converted at construction, rounding
+    // to nearest even; a finite weight too large for the type is an Error.
+    std::optional<WeightType> weight_type;
 };
 
 // A read-only dense row-major tensor owned by the caller.
@@ -154,6 +172,28 @@ struct TensorView {
     }
 };
 
+// A read-only projection weight owned by the caller: fp32 values, or the bits of
+// bf16 or f16 values (as a checkpoint stores them).
+struct WeightView {
+    const void *data = nullptr;
+    std::vector<int64_t> shape;
+    WeightType type = WeightType::f32;
+
+    WeightView() = default;
+    WeightView(const float *values, std::vector<int64_t> shape_) : data(values), shape(std::move(shape_)) {}
+    WeightView(const TensorView<float> &view) : WeightView(view.data, view.shape) {}
+    WeightView(const uint16_t *bits, std::vector<int64_t> shape_, WeightType bits_type)
+        : data(bits), shape(std::move(shape_)), type(bits_type) {}
+
+    int64_t numel() const {
+        int64_t n = 1;
+        for (int64_t e : shape) n *= e;
+        return n;
+    }
+    // Element `index` (row-major) widened to fp32, exactly.
+    float value(int64_t index) const;
+};
+
 // Projection weights in torch nn.Linear layout [out_features, in_features]:
 //   wq [n_h*hd, d], wk/wv [n_kv*hd, d], wo [d, n_h*hd].
 // Biases are optional (data == nullptr): bq [n_h*hd], bk/bv [n_kv*hd], bo [d].
@@ -166,7 +206,7 @@ struct TensorView {
 // (load_hf_layer does).
 // The layer copies and packs them at construction; the caller's memory is not kept.
 struct Weights {
-    TensorView<float> wq, wk, wv, wo;
+    WeightView wq, wk, wv, wo;
     TensorView<float> bq, bk, bv, bo;
     TensorView<float> sinks;
     TensorView<float> q_norm, k_norm;
@@ -245,6 +285,8 @@ public:
 
     const Config &config() const;
     Backend backend() const;
+    // The type the layer keeps its projection weights in (Config::weight_type).
+    WeightType weight_type() const;
 
 private:
     struct State;

@@ -46,6 +46,13 @@ typedef enum gqa_cache_type {
     GQA_CACHE_F16 = 1,  /* k and v rounded to IEEE fp16 as written; arithmetic stays fp32 */
 } gqa_cache_type;
 
+typedef enum gqa_weight_type {
+    GQA_WEIGHT_F32 = 0,
+    GQA_WEIGHT_BF16 = 1,      /* bfloat16 bits */
+    GQA_WEIGHT_F16 = 2,       /* IEEE fp16 bits */
+    GQA_WEIGHT_AS_GIVEN = 3,  /* gqa_config.weight_type: keep the type the weights come in */
+} gqa_weight_type;
+
 typedef enum gqa_rope_scaling_type {
     GQA_ROPE_SCALING_NONE = 0,
     GQA_ROPE_SCALING_LINEAR = 1,
@@ -96,19 +103,22 @@ typedef struct gqa_config {
     const double *rope_inv_freq;    /* NULL, or your own rotary_dim / 2 inverse frequencies */
     gqa_qk_norm qk_norm;            /* default GQA_QK_NORM_NONE; weights q_norm, k_norm */
     double qk_norm_eps;             /* default 1e-6 */
+    gqa_weight_type weight_type;    /* the type the layer keeps wq..wo in; default GQA_WEIGHT_AS_GIVEN */
 } gqa_config;
 
 /* Projection weights in nn.Linear layout [out_features, in_features]:
  *   wq [num_heads*head_dim, d], wk and wv [num_kv_heads*head_dim, d],
- *   wo [d, num_heads*head_dim]; biases bq [num_heads*head_dim], bk and bv
- *   [num_kv_heads*head_dim], bo [d], or NULL for none. Copied at creation. */
+ *   wo [d, num_heads*head_dim], of element type `type` (floats, or 16-bit words);
+ *   biases bq [num_heads*head_dim], bk and bv [num_kv_heads*head_dim], bo [d], or
+ *   NULL for none. Copied at creation. */
 typedef struct gqa_weights {
-    const float *wq, *wk, *wv, *wo;
+    const void *wq, *wk, *wv, *wo;
     const float *bq, *bk, *bv, *bo;
     const float *sinks; /* [num_heads] attention-sink logits (gpt-oss), or NULL */
     /* With qk_norm: [head_dim] each (per head), or [num_heads*head_dim] and
      * [num_kv_heads*head_dim] (all heads); NULL without. */
     const float *q_norm, *k_norm;
+    gqa_weight_type type; /* of wq..wo: GQA_WEIGHT_F32 (0, what a zero-initialised struct has), BF16 or F16 */
 } gqa_weights;
 
 typedef struct gqa_attention gqa_attention;

@@ -14,7 +14,9 @@ namespace gqa {
 struct HfLayer {
     std::string model_type;  // config.json's
     Config config;           // rotate-half RoPE with the model's scaling, window, scale, soft-cap, q/k norm
-    LoadedWeights weights;   // fp32; a fused qkv_proj split into q, k and v; Gemma's norm weights as 1 + w
+    // The projections in the checkpoint's dtype, the rest fp32; a fused qkv_proj split
+    // into q, k and v; Gemma's norm weights as 1 + w.
+    LoadedWeights weights;
     // What the layer uses beyond plain causal GQA, for people to read: e.g.
     // "rope_scaling llama3 (factor 32)", "sliding window 4096", "fused qkv_proj".
     std::vector<std::string> features;

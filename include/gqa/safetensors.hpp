@@ -18,13 +18,28 @@ struct ProjectionNames {
     std::string q = "q_proj", k = "k_proj", v = "v_proj", o = "o_proj";
 };
 
-// The four weights (and whichever biases the file has), converted to fp32 and
-// owned; view() gives the gqa::Weights a layer is built from.
+// One projection weight as the file stores it, owned: fp32 values, or the bits of
+// bf16 or f16 values (a layer keeps that type unless config.weight_type converts).
+struct WeightData {
+    WeightType type = WeightType::f32;
+    std::vector<float> values;    // f32
+    std::vector<uint16_t> bits;   // bf16, f16
+
+    size_t size() const { return type == WeightType::f32 ? values.size() : bits.size(); }
+    WeightView view(std::vector<int64_t> shape) const;
+    // Every element widened to fp32, exactly.
+    std::vector<float> to_float() const;
+    // Elements [first, first + count), of the same type.
+    WeightData slice(size_t first, size_t count) const;
+};
+
+// The four weights, each in the file's dtype, and whichever biases the file has
+// (fp32), owned; view() gives the gqa::Weights a layer is built from.
 class LoadedWeights {
 public:
     Weights view() const;
 
-    std::vector<float> wq, wk, wv, wo;
+    WeightData wq, wk, wv, wo;
     std::vector<float> bq, bk, bv, bo;  // empty: not in the file
     std::vector<float> sinks;           // [num_heads] (gpt-oss; load_hf_layer), empty: none
     std::vector<float> q_norm, k_norm;  // config.qk_norm's weights (load_hf_layer), empty: none
@@ -32,7 +47,8 @@ public:
 };
 
 // Reads <prefix><name>.weight for q, k, v and o (and <prefix><name>.bias where
-// present) from `path`. F32, F16 and BF16 tensors are converted to fp32. Each
+// present) from `path`. F32, F16 and BF16 weights keep their dtype (f32, f16,
+// bf16); biases are converted to fp32. Each
 // weight must have the nn.Linear shape `config` implies: wq [n_h*hd, d], wk/wv
 // [n_kv*hd, d], wo [d, n_h*hd]. Throws gqa::Error naming the file and the tensor
 // for a file that cannot be read or parsed, a missing tensor, another dtype, a

@@ -21,7 +21,8 @@ constexpr int kLanes = 4;
 // too; 16 x 5 keeps 20 fmla per 9 loads with no spill. Decode streams the weights
 // for one token: 32 outputs give 8 independent chains.
 cpu::GemmTile gemm_tile(const Knobs &knobs) {
-    return {kLanes, or_default(knobs.gemm_tile_outputs, knobs.decode ? 32 : 16), knobs.decode ? 0 : knobs.gemm_k_block};
+    return {kLanes, or_default(knobs.gemm_tile_outputs, knobs.decode ? 32 : 16), knobs.decode ? 0 : knobs.gemm_k_block,
+            !knobs.decode};
 }
 
 }  // namespace

@@ -21,7 +21,8 @@ int lanes(const Target &t) {
 // has one token. The token count is gemm_token_group, below.
 cpu::GemmTile gemm_tile(const Target &t, const Knobs &knobs) {
     const int vectors = t.has_feature(Target::AVX512) ? 4 : 2;
-    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), knobs.decode ? 0 : knobs.gemm_k_block};
+    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), knobs.decode ? 0 : knobs.gemm_k_block,
+            !knobs.decode};
 }
 
 }  // namespace

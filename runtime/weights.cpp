@@ -1,0 +1,76 @@
+// Weight types: their names, reading one element, and converting a layer's
+// projection weights to the type it keeps them in.
+#include "weights.h"
+
+#include <cmath>
+#include <string>
+
+#include "validation.h"
+
+namespace gqa {
+
+std::string_view weight_type_name(WeightType type) {
+    switch (type) {
+    case WeightType::f32: return "f32";
+    case WeightType::bf16: return "bf16";
+    case WeightType::f16: return "f16";
+    }
+    detail::fail("weight type ", int(type), " is not f32, bf16 or f16");
+}
+
+WeightType weight_type_from_name(std::string_view name) {
+    for (WeightType type : {WeightType::f32, WeightType::bf16, WeightType::f16}) {
+        if (weight_type_name(type) == name) return type;
+    }
+    detail::fail("weight type '", std::string(name), "' is not one of f32, bf16, f16");
+}
+
+float WeightView::value(int64_t index) const {
+    switch (type) {
+    case WeightType::f32: return static_cast<const float *>(data)[index];
+    case WeightType::bf16: return bfloat16_to_float(static_cast<const uint16_t *>(data)[index]);
+    case WeightType::f16: return half_to_float(static_cast<const uint16_t *>(data)[index]);
+    }
+    return 0.f;
+}
+
+namespace detail {
+
+WeightType stored_weight_type(const Config &config, const Weights &weights) {
+    return config.weight_type.value_or(weights.wq.type);
+}
+
+TypedWeights::TypedWeights(const Weights &given, WeightType type) : weights_(given) {
+    WeightView *views[4] = {&weights_.wq, &weights_.wk, &weights_.wv, &weights_.wo};
+    const char *names[4] = {"wq", "wk", "wv", "wo"};
+    for (int n = 0; n < 4; ++n) {
+        WeightView &view = *views[n];
+        if (view.type == type) continue;
+        const int64_t count = view.numel();
+        if (type == WeightType::f32) {
+            std::vector<float> &values = values_[n];
+            allocate("converted weights", size_t(count), sizeof(float), [&] { values.resize(size_t(count)); });
+            for (int64_t i = 0; i < count; ++i) values[size_t(i)] = view.value(i);
+            view = WeightView(values.data(), view.shape);
+            continue;
+        }
+        std::vector<uint16_t> &bits = bits_[n];
+        allocate("converted weights", size_t(count), sizeof(uint16_t), [&] { bits.resize(size_t(count)); });
+        const bool to_bf16 = type == WeightType::bf16;
+        for (int64_t i = 0; i < count; ++i) {
+            const float value = view.value(i);
+            const uint16_t rounded = to_bf16 ? float_to_bfloat16(value) : float_to_half(value);
+            const float back = to_bf16 ? bfloat16_to_float(rounded) : half_to_float(rounded);
+            if (std::isfinite(value) && !std::isfinite(back)) {
+                const int64_t columns = view.shape.back();
+                fail(names[n], "[", i / columns, ", ", i % columns, "] is ", value, ", which overflows ",
+                     weight_type_name(type), " (config.weight_type)");
+            }
+            bits[size_t(i)] = rounded;
+        }
+        view = WeightView(bits.data(), view.shape, type);
+    }
+}
+
+}  // namespace detail
+}  // namespace gqa

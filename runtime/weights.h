@@ -1,0 +1,33 @@
+// The projection weights in the layer's weight type, for the backends to pack.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "gqa/attention.hpp"
+
+namespace gqa::detail {
+
+// The element type the layer keeps its weights in: config.weight_type, or the
+// type the (validated) weights share.
+WeightType stored_weight_type(const Config &config, const Weights &weights);
+
+// `given` with wq, wk, wv and wo of type `type`: views of the caller's memory where
+// they already are, else converted copies owned here (rounded to nearest even). A
+// finite weight that overflows the type is a gqa::Error naming it. Lives while the
+// backend copies or packs them.
+class TypedWeights {
+public:
+    TypedWeights(const Weights &given, WeightType type);
+    TypedWeights(const TypedWeights &) = delete;
+    TypedWeights &operator=(const TypedWeights &) = delete;
+
+    const Weights &weights() const { return weights_; }
+
+private:
+    Weights weights_;
+    std::vector<float> values_[4];
+    std::vector<uint16_t> bits_[4];
+};
+
+}  // namespace gqa::detail
