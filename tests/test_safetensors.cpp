@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "test_util.h"
 
 namespace {
@@ -50,6 +52,13 @@ std::vector<char> as_bytes(const std::vector<float> &values, const std::string &
     return bytes;
 }
 
+// Where a test's file goes: named by the process too, since CTest runs each test
+// once per instruction set, possibly at the same time.
+std::string temp_path(const std::string &name) {
+    const std::string file = "gqa_test_" + std::to_string(getpid()) + "_" + name + ".safetensors";
+    return (std::filesystem::temp_directory_path() / file).string();
+}
+
 // A safetensors file: 8-byte header length, JSON header, data.
 std::string write_file(const std::string &name, const std::vector<Entry> &entries, const std::string &header_tail = "") {
     std::string header = "{\"__metadata__\":{\"format\":\"pt\"}";
@@ -65,7 +74,7 @@ std::string write_file(const std::string &name, const std::vector<Entry> &entrie
         data.insert(data.end(), e.bytes.begin(), e.bytes.end());
     }
     header += header_tail + "}";
-    const std::string path = (std::filesystem::temp_directory_path() / ("gqa_test_" + name + ".safetensors")).string();
+    const std::string path = temp_path(name);
     std::ofstream out(path, std::ios::binary);
     const uint64_t length = header.size();
     out.write(reinterpret_cast<const char *>(&length), 8);
@@ -75,7 +84,7 @@ std::string write_file(const std::string &name, const std::vector<Entry> &entrie
 }
 
 std::string write_raw(const std::string &name, const std::string &content) {
-    const std::string path = (std::filesystem::temp_directory_path() / ("gqa_test_" + name + ".safetensors")).string();
+    const std::string path = temp_path(name);
     std::ofstream(path, std::ios::binary) << content;
     return path;
 }
