@@ -2,8 +2,8 @@
 // OpenBLAS baseline, on the W1/W2/W3 layer shapes; the full layer and the
 // attention core alone; prefill of 512 tokens and decode against 2048 and 8192
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
-// weights and caches exceed the last-level cache, as in a real model); fp32 and
-// bf16 weights (the modes named _bf16w), fp32 and fp16 caches. Counters:
+// weights and caches exceed the last-level cache, as in a real model); fp32, bf16
+// and int8 weights (the modes named _bf16w, _int8w), fp32 and fp16 caches. Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
 // limits of the device that runs them: for the CPU backends this machine's FMA
 // peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
@@ -69,8 +69,14 @@ using LayerWeights = gqa_tools::WorkloadWeights;
 size_t weight_bytes(const Shape &s) {
     const gqa::Config &c = s.config;
     const size_t d = c.embed_dim, q = size_t(c.num_heads) * c.head_dim, kv = size_t(c.num_kv_heads) * c.head_dim;
-    const size_t element = c.weight_type.value_or(gqa::WeightType::f32) == gqa::WeightType::f32 ? 4 : 2;
-    return element * d * (2 * q + 2 * kv) + sizeof(float) * (s.bias ? q + 2 * kv : 0);
+    const size_t weights = d * (2 * q + 2 * kv), biases = s.bias ? q + 2 * kv : 0;
+    switch (c.weight_type.value_or(gqa::WeightType::f32)) {
+    case gqa::WeightType::f32: break;
+    case gqa::WeightType::bf16:
+    case gqa::WeightType::f16: return 2 * weights + sizeof(float) * biases;
+    case gqa::WeightType::int8: return weights + sizeof(float) * (weights / 32 + biases);  // a scale per 32
+    }
+    return sizeof(float) * (weights + biases);
 }
 
 // The shape with its weights kept as `type` (drawn in fp32, converted by the layer).
@@ -79,7 +85,7 @@ Shape with_weights(Shape s, gqa::WeightType type) {
     return s;
 }
 
-// The mode-name suffix of a weight type: none for fp32, "_bf16w" for bf16.
+// The mode-name suffix of a weight type: none for fp32, "_bf16w" for bf16, ...
 std::string weight_suffix(const Shape &s) {
     const gqa::WeightType type = s.config.weight_type.value_or(gqa::WeightType::f32);
     return type == gqa::WeightType::f32 ? "" : "_" + std::string(gqa::weight_type_name(type)) + "w";
@@ -369,10 +375,13 @@ void register_all() {
             if ((backend == int(gqa::Backend::reference)) != small) continue;
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
             add("layer/prefill512" + tail, layer_prefill, s, backend);
-            // bf16 weights, as checkpoints ship them; the baseline has fp32 ones only.
-            const Shape bf16 = with_weights(s, gqa::WeightType::bf16);
+            // bf16 weights, as checkpoints ship them, and int8 ones; the baseline has fp32 ones only.
+            const std::vector<Shape> typed_shapes = {with_weights(s, gqa::WeightType::bf16),
+                                                     with_weights(s, gqa::WeightType::int8)};
             const bool typed_weights = backend != kBaseline && !small;
-            if (typed_weights) add("layer/prefill512" + weight_suffix(bf16) + tail, layer_prefill, bf16, backend);
+            for (const Shape &typed : typed_shapes) {
+                if (typed_weights) add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend);
+            }
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
             add("proj/prefill512" + tail, projections, s, backend);
             for (int context : {2048, 8192}) {
@@ -383,10 +392,11 @@ void register_all() {
                 add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true, f32);
                 // The fp16 cache halves the cache bytes; the baseline has no such option.
                 if (backend != kBaseline) add("layer/" + mode + "_f16_cold" + tail, layer_decode, s, backend, context, true, f16);
-                if (typed_weights) {
-                    const std::string typed = "layer/" + mode + weight_suffix(bf16);
-                    add(typed + "_cold" + tail, layer_decode, bf16, backend, context, true, f32);
-                    add(typed + "_f16_cold" + tail, layer_decode, bf16, backend, context, true, f16);
+                for (const Shape &typed : typed_shapes) {
+                    if (!typed_weights) continue;
+                    const std::string name = "layer/" + mode + weight_suffix(typed);
+                    add(name + "_cold" + tail, layer_decode, typed, backend, context, true, f32);
+                    add(name + "_f16_cold" + tail, layer_decode, typed, backend, context, true, f16);
                 }
                 add("core/" + mode + tail, core, s, backend, 1, context);
             }

@@ -43,6 +43,7 @@ add_halide_generator(gqa_generators
                      ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
                      ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
                      ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
+                     ${PROJECT_SOURCE_DIR}/generators/store_generator.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
                      ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
@@ -107,13 +108,31 @@ function(gqa_weight_suffix out weights)
     endif ()
 endfunction()
 
+# In gqa_add_pipelines (a macro, so it sees that function's backend, targets,
+# runtime and libs): adds gqa_<generator>_<mode><suffix>_<backend> for both modes
+# with the given params, and sets `out` to their table entry
+# {.prefill = ..., .decode = ...}.
+macro(gqa_add_mode_pair out generator suffix)
+    set(pair)
+    foreach (mode IN ITEMS prefill decode)
+        set(lib gqa_${generator}_${mode}${suffix}_${backend})
+        gqa_generator_params(params ${generator} ${mode} mode=${mode} ${ARGN})
+        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${generator}
+                           TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
+        list(APPEND libs ${lib})
+        list(APPEND pair ".${mode} = ${lib}")
+    endforeach ()
+    list(JOIN pair ", " pair)
+    set(${out} "{${pair}}")
+endmacro()
+
 # gqa_add_pipelines(<backend> TARGETS ... [RUNTIME <runtime>]): every pipeline for
 # one backend, all sharing one Halide runtime: gqa_rope_<backend>.runtime, or the
 # given one (one runtime per host architecture serves its CPU and GPU backends). The pipelines that
-# touch the KV cache come once per cache element type: gqa_<pipeline>_<mode>_<backend>
-# for fp32, gqa_<pipeline>_<mode>_f16_<backend> for fp16; those that read the
-# projection weights (project, output) once per weight type too, a suffix _wbf16 or
-# _wf16 before the backend's for the 16-bit ones. It also writes
+# touch the KV cache (store, attend) come once per cache element type:
+# gqa_<pipeline>_<mode>_<backend> for fp32, gqa_<pipeline>_<mode>_f16_<backend> for
+# fp16; those that read the projection weights (project, output) once per weight
+# type, the others suffixed _wbf16, _wf16 or _wint8 in the same place. It also writes
 # gqa_pipelines_<backend>.h, the runtime's table of them by name (PipelineTable in
 # runtime/halide_backend.h, fields in the order these loops add them), and the
 # INTERFACE target gqa_pipelines_<backend> that carries all of it, and the global
@@ -135,25 +154,17 @@ function(gqa_add_pipelines backend)
     if (GQA_AUTOSCHEDULER)
         set(autoscheduler AUTOSCHEDULER Halide::${GQA_AUTOSCHEDULER})
     endif ()
-    # In gqa::WeightType's order, which PipelineTable's arrays follow.
-    set(weight_types f32 bf16 f16)
-    set(outputs)
-    foreach (weights IN LISTS weight_types)
-        gqa_weight_suffix(weight_suffix ${weights})
-        set(fields)
-        foreach (mode IN ITEMS prefill decode)
-            set(lib gqa_output_${mode}${weight_suffix}_${backend})
-            gqa_generator_params(params output ${mode} mode=${mode} weight_type=${weights})
-            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_output
-                               TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
-            list(APPEND libs ${lib})
-            list(APPEND fields ".${mode} = ${lib}")
+    # Per weight type, in gqa::WeightType's order, which PipelineTable's arrays follow.
+    foreach (generator IN ITEMS project output)
+        set(entries)
+        foreach (weights IN ITEMS f32 bf16 f16 int8)
+            gqa_weight_suffix(weight_suffix ${weights})
+            gqa_add_mode_pair(entry ${generator} "${weight_suffix}" weight_type=${weights})
+            list(APPEND entries "${entry}")
         endforeach ()
-        list(JOIN fields ", " fields)
-        list(APPEND outputs "{${fields}}")
+        list(JOIN entries ", " entries)
+        string(APPEND table ",\n    .${generator} = {${entries}}")
     endforeach ()
-    list(JOIN outputs ", " outputs)
-    string(APPEND table ",\n    .output = {${outputs}}")
     foreach (cache IN ITEMS f32 f16)
         if (cache STREQUAL "f32")
             set(cache_suffix "")
@@ -162,32 +173,8 @@ function(gqa_add_pipelines backend)
             set(cache_suffix _f16)
             set(cache_type float16)
         endif ()
-        set(projects)
-        foreach (weights IN LISTS weight_types)
-            gqa_weight_suffix(weight_suffix ${weights})
-            set(modes)
-            foreach (mode IN ITEMS prefill decode)
-                set(lib gqa_project_${mode}${cache_suffix}${weight_suffix}_${backend})
-                gqa_generator_params(params project ${mode} mode=${mode} cache_type=${cache_type}
-                                     weight_type=${weights})
-                add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_project
-                                   TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
-                list(APPEND libs ${lib})
-                list(APPEND modes ".${mode} = ${lib}")
-            endforeach ()
-            list(JOIN modes ", " modes)
-            list(APPEND projects "{${modes}}")
-        endforeach ()
-        list(JOIN projects ", " projects)
-        set(fields ".project = {${projects}}")
-        foreach (mode IN ITEMS prefill decode)
-            set(lib gqa_attend_${mode}${cache_suffix}_${backend})
-            gqa_generator_params(params attend ${mode} mode=${mode} cache_type=${cache_type})
-            add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
-                               TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
-            list(APPEND libs ${lib})
-            list(APPEND fields ".attend_${mode} = ${lib}")
-        endforeach ()
+        gqa_add_mode_pair(store store "${cache_suffix}" cache_type=${cache_type})
+        gqa_add_mode_pair(attend attend "${cache_suffix}" cache_type=${cache_type})
         # Attention weights for interpretability: one instance, any sequence length.
         set(lib gqa_attend_pattern${cache_suffix}_${backend})
         gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache_type})
@@ -195,9 +182,7 @@ function(gqa_add_pipelines backend)
         add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
                            TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
-        list(APPEND fields ".attend_pattern = ${lib}")
-        list(JOIN fields ", " fields)
-        string(APPEND table ",\n    .${cache} = {${fields}}")
+        string(APPEND table ",\n    .${cache} = {.store = ${store}, .attend = ${attend}, .attend_pattern = ${lib}}")
     endforeach ()
 
     set(includes)

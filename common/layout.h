@@ -11,6 +11,10 @@ namespace gqa::layout {
 // zero-padded.
 inline constexpr int kWeightPanel = 64;
 
+// int8 weights: one fp32 scale per this many consecutive inputs of an output row
+// (llama.cpp's Q8_0 blocks hold as many).
+inline constexpr int kWeightGroup = 32;
+
 // The attention pipelines read K/V in whole chunks of key slots, up to the valid
 // length rounded up to this multiple (those extra slots are masked out). The
 // runtime pads every cache's capacity to a multiple of it so the reads stay inside.

@@ -8,9 +8,9 @@ namespace gqa::algo {
 
 using namespace Halide;
 
-Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, WeightType weight_type,
-                     bool native_half_widening, const Func &bias, const Expr &in_dim, const Expr &tokens, int panel,
-                     int token_group) {
+Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &packed_scales,
+                     WeightType weight_type, bool native_half_widening, const Func &bias, const Expr &in_dim,
+                     const Expr &tokens, int panel, int token_group) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
@@ -22,7 +22,8 @@ Linear define_linear(const std::string &name, const Func &x, const Func &packed_
     l.k = RDom(0, in_dim, name + "_k");
 
     Var o = l.o, m = l.m, i("i"), j("j"), g("g"), lane("lane"), p("p");
-    l.panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), weight_type, native_half_widening);
+    l.panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), packed_scales(lane, i / layout::kWeightGroup, p),
+                                        weight_type, native_half_widening);
     l.weight(o, i) = l.panels(o % panel, i, o / panel);
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
@@ -59,16 +60,16 @@ Expr to_cache_element(const Type &cache_type, const Expr &value) {
 
 }  // namespace
 
-Project define_project(const Func &x, const Func &packed_weight, WeightType weight_type, bool native_half_widening,
-                       const Func &bias, const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape,
-                       int panel, int token_group, Func q_out, Func k_out, Func v_out, const Type &cache_type) {
+Project define_project(const Func &x, const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
+                       bool native_half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
+                       const ProjectShape &shape, int panel, int token_group, Func q_out, Func k_out, Func v_out) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    p.qkv = define_linear("qkv", x, packed_weight, weight_type, native_half_widening, bias, shape.embed_dim,
-                          shape.tokens, panel, token_group);
+    p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, native_half_widening, bias,
+                          shape.embed_dim, shape.tokens, panel, token_group);
     const Func qkv = p.qkv.result;
-    Var d = p.d, h = p.h, m = p.m, t = p.t, kvh = p.kvh, b = p.b, g = p.g;
+    Var d = p.d, h = p.h, m = p.m, kvh = p.kvh, g = p.g;
 
     // The mean of squares in fp32, as transformers' RMSNorm computes it.
     const Expr all_heads = norm.mode == layout::kQkNormAllHeads;
@@ -98,19 +99,28 @@ Project define_project(const Func &x, const Func &packed_weight, WeightType weig
 
     q_out(d, h, m) = rotate([&](Expr dd) { return q_value(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
                             rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
-    p.new_tokens = RDom(0, shape.seq_len, "new_tokens");
-    const Expr token = b * shape.seq_len + p.new_tokens, slot = shape.write_slot + p.new_tokens;
-    k_out(d, t, kvh, b) = undef(cache_type);
-    const Expr rotated_k = rotate([&](Expr dd) { return k_value(kvh * hd + dd, token); }, d, hd,
-                                  clamped_position(rope, token), rope.cos_table, rope.sin_table, rope.style,
-                                  rope.rotary_dim);
-    k_out(d, slot, kvh, b) = to_cache_element(cache_type, rotated_k);
-    v_out(d, t, kvh, b) = undef(cache_type);
-    v_out(d, slot, kvh, b) = to_cache_element(cache_type, qkv(q_width + kv_width + kvh * hd + d, token));
+    k_out(d, kvh, m) = rotate([&](Expr dd) { return k_value(kvh * hd + dd, m); }, d, hd, clamped_position(rope, m),
+                              rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
+    v_out(d, kvh, m) = qkv(q_width + kv_width + kvh * hd + d, m);
     p.q = q_out;
-    p.k = k_out;
-    p.v = v_out;
+    p.k_new = k_out;
+    p.v_new = v_out;
     return p;
+}
+
+Store define_store(const Func &k_new, const Func &v_new, const Expr &seq_len, const Expr &write_slot, Func k_out,
+                   Func v_out, const Type &cache_type) {
+    Store s;
+    Var d = s.d, t = s.t, kvh = s.kvh, b = s.b;
+    s.new_tokens = RDom(0, seq_len, "new_tokens");
+    const Expr token = b * seq_len + s.new_tokens, slot = write_slot + s.new_tokens;
+    k_out(d, t, kvh, b) = undef(cache_type);
+    k_out(d, slot, kvh, b) = to_cache_element(cache_type, k_new(d, kvh, token));
+    v_out(d, t, kvh, b) = undef(cache_type);
+    v_out(d, slot, kvh, b) = to_cache_element(cache_type, v_new(d, kvh, token));
+    s.k = k_out;
+    s.v = v_out;
+    return s;
 }
 
 Expr widen_half(const Expr &half) {
@@ -238,11 +248,12 @@ Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const E
 
 }  // namespace
 
-Expr widen_weight(const Expr &element, WeightType type, bool native_half_widening) {
+Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, bool native_half_widening) {
     switch (type) {
     case WeightType::f32: return element;
     case WeightType::bf16: return reinterpret<float>(cast<uint32_t>(element) << 16);  // the upper half of a float
     case WeightType::f16: return widen(element, native_half_widening);
+    case WeightType::int8: return cast<float>(element) * scale;
     }
     return element;
 }

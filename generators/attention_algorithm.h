@@ -24,12 +24,15 @@ namespace gqa::algo {
 
 // How packed projection weights are stored. fp32 as is; bf16 as its bits (uint16);
 // fp16 as float16, or its bits (uint16) where the target has no usable float16
-// (schedules::cache_storage_type says which). Widened to fp32 exactly as read, so
-// every product accumulates in fp32.
-enum class WeightType { f32, bf16, f16 };
+// (schedules::cache_storage_type says which); int8 values with an fp32 scale per
+// layout::kWeightGroup inputs, packed like the weights: scale(o % P, i / group,
+// o / P). Read as fp32 (the 16-bit types exactly, int8 as q * scale), so every
+// product accumulates in fp32.
+enum class WeightType { f32, bf16, f16, int8 };
 
-// A packed weight element as fp32.
-Halide::Expr widen_weight(const Halide::Expr &element, WeightType type, bool native_half_widening);
+// A packed weight element as fp32; `scale` is read for int8 only.
+Halide::Expr widen_weight(const Halide::Expr &element, const Halide::Expr &scale, WeightType type,
+                          bool native_half_widening);
 
 // y(o, m) = sum_i x(i, m) * W[o][i] + bias(o), W packed in panels of `panel` rows.
 // The packed weights and the bias are zero-padded to whole panels, so a schedule
@@ -44,15 +47,16 @@ struct Linear {
     Halide::Func result;        // product + bias
     Halide::Func panels;        // the packed weights widened to fp32, (o % panel, i, o / panel)
     Halide::Func weight;        // W[o][i] read from panels
-    bool narrow_weights = false;  // stored in 16 bits: a schedule may widen a panel once and reuse it
+    bool narrow_weights = false;  // not fp32: a schedule may widen a panel once and reuse it
     Halide::Func input;         // x(i, m), for schedules that stage it
     Halide::Func grouped_rows;  // defined when token_group > 1
     int token_group = 1;
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
-                     WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
-                     const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel, int token_group);
+                     const Halide::Func &packed_scales, WeightType weight_type, bool native_half_widening,
+                     const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel,
+                     int token_group);
 
 // Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
 //   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
@@ -81,38 +85,49 @@ struct QkNormInputs {
     Halide::Expr mode, eps;
 };
 
-// Fused Q/K/V projection with RoPE; K and V land in the cache, in place: the
-// outputs k and v are the whole cache, of which a call writes only its own slots
-// (their pure definitions are undefined). A device backend then hands over the
-// cache's own device buffer rather than a crop of it, which OpenCL could only make
-// at aligned offsets.
+// Fused Q/K/V projection with RoPE (and the q/k norms): the rotated queries, and
+// the call's rotated keys and its values in fp32, which define_store then writes
+// into the cache in the cache's element type.
 struct Project {
     Linear qkv;
-    Halide::Var d{"d"}, h{"h"}, m{"m"}, t{"t"}, kvh{"kvh"}, b{"b"}, g{"g"};
+    Halide::Var d{"d"}, h{"h"}, m{"m"}, kvh{"kvh"}, g{"g"};
     // The sum of squares of group g of token m's q, and of its k; read only when
     // normalising, so a schedule can specialize the layers without a norm back to
     // their own code.
     Halide::Func q_sum_squares, k_sum_squares;  // (g, m)
     Halide::RDom q_values, k_values;            // the values of one group
     Halide::Expr qk_norm_mode;
-    Halide::RDom new_tokens;  // the call's tokens t of a batch row, stored in slot write_slot + t
-    Halide::Func q;  // q(d, h, m): rotated queries
-    Halide::Func k;  // k(d, slot, kvh, b): the cache; its update writes rotated keys
-    Halide::Func v;  // v(d, slot, kvh, b)
+    Halide::Func q;      // q(d, h, m): rotated queries
+    Halide::Func k_new;  // k_new(d, kvh, m): rotated keys
+    Halide::Func v_new;  // v_new(d, kvh, m)
 };
 
 struct ProjectShape {
-    Halide::Expr embed_dim, head_dim, num_heads, num_kv_heads, seq_len, tokens;
-    Halide::Expr write_slot;  // the cache slot of each batch row's first token
+    Halide::Expr embed_dim, head_dim, num_heads, num_kv_heads, tokens;
 };
 
-// k_out and v_out hold cache_type elements: fp32, or fp16 rounded to nearest even,
-// either as float16 or as its bits in uint16 (see narrow_half).
-Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, WeightType weight_type,
-                       bool native_half_widening, const Halide::Func &bias,
-                       const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
-                       int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out,
-                       const Halide::Type &cache_type);
+Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &packed_scales,
+                       WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
+                       const QkNormInputs &norm,
+                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group,
+                       Halide::Func q_out, Halide::Func k_out, Halide::Func v_out);
+
+// A call's keys and values (d, kvh, token), token = b * seq_len + i, into cache
+// slots write_slot + i, in place: the outputs k and v are the whole cache, of which
+// a call writes only its own slots (their pure definitions are undefined). A device
+// backend then hands over the cache's own device buffer rather than a crop of it,
+// which OpenCL could only make at aligned offsets. They hold cache_type elements:
+// fp32, or fp16 rounded to nearest even, as float16 or its bits in uint16 (see
+// narrow_half).
+struct Store {
+    Halide::Var d{"d"}, t{"t"}, kvh{"kvh"}, b{"b"};
+    Halide::RDom new_tokens;  // the call's tokens i of a batch row
+    Halide::Func k, v;        // (d, slot, kvh, b)
+};
+
+Store define_store(const Halide::Func &k_new, const Halide::Func &v_new, const Halide::Expr &seq_len,
+                   const Halide::Expr &write_slot, Halide::Func k_out, Halide::Func v_out,
+                   const Halide::Type &cache_type);
 
 // Grouped scores, masked softmax and weighted values for the queries of one call
 // against the valid cache prefix [0, kv_len). Query i of the call sits in cache

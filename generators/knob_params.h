@@ -17,8 +17,10 @@ inline const std::map<std::string, PipelineMode> kPipelineModes = {{"prefill", P
                                                                    {"decode", PipelineMode::decode}};
 
 // The runtime's gqa::WeightType names.
-inline const std::map<std::string, algo::WeightType> kWeightTypes = {
-    {"f32", algo::WeightType::f32}, {"bf16", algo::WeightType::bf16}, {"f16", algo::WeightType::f16}};
+inline const std::map<std::string, algo::WeightType> kWeightTypes = {{"f32", algo::WeightType::f32},
+                                                                     {"bf16", algo::WeightType::bf16},
+                                                                     {"f16", algo::WeightType::f16},
+                                                                     {"int8", algo::WeightType::int8}};
 
 // Mixed into a Generator: Halide registers GeneratorParams found in the object.
 struct KnobParams {
@@ -37,12 +39,13 @@ struct KnobParams {
     Halide::GeneratorParam<algo::WeightType> weight_type{"weight_type", algo::WeightType::f32, kWeightTypes};
 
     // The packed weights' element type on the target: bf16 as its bits, fp16 as
-    // the target stores an fp16 cache.
+    // the target stores an fp16 cache, int8 as is.
     Halide::Type weight_storage(const Halide::Target &target) const {
         switch (weight_type) {
         case algo::WeightType::f32: return Halide::Float(32);
         case algo::WeightType::bf16: return Halide::UInt(16);
         case algo::WeightType::f16: return schedules::cache_storage_type(target, Halide::Float(16));
+        case algo::WeightType::int8: return Halide::Int(8);
         }
         return Halide::Float(32);
     }

@@ -1,4 +1,4 @@
-// Fused Q/K/V projection + RoPE; K/V are written into a crop of the KV cache.
+// Fused Q/K/V projection + RoPE: q, and the call's k and v for the store pipeline.
 #include "attention_algorithm.h"
 #include "inputs.h"
 #include "knob_params.h"
@@ -23,18 +23,16 @@ public:
     Input<int> head_dim{"head_dim"};
     Input<int> num_heads{"num_heads"};
     Input<int> num_kv_heads{"num_kv_heads"};
-    Input<int> seq_len{"seq_len"};  // tokens per batch row; x holds batch * seq_len tokens
-    Input<int> write_slot{"write_slot"};  // the cache slot of each row's first token
     Output<Buffer<float, 3>> q{"q"};  // (d, head, token)
+    Output<Buffer<float, 3>> k{"k"};  // (d, kv head, token), rotated
+    Output<Buffer<float, 3>> v{"v"};  // (d, kv head, token)
 
-    // Added here for their types: w_qkv, the packed [Wq; Wk; Wv] panels of
-    // weight_type, after the inputs above; k, v: (d, slot, kv head, batch), the whole
-    // cache, of cache_type, after q.
+    // w_qkv, the packed [Wq; Wk; Wv] panels of weight_type: added here for its type,
+    // after the inputs above; then the int8 scales in the same panels, which the
+    // other types take (and ignore) too, so every project pipeline has one signature.
     void configure() {
-        cache_element_ = cache_storage(get_target());
         w_qkv_ = add_input<Buffer<>>("w_qkv", weight_storage(get_target()), 3);
-        k_ = add_output<Buffer<>>("k", cache_element_, 4);
-        v_ = add_output<Buffer<>>("v", cache_element_, 4);
+        w_scales_ = add_input<Buffer<float, 3>>("w_scales");
     }
 
     void generate() {
@@ -43,19 +41,20 @@ public:
                               rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
         algo::QkNormInputs norm{input_func(qk_norm_weight, autoscheduled), qk_norm, qk_norm_eps};
         // Outputs cannot be measured before they are defined, so the shape comes in as scalars.
-        algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, seq_len, x.dim(1).extent(),
-                                 write_slot};
+        algo::ProjectShape shape{x.dim(0).extent(), head_dim, num_heads, num_kv_heads, x.dim(1).extent()};
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
-        project_ = algo::define_project(input_func(x, autoscheduled), input_func(*w_qkv_, autoscheduled), weight_type,
+        project_ = algo::define_project(input_func(x, autoscheduled), input_func(*w_qkv_, autoscheduled),
+                                        input_func(*w_scales_, autoscheduled), weight_type,
                                         schedules::native_half_widening(get_target()),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
-                                        token_group, q, *k_, *v_, cache_element_);
+                                        token_group, q, k, v);
     }
 
     void schedule() {
         const int tokens = mode == PipelineMode::decode ? 1 : 512;
         x.set_estimates({{0, 2048}, {0, tokens}});
         w_qkv_->set_estimates({{0, layout::kWeightPanel}, {0, 2048}, {0, 48}});
+        w_scales_->set_estimates({{0, layout::kWeightPanel}, {0, 2048 / layout::kWeightGroup}, {0, 48}});
         b_qkv.set_estimates({{0, 3072}});
         qk_norm_weight.set_estimates({{0, 2560}});
         positions.set_estimates({{0, tokens}});
@@ -68,19 +67,16 @@ public:
         head_dim.set_estimate(64);
         num_heads.set_estimate(32);
         num_kv_heads.set_estimate(8);
-        seq_len.set_estimate(tokens);
-        write_slot.set_estimate(0);
         q.set_estimates({{0, 64}, {0, 32}, {0, tokens}});
-        k_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
-        v_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
+        k.set_estimates({{0, 64}, {0, 8}, {0, tokens}});
+        v.set_estimates({{0, 64}, {0, 8}, {0, tokens}});
         if (get_auto_schedule()) return;
         schedules::schedule_project(project_, get_target(), knobs(get_target()));
     }
 
 private:
-    Halide::Type cache_element_;
     Input<Buffer<>> *w_qkv_ = nullptr;
-    Output<Buffer<>> *k_ = nullptr, *v_ = nullptr;
+    Input<Buffer<float, 3>> *w_scales_ = nullptr;
     algo::Project project_;
 };
 

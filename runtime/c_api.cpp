@@ -117,8 +117,8 @@ gqa::RopeScaling to_rope_scaling(const gqa_rope_scaling &s, int pairs) {
 }
 
 gqa::WeightType to_weight_type(gqa_weight_type type, const char *name) {
-    return from_c_enum(type, {gqa::WeightType::f32, gqa::WeightType::bf16, gqa::WeightType::f16}, name,
-                       "gqa_weight_type (GQA_WEIGHT_F32, BF16 or F16)");
+    return from_c_enum(type, {gqa::WeightType::f32, gqa::WeightType::bf16, gqa::WeightType::f16, gqa::WeightType::int8},
+                       name, "gqa_weight_type (GQA_WEIGHT_F32, BF16, F16 or INT8)");
 }
 
 gqa::Config to_config(const gqa_config &c) {
@@ -220,6 +220,10 @@ gqa_status gqa_attention_create(const gqa_config *config, const gqa_weights *wei
             return data ? gqa::TensorView<float>{data, std::move(shape)} : gqa::TensorView<float>{};
         };
         const gqa::WeightType type = to_weight_type(weights->type, "weights.type");
+        if (type == gqa::WeightType::int8) {
+            invalid("weights.type is GQA_WEIGHT_INT8, which comes with no scales here; give fp32, bf16 or f16 "
+                    "weights and set config.weight_type to GQA_WEIGHT_INT8 to quantize them");
+        }
         const auto projection = [type](const void *data, std::vector<int64_t> shape) {
             if (!data) return gqa::WeightView{};
             return type == gqa::WeightType::f32

@@ -134,6 +134,7 @@ const halide_type_t kF32{halide_type_float, 32, 1};
 const halide_type_t kI32{halide_type_int, 32, 1};
 const halide_type_t kU8{halide_type_uint, 8, 1};
 const halide_type_t kU16{halide_type_uint, 16, 1};
+const halide_type_t kI8{halide_type_int, 8, 1};
 
 int round_up(int n, int multiple) {
     return (n + multiple - 1) / multiple * multiple;
@@ -147,8 +148,10 @@ struct PackedLinear {
     halide_type_t element;          // as the pipelines take it
     AlignedVector<float> values;    // fp32 weights
     AlignedVector<uint16_t> bits;   // bf16 or f16 weights
+    AlignedVector<int8_t> int8;     // int8 weights
+    AlignedVector<float> scales;    // int8: (lane, group, panel), one per kWeightGroup inputs; else one unread 1
     AlignedVector<float> bias;
-    int in = 0, panels = 0;
+    int in = 0, panels = 0, groups = 0;
 
     using Part = std::pair<const WeightView *, const TensorView<float> *>;
 
@@ -156,12 +159,30 @@ struct PackedLinear {
         : type(parts.begin()->first->type),
           element(type == WeightType::f32    ? kF32
                   : type == WeightType::bf16 ? kU16
+                  : type == WeightType::int8 ? kI8
                                              : platform.half_cache_element),
-          in(in_features) {
-        if (type == WeightType::f32) {
-            pack(parts, values);
-        } else {
-            pack(parts, bits);
+          in(in_features),
+          groups((in_features + layout::kWeightGroup - 1) / layout::kWeightGroup) {
+        switch (type) {
+        case WeightType::f32: pack(parts, values); break;
+        case WeightType::bf16:
+        case WeightType::f16: pack(parts, bits); break;
+        case WeightType::int8: pack(parts, int8), pack_scales(parts); break;
+        }
+        if (type != WeightType::int8) scales.assign(1, 1.f);
+    }
+
+    // The int8 groups' scales in the weights' panel order.
+    void pack_scales(std::initializer_list<Part> parts) {
+        constexpr int P = layout::kWeightPanel;
+        scales.assign(static_cast<size_t>(panels) * P * groups, 0.f);
+        int row = 0;
+        for (const auto &part : parts) {
+            const WeightView &w = *part.first;
+            for (int r = 0; r < w.shape[0]; ++r, ++row) {
+                float *panel = scales.data() + static_cast<size_t>(row / P) * P * groups + row % P;
+                for (int g = 0; g < groups; ++g) panel[static_cast<size_t>(g) * P] = w.scales[size_t(r) * groups + g];
+            }
         }
     }
 
@@ -186,9 +207,16 @@ struct PackedLinear {
     }
 
     View weight_view() const {
-        const void *data = type == WeightType::f32 ? static_cast<const void *>(values.data()) : bits.data();
+        const void *data = type == WeightType::f32    ? static_cast<const void *>(values.data())
+                           : type == WeightType::int8 ? static_cast<const void *>(int8.data())
+                                                      : bits.data();
         return View(data, element, {{layout::kWeightPanel, 1}, {in, layout::kWeightPanel},
                                     {panels, int64_t(layout::kWeightPanel) * in}});
+    }
+    View scale_view() const {
+        if (type != WeightType::int8) return View(scales.data(), kF32, {{1, 1}, {1, 1}, {1, 1}});
+        return View(scales.data(), kF32, {{layout::kWeightPanel, 1}, {groups, layout::kWeightPanel},
+                                          {panels, int64_t(layout::kWeightPanel) * groups}});
     }
     View bias_view() const { return View(bias.data(), kF32, {{int(bias.size()), 1}}); }
 };
@@ -242,31 +270,41 @@ public:
     }
 
     void project(const ProjectCall &c) override {
-        const int hd = dims_.head_dim, tokens = c.batch * c.seq_len;
+        const int hd = dims_.head_dim, n_kv = dims_.num_kv_heads, tokens = c.batch * c.seq_len;
         View x(c.x, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
-        View w = qkv_.weight_view(), bias = qkv_.bias_view();
+        View w = qkv_.weight_view(), scales = qkv_.scale_view(), bias = qkv_.bias_view();
         View norm_weight(qk_norm_weight_.data(), kF32, {{int64_t(qk_norm_weight_.size()), 1}});
         View positions(c.positions, kI32, {{tokens, 1}});
         View cos = rope_table_view(rope_, rope_.cos), sin = rope_table_view(rope_, rope_.sin);
         View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {tokens, dims_.q_width()}});
-        const CachePipelines &cache = pipelines(*c.kv);
-        // The whole cache: the pipeline writes this call's slots in place.
+        // The call's keys and values, from the projection to the store.
+        const size_t new_values = size_t(tokens) * dims_.kv_width();
+        if (k_new_.size() < new_values) k_new_.resize(new_values), v_new_.resize(new_values);
+        View k_new(k_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
+        View v_new(v_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
+        // The whole cache: the store writes this call's slots in place.
         View k = slots_view(*c.kv, c.kv->k(), c.kv->capacity()), v = slots_view(*c.kv, c.kv->v(), c.kv->capacity());
         if (device_) {
-            place_constant(w, qkv_weights_), place_constant(bias, qkv_bias_);
+            place_constant(w, qkv_weights_), place_constant(scales, qkv_scales_), place_constant(bias, qkv_bias_);
             place_constant(norm_weight, qk_norm_weight_array_);
             place_constant(cos, rope_cos_), place_constant(sin, rope_sin_);
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
+            place(k_new, k_new_array_, Sync::device_only), place(v_new, v_new_array_, Sync::device_only);
             KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
         }
-        const ModePipelines<ProjectPipeline> &project = cache.project[int(qkv_.type)];
-        auto *pipeline = c.seq_len == 1 ? project.decode : project.prefill;
-        run(pipeline(x.get(), bias.get(), norm_weight.get(), positions.get(), cos.get(), sin.get(), rope_.style,
-                     rope_.rotary_dim, c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads, dims_.num_kv_heads, c.seq_len,
-                     c.write_slot, w.get(), q.get(), k.get(), v.get()),
+        const bool decode = c.seq_len == 1;
+        const ModePipelines<ProjectPipeline> &project = platform_.pipelines.project[int(qkv_.type)];
+        run((decode ? project.decode : project.prefill)(x.get(), bias.get(), norm_weight.get(), positions.get(),
+                                                        cos.get(), sin.get(), rope_.style, rope_.rotary_dim,
+                                                        c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads, n_kv, w.get(),
+                                                        scales.get(), q.get(), k_new.get(), v_new.get()),
             "gqa_project");
+        const ModePipelines<StorePipeline> &store = pipelines(*c.kv).store;
+        run((decode ? store.decode : store.prefill)(k_new.get(), v_new.get(), c.seq_len, c.write_slot, k.get(),
+                                                    v.get()),
+            "gqa_store");
     }
 
     void attend(const AttendCall &c) override {
@@ -305,7 +343,7 @@ public:
                 "gqa_attend_pattern");
             return;
         }
-        auto *pipeline = c.seq_len == 1 ? cache.attend_decode : cache.attend_prefill;
+        auto *pipeline = c.seq_len == 1 ? cache.attend.decode : cache.attend.prefill;
         run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, use_sinks_,
                      sinks.get(), k.get(), v.get(), z.get()),
             "gqa_attend");
@@ -314,15 +352,15 @@ public:
     void output(const OutputCall &c) override {
         const int tokens = c.batch * c.seq_len;
         View z(c.z, kF32, {{dims_.q_width(), 1}, {tokens, dims_.q_width()}});
-        View w = out_.weight_view(), bias = out_.bias_view();
+        View w = out_.weight_view(), scales = out_.scale_view(), bias = out_.bias_view();
         View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
         if (device_) {
-            place_constant(w, out_weights_), place_constant(bias, out_bias_);
+            place_constant(w, out_weights_), place_constant(scales, out_scales_), place_constant(bias, out_bias_);
             place(z, z_[pending_], Sync::device_only), place(out, out_array_, Sync::download);
         }
         const ModePipelines<OutputPipeline> &output = platform_.pipelines.output[int(out_.type)];
         auto *pipeline = c.seq_len == 1 ? output.decode : output.prefill;
-        run(pipeline(z.get(), bias.get(), w.get(), out.get()), "gqa_output");
+        run(pipeline(z.get(), bias.get(), w.get(), scales.get(), out.get()), "gqa_output");
         if (device_) download(out);
     }
 
@@ -439,10 +477,12 @@ private:
     int use_sinks_;
     std::vector<float> qk_norm_weight_;
     std::vector<uint8_t> no_mask_;  // all ones: the mask input when no mask is given
+    AlignedVector<float> k_new_, v_new_;  // a call's keys and values, before the store
 
-    DeviceArray qkv_weights_, qkv_bias_, out_weights_, out_bias_, rope_cos_, rope_sin_, sinks_array_;
+    DeviceArray qkv_weights_, qkv_scales_, qkv_bias_, out_weights_, out_scales_, out_bias_;
+    DeviceArray rope_cos_, rope_sin_, sinks_array_;
     DeviceArray qk_norm_weight_array_;
-    DeviceArray x_, positions_, mask_, q_, out_array_;
+    DeviceArray x_, positions_, mask_, q_, k_new_array_, v_new_array_, out_array_;
     // z and the pattern: a forward writes pair `pending_`; the other holds the last
     // committed forward's (Kernels::commit).
     DeviceArray z_[2], pattern_[2];

@@ -14,9 +14,10 @@ namespace gqa::detail {
 using ProjectPipeline = int (*)(halide_buffer_t *x, halide_buffer_t *bias, halide_buffer_t *qk_norm_weight,
                                 halide_buffer_t *positions, halide_buffer_t *rope_cos, halide_buffer_t *rope_sin,
                                 int32_t rope_style, int32_t rotary_dim, int32_t qk_norm, float qk_norm_eps,
-                                int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, int32_t seq_len,
-                                int32_t write_slot, halide_buffer_t *w, halide_buffer_t *q, halide_buffer_t *k,
-                                halide_buffer_t *v);
+                                int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, halide_buffer_t *w,
+                                halide_buffer_t *w_scales, halide_buffer_t *q, halide_buffer_t *k, halide_buffer_t *v);
+using StorePipeline = int (*)(halide_buffer_t *k_new, halide_buffer_t *v_new, int32_t seq_len, int32_t write_slot,
+                              halide_buffer_t *k, halide_buffer_t *v);
 using AttendPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                halide_buffer_t *sinks,
@@ -25,7 +26,8 @@ using AttendPatternPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask,
                                       int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                       halide_buffer_t *sinks, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
                                       halide_buffer_t *z, halide_buffer_t *pattern);
-using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *out);
+using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *w_scales,
+                               halide_buffer_t *out);
 using RopePipeline = int (*)(halide_buffer_t *x, halide_buffer_t *positions, halide_buffer_t *rope_cos,
                              halide_buffer_t *rope_sin, int32_t rope_style, int32_t rotary_dim, halide_buffer_t *out);
 
@@ -35,13 +37,13 @@ struct ModePipelines {
 };
 
 // Arrays indexed by gqa::WeightType hold one entry per weight type.
-inline constexpr int kWeightTypeCount = 3;
-static_assert(int(WeightType::f16) == kWeightTypeCount - 1, "one pipeline entry per gqa::WeightType");
+inline constexpr int kWeightTypeCount = 4;
+static_assert(int(WeightType::int8) == kWeightTypeCount - 1, "one pipeline entry per gqa::WeightType");
 
 // The pipelines that write or read the KV cache, for one cache element type.
 struct CachePipelines {
-    ModePipelines<ProjectPipeline> project[kWeightTypeCount];
-    AttendPipeline attend_prefill, attend_decode;
+    ModePipelines<StorePipeline> store;
+    ModePipelines<AttendPipeline> attend;
     AttendPatternPipeline attend_pattern;
 };
 
@@ -51,6 +53,7 @@ struct CachePipelines {
 // pipeline_targets_<backend> (the Halide targets they were compiled for).
 struct PipelineTable {
     RopePipeline rope;
+    ModePipelines<ProjectPipeline> project[kWeightTypeCount];
     ModePipelines<OutputPipeline> output[kWeightTypeCount];
     CachePipelines f32, f16;
 };

@@ -25,19 +25,22 @@ void validate_tensor(const char *name, const View &t, std::vector<int64_t> expec
 }
 
 bool known_weight_type(WeightType type) {
-    return type == WeightType::f32 || type == WeightType::bf16 || type == WeightType::f16;
+    return type == WeightType::f32 || type == WeightType::bf16 || type == WeightType::f16 || type == WeightType::int8;
 }
 
 // Each projection of a known type; without config.weight_type, all of one type,
 // which the layer then keeps.
 void validate_weight_types(const Config &c, const Weights &w) {
     if (c.weight_type && !known_weight_type(*c.weight_type)) {
-        fail("config.weight_type is ", int(*c.weight_type), "; expected f32, bf16 or f16");
+        fail("config.weight_type is ", int(*c.weight_type), "; expected f32, bf16, f16 or int8");
     }
     const std::pair<const char *, const WeightView *> views[] = {{"wq", &w.wq}, {"wk", &w.wk}, {"wv", &w.wv},
                                                                  {"wo", &w.wo}};
     for (const auto &[name, view] : views) {
-        if (!known_weight_type(view->type)) fail(name, " has type ", int(view->type), "; expected f32, bf16 or f16");
+        if (!known_weight_type(view->type)) {
+            fail(name, " has type ", int(view->type), "; expected f32, bf16, f16 or int8");
+        }
+        if (view->type == WeightType::int8 && !view->scales) fail(name, " is int8 but has no scales");
         if (!c.weight_type && view->type != w.wq.type) {
             fail(name, " is ", weight_type_name(view->type), " but wq is ", weight_type_name(w.wq.type),
                  "; give the four projections one type, or set config.weight_type to convert them to it");

@@ -13,9 +13,9 @@ namespace gqa::detail {
 WeightType stored_weight_type(const Config &config, const Weights &weights);
 
 // `given` with wq, wk, wv and wo of type `type`: views of the caller's memory where
-// they already are, else converted copies owned here (rounded to nearest even). A
-// finite weight that overflows the type is a gqa::Error naming it. Lives while the
-// backend copies or packs them.
+// they already are, else converted copies owned here (rounded to nearest even, or
+// quantized to int8). A finite weight that overflows the type, or any non-finite
+// one for int8, is a gqa::Error naming it. Lives while the backend packs them.
 class TypedWeights {
 public:
     TypedWeights(const Weights &given, WeightType type);
@@ -28,6 +28,8 @@ private:
     Weights weights_;
     std::vector<float> values_[4];
     std::vector<uint16_t> bits_[4];
+    std::vector<int8_t> int8_[4];
+    std::vector<float> scales_[4];
 };
 
 }  // namespace gqa::detail

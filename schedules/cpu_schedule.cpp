@@ -74,21 +74,26 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
 }
 
 void schedule_project_epilogue(algo::Project &p, int lanes, bool decode) {
-    p.q.vectorize(p.d, lanes, TailStrategy::GuardWithIf);
-    if (!decode) p.q.parallel(p.m);
-    const RVar token = p.new_tokens.x;
-    for (Func f : {p.k, p.v}) {
-        // An update's RVars start innermost; head dims go inside, in vectors.
-        f.update().reorder(p.d, token).vectorize(p.d, lanes, TailStrategy::GuardWithIf);
-        if (!decode) f.update().parallel(token);
+    for (Func f : {p.q, p.k_new, p.v_new}) {
+        f.vectorize(p.d, lanes, TailStrategy::GuardWithIf);
+        if (!decode) f.parallel(p.m);
     }
     // A token's q/k norms next to the rows that read them: a few thousand adds per
     // token, against the projection's millions. Layers without a norm run the code
     // they ran before norms existed.
     p.q_sum_squares.compute_at(p.q, p.m);
-    p.k_sum_squares.compute_at(p.k, token);
+    p.k_sum_squares.compute_at(p.k_new, p.m);
     p.q.specialize(p.qk_norm_mode == layout::kQkNormNone);
-    p.k.update().specialize(p.qk_norm_mode == layout::kQkNormNone);
+    p.k_new.specialize(p.qk_norm_mode == layout::kQkNormNone);
+}
+
+void schedule_store(algo::Store &s, int lanes, bool decode) {
+    const RVar token = s.new_tokens.x;
+    for (Func f : {s.k, s.v}) {
+        // An update's RVars start innermost; head dims go inside, in vectors.
+        f.update().reorder(s.d, token).vectorize(s.d, lanes, TailStrategy::GuardWithIf);
+        if (!decode) f.update().parallel(token);
+    }
 }
 
 void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {

@@ -30,10 +30,11 @@ struct GemmTile {
 };
 void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile);
 
-// The projection's epilogue (RoPE and the scatter into q and the cache crops) and
-// the output projection's copy-out: light passes over a GEMM result. A decode
-// step has too little of them to pay for waking a thread.
+// The projection's epilogue (the norms and RoPE into q, k and v), the store of k
+// and v into the cache, and the output projection's copy-out: light passes over a
+// GEMM result. A decode step has too little of them to pay for waking a thread.
 void schedule_project_epilogue(algo::Project &p, int lanes, bool decode);
+void schedule_store(algo::Store &s, int lanes, bool decode);
 void schedule_output_copy(algo::Linear &l, Halide::Func out, int lanes, bool decode);
 void schedule_rope(Halide::Func out, int lanes);
 

@@ -71,6 +71,12 @@ void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs
     }
 }
 
+// The CPU targets share the store; its vectors are the target's.
+void schedule_store(algo::Store &s, const Target &target, const Knobs &knobs) {
+    if (family(target) == Family::gpu) return gpu::schedule_store(s, target, knobs);
+    cpu::schedule_store(s, target.natural_vector_size<float>(), knobs.decode);
+}
+
 void schedule_attend(algo::Attend &a, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
     case Family::gpu: return gpu::schedule_attend(a, target, knobs);

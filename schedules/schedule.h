@@ -44,6 +44,7 @@ bool native_half_widening(const Halide::Target &target);
 Halide::Type cache_storage_type(const Halide::Target &target, const Halide::Type &cache_type);
 
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_store(algo::Store &s, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
@@ -64,6 +65,7 @@ Softmax preferred_softmax(const Knobs &knobs);
 int key_block(const Knobs &knobs);
 int split_blocks(const Knobs &knobs);
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
+void schedule_store(algo::Store &s, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);

@@ -13,6 +13,7 @@
 #include <fuzzer/FuzzedDataProvider.h>
 #include <gqa/attention.hpp>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -112,11 +113,12 @@ Scenario draw(FuzzedDataProvider &in) {
         s.q_norm = normal_tensor({per_head ? c.head_dim : q}, 0.5, feature_rng);
         s.k_norm = normal_tensor({per_head ? c.head_dim : kv}, 0.5, feature_rng);
     }
-    // Half the layers keep their weights in 16 bits: the reference then computes
-    // from the same rounded values, so the tolerances stay those of fp32 weights.
+    // Most layers keep their weights in bf16, f16 or int8: the reference then
+    // computes from the same rounded values, so the tolerances stay those of fp32.
     const int weight_kind = std::uniform_int_distribution<int>(0, 3)(feature_rng);
-    if (weight_kind == 1) c.weight_type = gqa::WeightType::bf16;
-    if (weight_kind == 2) c.weight_type = gqa::WeightType::f16;
+    if (weight_kind > 0) {
+        c.weight_type = std::array{gqa::WeightType::bf16, gqa::WeightType::f16, gqa::WeightType::int8}[weight_kind - 1];
+    }
 
     const int cache_kind = in.ConsumeIntegralInRange(0, 2);
     const int batch = in.ConsumeIntegralInRange(1, 3);

@@ -1,8 +1,9 @@
-// Projection weights kept in bf16 or f16: the bfloat16 conversions, then every
+// Projection weights kept in bf16, f16 or int8: the bfloat16 conversions, then every
 // backend against the reference computing from the same rounded weights, and the
 // errors of weights the layer cannot keep.
 #include <gmock/gmock.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -111,24 +112,47 @@ TEST_P(WeightTypes, MatchTheReferenceOnTheSameRoundedWeights) {
     }
 }
 
-// The bits of a checkpoint, given as they are, build the same layer as fp32
-// weights the layer converts; and the layer keeps the type either way.
-TEST_P(WeightTypes, BitsGivenAsTheyAreEqualConvertedWeights) {
-    const auto [backend, type] = GetParam();
-    gqa::Config config = gqa_test::make_config(64, 4, 2, 16);
-    const gqa_test::LayerWeights weights = gqa_test::random_weights(config, false, 47);
-    auto to_bits = [type](const gqa_test::HostTensor<float> &t) {
-        std::vector<uint16_t> bits(t.values.size());
-        for (size_t i = 0; i < bits.size(); ++i) {
-            bits[i] = type == WeightType::bf16 ? float_to_bfloat16(t.values[i]) : gqa::float_to_half(t.values[i]);
+// A weight in `type`, made here from fp32 values by the definitions in
+// attention.hpp (not by the library's converter): 16-bit bits, or int8 values with
+// their group scales.
+struct TypedWeight {
+    std::vector<uint16_t> bits;
+    std::vector<int8_t> int8;
+    std::vector<float> scales;
+    gqa::WeightView view;
+
+    TypedWeight(const gqa_test::HostTensor<float> &t, WeightType type) {
+        if (type != WeightType::int8) {
+            for (float w : t.values) bits.push_back(type == WeightType::bf16 ? float_to_bfloat16(w) : gqa::float_to_half(w));
+            view = {bits.data(), t.shape, type};
+            return;
         }
-        return bits;
-    };
-    const std::vector<uint16_t> wq = to_bits(weights.wq), wk = to_bits(weights.wk), wv = to_bits(weights.wv),
-                                wo = to_bits(weights.wo);
+        const int64_t rows = t.shape[0], in = t.shape[1], groups = (in + 31) / 32;
+        for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t g = 0; g < groups; ++g) {
+                const int64_t begin = g * 32, end = std::min(in, begin + 32);
+                double largest = 0;
+                for (int64_t c = begin; c < end; ++c) largest = std::max(largest, std::fabs(double(t.values[r * in + c])));
+                scales.push_back(float(largest) / 127.f);
+            }
+            for (int64_t c = 0; c < in; ++c) {
+                const float scale = scales[r * groups + c / 32];
+                int8.push_back(int8_t(scale > 0 ? std::nearbyint(t.values[r * in + c] / scale) : 0));
+            }
+        }
+        view = {int8.data(), scales.data(), t.shape};
+    }
+};
+
+// The weights of a checkpoint (or a quantizer) given as they are build the same
+// layer as fp32 weights the layer converts; and the layer keeps the type either way.
+TEST_P(WeightTypes, GivenAsTheyAreEqualConvertedWeights) {
+    const auto [backend, type] = GetParam();
+    gqa::Config config = gqa_test::make_config(80, 4, 2, 20);  // 80 inputs: two full groups of 32 and a partial one
+    const gqa_test::LayerWeights weights = gqa_test::random_weights(config, false, 47);
+    const TypedWeight wq(weights.wq, type), wk(weights.wk, type), wv(weights.wv, type), wo(weights.wo, type);
     gqa::Weights as_bits;
-    as_bits.wq = {wq.data(), weights.wq.shape, type}, as_bits.wk = {wk.data(), weights.wk.shape, type};
-    as_bits.wv = {wv.data(), weights.wv.shape, type}, as_bits.wo = {wo.data(), weights.wo.shape, type};
+    as_bits.wq = wq.view, as_bits.wk = wk.view, as_bits.wv = wv.view, as_bits.wo = wo.view;
 
     const gqa::Attention kept(config, as_bits, backend);
     EXPECT_EQ(kept.weight_type(), type);
@@ -145,7 +169,7 @@ TEST_P(WeightTypes, BitsGivenAsTheyAreEqualConvertedWeights) {
 std::vector<std::tuple<gqa::Backend, WeightType>> backends_and_types() {
     std::vector<std::tuple<gqa::Backend, WeightType>> cases;
     for (gqa::Backend backend : gqa_test::backends_under_test()) {
-        for (WeightType type : {WeightType::bf16, WeightType::f16}) cases.emplace_back(backend, type);
+        for (WeightType type : {WeightType::bf16, WeightType::f16, WeightType::int8}) cases.emplace_back(backend, type);
     }
     return cases;
 }
@@ -176,6 +200,15 @@ TEST(WeightTypeErrors, MixedTypesOverflowAndUnknownTypes) {
     config.weight_type = WeightType::bf16;
     EXPECT_EQ(build(config, weights.view()), "no error");
 
+    config.weight_type = WeightType::int8;
+    weights.wk.values[7] = std::numeric_limits<float>::quiet_NaN();
+    EXPECT_THAT(build(config, weights.view()), HasSubstr("wk[0, 7] is nan, which int8 weights cannot hold"));
+    config.weight_type.reset();
+    const std::vector<int8_t> int8(weights.wq.values.size());
+    gqa::Weights no_scales = weights.view();
+    no_scales.wq = {int8.data(), nullptr, weights.wq.shape};
+    EXPECT_THAT(build(config, no_scales), HasSubstr("wq is int8 but has no scales"));
+
     config.weight_type = WeightType(7);
     EXPECT_THAT(build(config, weights.view()), HasSubstr("config.weight_type is 7"));
     config.weight_type.reset();
@@ -185,6 +218,45 @@ TEST(WeightTypeErrors, MixedTypesOverflowAndUnknownTypes) {
 
     EXPECT_EQ(gqa::weight_type_from_name("bf16"), WeightType::bf16);
     EXPECT_THAT(gqa_test::error_of([] { gqa::weight_type_from_name("int4"); }), HasSubstr("'int4'"));
+}
+
+}  // namespace
+
+namespace {
+
+// int8 weights against the unquantized layer, on the shapes of the benchmark's
+// layers (W1 Llama-3.2-1B, W2 Llama-3-8B, W3 Qwen2.5-0.5B): a prefill of 16 tokens,
+// then a decode step. The README states the bound: every output within
+// kInt8WeightError of the largest output magnitude.
+constexpr double kInt8WeightError = 0.02;
+
+TEST(Int8Weights, StayWithinTheDocumentedErrorOfTheUnquantizedLayer) {
+    struct Shape {
+        const char *name;
+        int embed_dim, num_heads, num_kv_heads, head_dim;
+    };
+    for (const Shape &shape : {Shape{"W1", 2048, 32, 8, 64}, Shape{"W2", 4096, 32, 8, 128}, Shape{"W3", 896, 14, 2, 64}}) {
+        gqa::Config config = gqa_test::make_config(shape.embed_dim, shape.num_heads, shape.num_kv_heads, shape.head_dim);
+        const gqa_test::LayerWeights weights = gqa_test::random_weights(config, true, 61);
+        auto run = [&](const gqa::Config &c) {
+            gqa::Attention layer(c, weights.view(), gqa::Backend::best);
+            layer.setup_cache(1, 32);
+            std::vector<float> out = layer.forward(gqa_test::random_input(c, 1, 16, 62).view());
+            const std::vector<float> step = layer.forward(gqa_test::random_input(c, 1, 1, 63).view());
+            out.insert(out.end(), step.begin(), step.end());
+            return out;
+        };
+        const std::vector<float> exact = run(config);
+        config.weight_type = WeightType::int8;
+        const std::vector<float> quantized = run(config);
+        double largest = 0;
+        for (float value : exact) largest = std::max(largest, double(std::fabs(value)));
+        const double error = gqa_test::max_abs_diff(quantized, exact);
+        std::printf("%s: int8 weights, max |error| %.3g = %.3g of the largest |output| %.3g\n", shape.name, error,
+                    error / largest, largest);
+        EXPECT_LE(error, kInt8WeightError * largest) << shape.name;
+        EXPECT_GT(error, 0.0) << shape.name << ": the weights were not quantized";
+    }
 }
 
 }  // namespace

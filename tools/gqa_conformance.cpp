@@ -700,9 +700,11 @@ void run_case(const RopeCase &rope, gqa::Backend backend, Checker &check) {
 // `cache`, handing every output and its expected array to `observe(what, got,
 // want)` in call order; the final cache goes to `check`.
 template <typename Observe>
-void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType cache, Observe &&observe,
-               Checker &check) {
-    gqa::Attention layer(layer_case.config, layer_case.weights_view(), backend);
+void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType cache,
+               std::optional<gqa::WeightType> weights, Observe &&observe, Checker &check) {
+    gqa::Config config = layer_case.config;
+    if (weights) config.weight_type = weights;
+    gqa::Attention layer(config, layer_case.weights_view(), backend);
     if (layer_case.cache_batch) {
         layer.setup_cache(*layer_case.cache_batch,
                           layer_case.cache_len > 0 ? layer_case.cache_len : layer_case.config.max_seq_len, cache);
@@ -722,7 +724,22 @@ void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType
         if (call.z) observe(prefix + "z", layer.z(), *call.z);
     }
     if (const auto &final_cache = layer_case.final_cache) {
-        if (layer_case.cache_batch && cache == gqa::CacheType::f16) {
+        if (weights) {
+            // Other weights write other keys and values: the cache, read as fp32,
+            // follows the outputs' rule.
+            for (const bool keys : {true, false}) {
+                const char *what = keys ? "k_cache" : "v_cache";
+                const Tensor &want = keys ? final_cache->k : final_cache->v;
+                if (cache == gqa::CacheType::f32) {
+                    observe(what, keys ? layer.k_cache() : layer.v_cache(), want);
+                    continue;
+                }
+                const gqa::TensorView<uint16_t> halves = keys ? layer.k_cache_f16() : layer.v_cache_f16();
+                std::vector<float> values(size_t(halves.numel()));
+                for (size_t n = 0; n < values.size(); ++n) values[n] = gqa::half_to_float(halves.data[n]);
+                observe(what, gqa::TensorView<float>{values.data(), halves.shape}, want);
+            }
+        } else if (layer_case.cache_batch && cache == gqa::CacheType::f16) {
             check.compare_halves("k_cache", layer.k_cache_f16(), final_cache->k);
             check.compare_halves("v_cache", layer.v_cache_f16(), final_cache->v);
         } else {
@@ -733,30 +750,47 @@ void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType
     }
 }
 
-// With an fp16 cache, outputs follow the fp16 rule, which needs the reference
-// backend's fp16 results next to the expected ones; a case without a cache runs
-// as with fp32.
+// The largest |reference - expected| over the outputs of the cases run with
+// --weights, and the largest |expected| beside it: that type's own error.
+struct WeightTypeError {
+    double max_abs_err = 0, max_abs_expected = 0;
+};
+
+// With an fp16 cache or converted weights (--weights), outputs follow the fp16
+// rule (tools/tolerance.h), which needs the reference backend's results under the
+// same settings next to the expected ones; a case without a cache and with its own
+// weights runs as with fp32.
 void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check,
-              gqa::CacheType cache = gqa::CacheType::f32) {
-    if (cache == gqa::CacheType::f32 || !layer_case.cache_batch) {
-        run_layer(layer_case, backend, gqa::CacheType::f32,
+              gqa::CacheType cache = gqa::CacheType::f32, std::optional<gqa::WeightType> weights = std::nullopt,
+              WeightTypeError *weight_error = nullptr) {
+    if (!layer_case.cache_batch) cache = gqa::CacheType::f32;
+    if (cache == gqa::CacheType::f32 && !weights) {
+        run_layer(layer_case, backend, cache, weights,
                   [&](const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
                       check.compare(what, got, want);
                   },
                   check);
         return;
     }
-    std::vector<std::vector<float>> reference_half;
+    std::vector<std::vector<float>> reference;
     Checker reference_check(std::numeric_limits<double>::max(), 0);
-    run_layer(layer_case, gqa::Backend::reference, cache,
-              [&](const std::string &, const gqa::TensorView<float> &got, const Tensor &) {
-                  reference_half.emplace_back(got.data, got.data + got.numel());
+    run_layer(layer_case, gqa::Backend::reference, cache, weights,
+              [&](const std::string &, const gqa::TensorView<float> &got, const Tensor &want) {
+                  reference.emplace_back(got.data, got.data + got.numel());
+                  const auto *wanted = std::get_if<std::vector<float>>(&want.values);
+                  if (!weight_error || !wanted || wanted->size() != reference.back().size()) return;
+                  for (size_t n = 0; n < wanted->size(); ++n) {
+                      weight_error->max_abs_err =
+                          std::max(weight_error->max_abs_err, double(std::abs(reference.back()[n] - (*wanted)[n])));
+                      weight_error->max_abs_expected =
+                          std::max(weight_error->max_abs_expected, double(std::abs((*wanted)[n])));
+                  }
               },
               reference_check);
     size_t next = 0;
-    run_layer(layer_case, backend, cache,
+    run_layer(layer_case, backend, cache, weights,
               [&](const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
-                  check.compare_half_rule(what, got, reference_half.at(next++), want);
+                  check.compare_half_rule(what, got, reference.at(next++), want);
               },
               check);
 }
@@ -764,14 +798,15 @@ void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check,
 struct Options {
     std::string backend = "all";
     gqa::CacheType cache = gqa::CacheType::f32;  // of the cases that use a KV cache
+    std::optional<gqa::WeightType> weights;      // the layers' weights converted to this type
     double atol = GQA_ATOL, rtol = GQA_RTOL;
     std::optional<std::regex> cases;  // run only the cases whose names it matches
     fs::path dir;
 };
 
 constexpr const char *usage =
-    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--cache f32|f16] [--atol X] [--rtol X] [--cases REGEX] "
-    "DIR";
+    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--cache f32|f16] [--weights f32|bf16|f16|int8] "
+    "[--atol X] [--rtol X] [--cases REGEX] DIR";
 
 double parse_tolerance(const std::string &flag, const std::string &text) {
     size_t used = 0;
@@ -792,7 +827,8 @@ Options parse_options(int argc, char **argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
         const bool has_value = i + 1 < argc;
-        if ((arg == "--backend" || arg == "--cache" || arg == "--atol" || arg == "--rtol" || arg == "--cases") &&
+        if ((arg == "--backend" || arg == "--cache" || arg == "--weights" || arg == "--atol" || arg == "--rtol" ||
+             arg == "--cases") &&
             !has_value) {
             throw InvalidInput(arg + " needs a value\n" + usage);
         }
@@ -802,6 +838,12 @@ Options parse_options(int argc, char **argv) {
             const std::string type = argv[++i];
             if (type != "f32" && type != "f16") throw InvalidInput("--cache wants f32 or f16, got \"" + type + "\"");
             options.cache = type == "f16" ? gqa::CacheType::f16 : gqa::CacheType::f32;
+        } else if (arg == "--weights") {
+            try {
+                options.weights = gqa::weight_type_from_name(argv[++i]);
+            } catch (const gqa::Error &error) {
+                throw InvalidInput(std::string("--weights: ") + error.what());
+            }
         } else if (arg == "--atol") {
             options.atol = parse_tolerance(arg, argv[++i]);
         } else if (arg == "--rtol") {
@@ -887,6 +929,7 @@ int run(const Options &options) {
     require_consistent(cases);
 
     int passed = 0, failed = 0, unsupported = 0;
+    WeightTypeError weight_error;
     for (const Case &test_case : cases) {
         for (gqa::Backend backend : backends) {
             const std::string label = test_case.name + "  " + std::string(gqa::backend_name(backend));
@@ -902,7 +945,7 @@ int run(const Options &options) {
                 if (const auto *rope = std::get_if<RopeCase>(&test_case.body)) {
                     run_case(*rope, backend, check);
                 } else if (const auto *layer = std::get_if<LayerCase>(&test_case.body)) {
-                    run_case(*layer, backend, check, options.cache);
+                    run_case(*layer, backend, check, options.cache, options.weights, &weight_error);
                 }
             } catch (const std::exception &error) {
                 check.fail(std::string("threw: ") + error.what());
@@ -916,6 +959,11 @@ int run(const Options &options) {
     std::cout << passed << " passed, " << failed << " failed";
     if (unsupported > 0) std::cout << ", " << unsupported << " unsupported";
     std::cout << std::endl;
+    if (options.weights) {
+        std::cout << gqa::weight_type_name(*options.weights)
+                  << " weights: the reference's largest deviation from the expected arrays " << weight_error.max_abs_err
+                  << " (largest |expected| " << weight_error.max_abs_expected << ")" << std::endl;
+    }
     return failed == 0 ? 0 : 1;
 }
 

@@ -77,8 +77,12 @@ float bfloat16_to_float(uint16_t bits);
 // packed, in host or device memory. bf16 and f16 halve that memory and what a
 // decode step reads; each weight is widened to fp32 exactly as it is read, and
 // every product is accumulated in fp32 (biases, sinks and norm weights stay fp32).
-enum class WeightType { f32, bf16, f16 };
-std::string_view weight_type_name(WeightType type);  // "f32", "bf16", "f16"
+// int8 (weight-only quantization, as llama.cpp's Q8_0) quarters it: each group of
+// kWeightGroup = 32 consecutive inputs of an output row holds round(w / s) in
+// [-127, 127] with one fp32 scale s = max |w| / 127 of the group; a weight reads as
+// q * s. Its error against the unquantized layer is documented in the README.
+enum class WeightType { f32, bf16, f16, int8 };
+std::string_view weight_type_name(WeightType type);  // "f32", "bf16", "f16", "int8"
 // The inverse; throws Error for any other name.
 WeightType weight_type_from_name(std::string_view name);
 
@@ -172,25 +176,30 @@ struct TensorView {
     }
 };
 
-// A read-only projection weight owned by the caller: fp32 values, or the bits of
-// bf16 or f16 values (as a checkpoint stores them).
+// A read-only projection weight owned by the caller: fp32 values, the bits of bf16
+// or f16 values (as a checkpoint stores them), or int8 values with their scales.
 struct WeightView {
     const void *data = nullptr;
     std::vector<int64_t> shape;
     WeightType type = WeightType::f32;
+    // int8: [out, ceil(in / 32)] row-major, the scale of each group of 32 inputs.
+    const float *scales = nullptr;
 
     WeightView() = default;
     WeightView(const float *values, std::vector<int64_t> shape_) : data(values), shape(std::move(shape_)) {}
     WeightView(const TensorView<float> &view) : WeightView(view.data, view.shape) {}
     WeightView(const uint16_t *bits, std::vector<int64_t> shape_, WeightType bits_type)
         : data(bits), shape(std::move(shape_)), type(bits_type) {}
+    WeightView(const int8_t *values, const float *group_scales, std::vector<int64_t> shape_)
+        : data(values), shape(std::move(shape_)), type(WeightType::int8), scales(group_scales) {}
 
     int64_t numel() const {
         int64_t n = 1;
         for (int64_t e : shape) n *= e;
         return n;
     }
-    // Element `index` (row-major) widened to fp32, exactly.
+    // Element `index` (row-major) as fp32: widened exactly, or for int8 q * s (the
+    // product rounded to fp32 once, as the pipelines compute it).
     float value(int64_t index) const;
 };
 

@@ -50,7 +50,8 @@ typedef enum gqa_weight_type {
     GQA_WEIGHT_F32 = 0,
     GQA_WEIGHT_BF16 = 1,      /* bfloat16 bits */
     GQA_WEIGHT_F16 = 2,       /* IEEE fp16 bits */
-    GQA_WEIGHT_AS_GIVEN = 3,  /* gqa_config.weight_type: keep the type the weights come in */
+    GQA_WEIGHT_INT8 = 3,      /* gqa_config.weight_type only: quantize (see gqa::WeightType::int8) */
+    GQA_WEIGHT_AS_GIVEN = 4,  /* gqa_config.weight_type: keep the type the weights come in */
 } gqa_weight_type;
 
 typedef enum gqa_rope_scaling_type {

@@ -126,9 +126,7 @@ int split_blocks(const Knobs &knobs) {
 
 void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
     schedule_linear(p.qkv, knobs);
-    rows_over_warps(p.q, p.d, p.m);
-    rows_over_warps(p.k.update(), p.d, p.new_tokens.x);
-    rows_over_warps(p.v.update(), p.d, p.new_tokens.x);
+    for (Func f : {p.q, p.k_new, p.v_new}) rows_over_warps(f, p.d, p.m);
     // One thread per group (a head, or all heads) of a token, summing serially.
     for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) {
         sum_squares.compute_root();
@@ -139,7 +137,11 @@ void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
         }
     }
     p.q.specialize(p.qk_norm_mode == layout::kQkNormNone);
-    p.k.update().specialize(p.qk_norm_mode == layout::kQkNormNone);
+    p.k_new.specialize(p.qk_norm_mode == layout::kQkNormNone);
+}
+
+void schedule_store(algo::Store &s, const Target &, const Knobs &) {
+    for (Func f : {s.k, s.v}) rows_over_warps(f.update(), s.d, s.new_tokens.x);
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &, const Knobs &knobs) {

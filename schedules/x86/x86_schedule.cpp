@@ -4,6 +4,10 @@
 // FMA units), Halide 14, 2026-11.
 #include "../cpu_schedule.h"
 
+#include <algorithm>
+
+#include "layout.h"
+
 namespace gqa::schedules::x86 {
 
 using namespace Halide;
@@ -17,11 +21,17 @@ int lanes(const Target &t) {
 // GEMM register tile: with 32 registers (AVX-512) 4 vectors x 6 tokens = 24
 // accumulators, with 16 registers 2 vectors x 6 tokens = 12; each k step then
 // loads 4 (2) weight vectors and 6 x values for 24 (12) FMAs. 6 tokens rather than
-// 4: prefill W1 72.2 -> 66.9 ms, W2 238 -> 212 ms (AVX-512 Xeon, one run). Decode
-// has one token. The token count is gemm_token_group, below.
+// 4: prefill W1 72.2 -> 66.9 ms, W2 238 -> 212 ms (AVX-512 Xeon, one run). The
+// token count is gemm_token_group, below. Decode has one token and streams each
+// weight once: its tile spans a whole panel (at most 8 vectors), so a thread reads
+// every cache line of a panel row in full and in order. With 2 AVX2 vectors, a
+// row of bf16 weights gave each tile half of each line, the other half going to
+// another tile, perhaps on the other core: W1 cold decode (2048) read 16-bit
+// weights at 11 GB/s.
 cpu::GemmTile gemm_tile(const Target &t, const Knobs &knobs) {
     const int vectors = t.has_feature(Target::AVX512) ? 4 : 2;
-    return {lanes(t), or_default(knobs.gemm_tile_outputs, lanes(t) * vectors), knobs.decode ? 0 : knobs.gemm_k_block,
+    const int outputs = knobs.decode ? std::min(layout::kWeightPanel, lanes(t) * 8) : lanes(t) * vectors;
+    return {lanes(t), or_default(knobs.gemm_tile_outputs, outputs), knobs.decode ? 0 : knobs.gemm_k_block,
             !knobs.decode};
 }
 
