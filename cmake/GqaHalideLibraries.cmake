@@ -84,6 +84,16 @@ endif ()
 
 # Schedules from one of Halide's autoschedulers instead of ours, to compare with:
 # Adams2019 or Mullapudi2016 (Debian's plugins), for this machine's 2 cores and 32 MiB L3.
+# The weight types whose project and output pipelines are built (f32 always): fewer
+# make a faster build (the tuner builds f32 only); a layer of a type left out is a
+# gqa::Error at construction.
+set(GQA_WEIGHT_TYPES "f32;bf16;f16;int8" CACHE STRING "Weight types to build pipelines for (f32, bf16, f16, int8)")
+foreach (weights IN LISTS GQA_WEIGHT_TYPES)
+    if (NOT weights MATCHES "^(f32|bf16|f16|int8)$")
+        message(FATAL_ERROR "GQA_WEIGHT_TYPES: '${weights}' is not one of f32, bf16, f16, int8")
+    endif ()
+endforeach ()
+
 set(GQA_AUTOSCHEDULER "" CACHE STRING "Halide autoscheduler for every pipeline (empty: the hand schedules)")
 set(GQA_MACHINE_PARAMS "2,33554432,40" CACHE STRING "Autoscheduler machine_params: cores,LLC bytes,balance")
 
@@ -158,8 +168,12 @@ function(gqa_add_pipelines backend)
     foreach (generator IN ITEMS project output)
         set(entries)
         foreach (weights IN ITEMS f32 bf16 f16 int8)
-            gqa_weight_suffix(weight_suffix ${weights})
-            gqa_add_mode_pair(entry ${generator} "${weight_suffix}" weight_type=${weights})
+            if (weights STREQUAL "f32" OR weights IN_LIST GQA_WEIGHT_TYPES)
+                gqa_weight_suffix(weight_suffix ${weights})
+                gqa_add_mode_pair(entry ${generator} "${weight_suffix}" weight_type=${weights})
+            else ()
+                set(entry "{}")  # not built: null pipelines
+            endif ()
             list(APPEND entries "${entry}")
         endforeach ()
         list(JOIN entries ", " entries)

@@ -266,6 +266,10 @@ public:
                               : std::vector<float>(dims.num_heads, -std::numeric_limits<float>::infinity())),
           use_sinks_(w.sinks.data ? 1 : 0),
           qk_norm_weight_(qk_norm_weight(dims, w)) {
+        if (!platform.pipelines.project[int(qkv_.type)].prefill) {
+            throw Error(std::string(backend_name(platform.backend)) + " was built without pipelines for " +
+                        std::string(weight_type_name(qkv_.type)) + " weights (CMake GQA_WEIGHT_TYPES)");
+        }
         install_halide_hooks();
     }
 
