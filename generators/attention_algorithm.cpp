@@ -360,8 +360,20 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     const Expr num_blocks = (in.kv_len + B - 1) / B;
     a.blocks = RDom(0, split_blocks > 0 ? Expr(split_blocks) : num_blocks, "blocks");
     const Expr block = split_blocks > 0 ? sp * split_blocks + a.blocks : Expr(a.blocks);
-    a.blocks.where(block >= a.row_begin(i) / B);
-    a.blocks.where(block * B < a.row_end(i));
+    // Split-K (decode) visits every block of its splits. One outside the row's
+    // visible keys (before its window, or past the end in the last split) holds no
+    // visible key: block_max is -inf and merging it leaves the state as it was.
+    // Skipping such blocks with the predicates below narrowed the block index in
+    // bounds inference, also in the iterations skipped, and the GPU decode checks a
+    // thread's block statistics (bound_extent 1) outside the skip: Halide compiled
+    // checks it could not prove into the kernel, and on CUDA a windowed decode
+    // trapped, which breaks the process's CUDA context (OpenCL drops such checks,
+    // so pocl never showed it). The cost: a windowed decode also stages the keys
+    // of the blocks before its window.
+    if (split_blocks == 0) {
+        a.blocks.where(block >= a.row_begin(i) / B);
+        a.blocks.where(block * B < a.row_end(i));
+    }
     // Without splits the one state starts from the sink; with splits it enters
     // at the merge, once, whichever splits the row's window leaves out.
     if (split_blocks == 0) {
