@@ -132,10 +132,9 @@ WeightView WeightData::view(std::vector<int64_t> shape) const {
 
 std::vector<float> WeightData::to_float() const {
     if (type == WeightType::f32) return values;
+    const WeightView typed = view({int64_t(bits.size())});
     std::vector<float> widened(bits.size());
-    for (size_t i = 0; i < bits.size(); ++i) {
-        widened[i] = type == WeightType::bf16 ? bfloat16_to_float(bits[i]) : half_to_float(bits[i]);
-    }
+    for (size_t i = 0; i < bits.size(); ++i) widened[i] = typed.value(int64_t(i));
     return widened;
 }
 

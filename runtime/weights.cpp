@@ -60,16 +60,17 @@ void quantize_int8(const char *name, const WeightView &view, std::vector<int8_t>
     for (int64_t r = 0; r < rows; ++r) {
         for (int64_t g = 0; g < groups; ++g) {
             const int64_t begin = g * layout::kWeightGroup, end = std::min(in, begin + layout::kWeightGroup);
+            float group[layout::kWeightGroup];  // the group's values, widened once
             float largest = 0.f;
             for (int64_t c = begin; c < end; ++c) {
-                const float w = view.value(r * in + c);
+                const float w = group[c - begin] = view.value(r * in + c);
                 if (!std::isfinite(w)) fail(name, "[", r, ", ", c, "] is ", w, ", which int8 weights cannot hold");
                 largest = std::max(largest, std::fabs(w));
             }
             const float scale = largest / 127.f;
             scales[size_t(r * groups + g)] = scale;
             for (int64_t c = begin; c < end; ++c) {
-                const float q = scale > 0.f ? std::nearbyint(view.value(r * in + c) / scale) : 0.f;
+                const float q = scale > 0.f ? std::nearbyint(group[c - begin] / scale) : 0.f;
                 values[size_t(r * in + c)] = int8_t(std::clamp(q, -127.f, 127.f));
             }
         }

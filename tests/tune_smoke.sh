@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The tuner end to end on a tiny budget: it must write a record, a rebuild must pass
 # the record's knobs to the generators, and that build must pass the conformance
-# vectors. Usage: tune_smoke.sh <source dir> <scratch dir>
+# vectors. The tree builds fp32 weights only (GQA_WEIGHT_TYPES=f32): a layer of
+# another type must be a clear error there. Usage: tune_smoke.sh <source dir> <scratch dir>
 set -euo pipefail
 source_dir=$1
 scratch=$2
@@ -20,3 +21,10 @@ grep -q "knob_isa=$isa" "$scratch/tree/build.ninja" ||
     { echo "tune_smoke: the rebuild does not pass knob_isa=$isa to the generators" >&2; exit 1; }
 cmake --build "$scratch/tree" --target gqa-conformance
 "$scratch/tree/tools/gqa-conformance" --backend x86 "$source_dir/tests/conformance"
+
+# No bf16 pipelines in this tree: the layer must say so rather than run anything.
+if refusal=$("$scratch/tree/tools/gqa-conformance" --backend x86 --weights bf16 "$source_dir/tests/conformance" 2>&1); then
+    echo "tune_smoke: an f32-only build ran bf16 weights" >&2; exit 1
+fi
+grep -q 'GQA_WEIGHT_TYPES' <<< "$refusal" ||
+    { echo "tune_smoke: the bf16 refusal does not name GQA_WEIGHT_TYPES:" >&2; echo "$refusal" | tail -5 >&2; exit 1; }
