@@ -110,6 +110,22 @@ check() {
     return "$failed"
 }
 
+# A kernel that faults (a trap, a bad address) leaves the process's CUDA context
+# unusable: every later CUDA call of that process fails, so one fault shows as a
+# cascade of failures. Name the test where it started.
+describe_first_failure() {
+    local log=$1 first
+    first=$(grep -m 1 -E '^\[  FAILED  \] ' "$log" | sed -E 's/^\[  FAILED  \] ([^ ,]+).*/\1/')
+    [ -n "$first" ] || return 0
+    echo "First failing test: \`$first\`."
+    if grep -q -E 'CUDA_ERROR_(LAUNCH_FAILED|ILLEGAL_ADDRESS|ILLEGAL_INSTRUCTION|MISALIGNED_ADDRESS)' "$log"; then
+        echo "A kernel faulted (the log holds CUDA_ERROR_LAUNCH_FAILED or a bad address): the CUDA failures"
+        echo "after the first one in this process may only follow from it. Run that test alone"
+        echo "(\`gqa-tests --gtest_filter=...\`) and every other CUDA test without it to tell."
+    fi
+    echo
+}
+
 write_report() {
     local commit=$1 report=$2
     {
@@ -129,6 +145,7 @@ write_report() {
         echo
         echo "## GoogleTest suite"
         echo
+        describe_first_failure "$work/suite.log"
         echo '```'
         sed -n '/^\[==========\] .* ran\./,$p' "$work/suite.log" | head -80
         echo '```'
@@ -144,18 +161,51 @@ write_report() {
         echo
         echo "## gqa-bench on cuda (median of 3; cv = coefficient of variation)"
         echo
-        if [ -s "$work/bench.json" ]; then
-            python3 - "$work/bench.json" <<'PY'
-import json, sys
-data = json.load(open(sys.argv[1]))
-ctx = data["context"]
-if "gpu_name" in ctx:
-    print(f"{ctx['gpu_name']}: fp32 peak {float(ctx['gpu_fp32_gflops'])/1e3:.1f} TFLOP/s, "
-          f"memory {float(ctx['gpu_dram_gbs']):.0f} GB/s (from the driver's attributes)\n")
-rows = {}
-for b in data["benchmarks"]:
-    name, agg = b.get("run_name", b["name"]), b.get("aggregate_name", "")
-    rows.setdefault(name, {})[agg] = b
+        if [ -s "$work/bench.json" ] || [ -s "$work/bench.log" ]; then
+            python3 - "$work/bench.json" "$work/bench.log" <<'PY'
+import json, re, sys
+
+def from_json(path):
+    data = json.load(open(path))
+    ctx = data["context"]
+    header = ""
+    if "gpu_name" in ctx:
+        header = (f"{ctx['gpu_name']}: fp32 peak {float(ctx['gpu_fp32_gflops'])/1e3:.1f} TFLOP/s, "
+                  f"memory {float(ctx['gpu_dram_gbs']):.0f} GB/s (from the driver's attributes)")
+    rows = {}
+    for b in data["benchmarks"]:
+        name, agg = b.get("run_name", b["name"]), b.get("aggregate_name", "")
+        rows.setdefault(name, {})[agg] = b
+    return header, rows
+
+# A bench step cut short leaves its JSON unfinished; its console log has the same
+# aggregates, with counters scaled by k/m/u.
+def from_log(path):
+    scale = {"k": 1e3, "m": 1e-3, "u": 1e-6}
+    def number(text):
+        return float(text[:-1]) * scale[text[-1]] if text[-1] in scale else float(text)
+    header, rows = "", {}
+    for line in open(path, errors="replace"):
+        if line.startswith("gqa-bench: ") and "SMs" in line:
+            header = line[len("gqa-bench: "):].strip() + " (the bench was cut short: rows from its log)"
+        m = re.match(r"(\S+)/real_time_(median|cv)\s+([\d.]+) (?:ms|%)\s+\S+ \S+\s+\d+ ?(.*)", line)
+        if not m:
+            continue
+        name, agg, value, counters = m.groups()
+        entry = {k: number(v) for k, v in re.findall(r"(\S+?)=([\d.]+[kmu]?)(?:/s|%)?", counters)}
+        if agg == "median":
+            entry["real_time"] = float(value)
+        else:
+            entry = {"real_time": float(value) / 100}
+        rows.setdefault(f"{name}/real_time", {})[agg] = entry
+    return header, rows
+
+try:
+    header, rows = from_json(sys.argv[1])
+except (OSError, ValueError):
+    header, rows = from_log(sys.argv[2])
+if header:
+    print(header + "\n")
 print("| benchmark | ms | cv | TFLOP/s | GB/s | of fp32 peak | of bandwidth |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for name, aggs in rows.items():
