@@ -64,10 +64,11 @@ TEST(Bfloat16Conversion, RoundsToTheNearestEven) {
 
 // Layers of each weight type against the reference with the same type: the
 // reference widens the same rounded weights and works in double, so the fp32
-// tolerance holds. A prefill then decode steps, on an f32 and an f16 cache.
+// tolerance holds. A prefill then decode steps, then a masked call in which one
+// query sees no key, on an f32 and an f16 cache.
 class WeightTypes : public testing::TestWithParam<std::tuple<gqa::Backend, WeightType>> {
 protected:
-    static constexpr int batch = 2, prefill = 19, decode_steps = 2, cache_len = 32;
+    static constexpr int batch = 2, prefill = 19, decode_steps = 2, masked_tokens = 2, cache_len = 32;
 
     static std::vector<float> run(const gqa::Config &config, const gqa::Weights &weights, gqa::Backend backend,
                                   CacheType cache) {
@@ -78,6 +79,16 @@ protected:
             const std::vector<float> out = layer.forward(gqa_test::random_input(config, batch, 1, 42 + step).view());
             outputs.insert(outputs.end(), out.begin(), out.end());
         }
+        // Batch row 0's first query sees no key: its z is exactly 0.
+        const int kv_len = layer.size() + masked_tokens;
+        std::vector<uint8_t> mask(size_t(batch) * masked_tokens * kv_len, 1);
+        std::fill(mask.begin(), mask.begin() + kv_len, uint8_t(0));
+        const std::vector<float> out =
+            layer.forward(gqa_test::random_input(config, batch, masked_tokens, 44).view(),
+                          gqa::TensorView<uint8_t>{mask.data(), {batch, masked_tokens, kv_len}});
+        outputs.insert(outputs.end(), out.begin(), out.end());
+        const std::vector<float> z = gqa_test::copy_of(layer.z());
+        for (int e = 0; e < config.num_heads * config.head_dim; ++e) EXPECT_EQ(z[e], 0.f) << "z[" << e << "]";
         return outputs;
     }
 };
@@ -87,11 +98,14 @@ TEST_P(WeightTypes, MatchTheReferenceOnTheSameRoundedWeights) {
     struct Shape {
         const char *name;
         int embed_dim, num_heads, num_kv_heads, head_dim;
+        std::optional<int> window;  // a sliding window shorter than the prefill
     };
-    for (const Shape &shape : {Shape{"GQA", 128, 8, 2, 32}, Shape{"MHA", 96, 4, 4, 24}, Shape{"MQA", 64, 4, 1, 16}}) {
+    for (const Shape &shape : {Shape{"GQA", 128, 8, 2, 32, 11}, Shape{"MHA", 96, 4, 4, 24, std::nullopt},
+                               Shape{"MQA", 64, 4, 1, 16, 5}}) {
         SCOPED_TRACE(shape.name);
         gqa::Config config = gqa_test::make_config(shape.embed_dim, shape.num_heads, shape.num_kv_heads,
                                                    shape.head_dim);
+        config.window = shape.window;
         const gqa_test::LayerWeights weights = gqa_test::random_weights(config, true, 43);
         const std::vector<float> full = run(config, weights.view(), gqa::Backend::reference, CacheType::f32);
         config.weight_type = type;
@@ -102,8 +116,14 @@ TEST_P(WeightTypes, MatchTheReferenceOnTheSameRoundedWeights) {
             if (cache == CacheType::f32) {
                 EXPECT_TRUE(gqa_test::all_close(got, want));
                 // The rounding of the weights must show against fp32 weights, or the
-                // comparison above could not tell whether the backend rounded them.
+                // comparison above could not tell whether the backend rounded them;
+                // so must the window, against no window.
                 EXPECT_FALSE(gqa_test::all_close(want, full));
+                if (shape.window) {
+                    gqa::Config unwindowed = config;
+                    unwindowed.window.reset();
+                    EXPECT_FALSE(gqa_test::all_close(want, run(unwindowed, weights.view(), gqa::Backend::reference, cache)));
+                }
             } else {
                 const std::vector<float> exact = run(config, weights.view(), gqa::Backend::reference, CacheType::f32);
                 EXPECT_TRUE(gqa_test::within_half_cache_error(got, want, exact));
