@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Set up, build, and run every test (GoogleTest suite + conformance vectors, the
 # tuner smoke test, torchtune's numbers), the installed package as a consumer uses
-# it (scripts/check_install.sh), then the x86 suite again built by clang
-# under AddressSanitizer + UndefinedBehaviorSanitizer (CMakePresets.json, preset
-# "sanitize", in build-sanitize/), the libFuzzer harness for 60 s (each backend
-# against the reference; a failing input lands in build-sanitize/fuzz-artifacts/)
-# and the demo under LeakSanitizer.
+# it (scripts/check_install.sh), then the x86 suite again (once, at the machine's
+# own ISA) built by clang under AddressSanitizer + UndefinedBehaviorSanitizer
+# (CMakePresets.json, preset "sanitize", in build-sanitize/), the libFuzzer harness
+# for 60 s (each backend against the reference; a failing input lands in
+# build-sanitize/fuzz-artifacts/) and the demo under LeakSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
