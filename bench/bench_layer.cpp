@@ -25,6 +25,7 @@
 #include "device_limits.h"
 #include "gqa/attention.hpp"
 #include "layer_flops.h"
+#include "layout.h"
 #include "probes.h"
 #include "workloads.h"
 
@@ -74,7 +75,7 @@ size_t weight_bytes(const Shape &s) {
     case gqa::WeightType::f32: break;
     case gqa::WeightType::bf16:
     case gqa::WeightType::f16: return 2 * weights + sizeof(float) * biases;
-    case gqa::WeightType::int8: return weights + sizeof(float) * (weights / 32 + biases);  // a scale per 32
+    case gqa::WeightType::int8: return weights + sizeof(float) * (weights / gqa::layout::kWeightGroup + biases);
     }
     return sizeof(float) * (weights + biases);
 }
@@ -375,12 +376,14 @@ void register_all() {
             if ((backend == int(gqa::Backend::reference)) != small) continue;
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
             add("layer/prefill512" + tail, layer_prefill, s, backend);
-            // bf16 weights, as checkpoints ship them, and int8 ones; the baseline has fp32 ones only.
-            const std::vector<Shape> typed_shapes = {with_weights(s, gqa::WeightType::bf16),
-                                                     with_weights(s, gqa::WeightType::int8)};
-            const bool typed_weights = backend != kBaseline && !small;
+            // bf16 weights, as checkpoints ship them, and int8 ones; the baseline has fp32
+            // ones only, and the small shapes (reference) none.
+            std::vector<Shape> typed_shapes;
+            if (backend != kBaseline && !small) {
+                typed_shapes = {with_weights(s, gqa::WeightType::bf16), with_weights(s, gqa::WeightType::int8)};
+            }
             for (const Shape &typed : typed_shapes) {
-                if (typed_weights) add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend);
+                add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend);
             }
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
             add("proj/prefill512" + tail, projections, s, backend);
@@ -393,7 +396,6 @@ void register_all() {
                 // The fp16 cache halves the cache bytes; the baseline has no such option.
                 if (backend != kBaseline) add("layer/" + mode + "_f16_cold" + tail, layer_decode, s, backend, context, true, f16);
                 for (const Shape &typed : typed_shapes) {
-                    if (!typed_weights) continue;
                     const std::string name = "layer/" + mode + weight_suffix(typed);
                     add(name + "_cold" + tail, layer_decode, typed, backend, context, true, f32);
                     add(name + "_f16_cold" + tail, layer_decode, typed, backend, context, true, f16);

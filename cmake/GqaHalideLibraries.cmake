@@ -82,8 +82,6 @@ if (EXISTS "${GQA_TUNED_RECORD}")
     message(STATUS "gqa: schedule knobs from ${GQA_TUNED_RECORD}")
 endif ()
 
-# Schedules from one of Halide's autoschedulers instead of ours, to compare with:
-# Adams2019 or Mullapudi2016 (Debian's plugins), for this machine's 2 cores and 32 MiB L3.
 # The weight types whose project and output pipelines are built (f32 always): fewer
 # make a faster build (the tuner builds f32 only); a layer of a type left out is a
 # gqa::Error at construction.
@@ -94,6 +92,8 @@ foreach (weights IN LISTS GQA_WEIGHT_TYPES)
     endif ()
 endforeach ()
 
+# Schedules from one of Halide's autoschedulers instead of ours, to compare with:
+# Adams2019 or Mullapudi2016 (Debian's plugins), for this machine's 2 cores and 32 MiB L3.
 set(GQA_AUTOSCHEDULER "" CACHE STRING "Halide autoscheduler for every pipeline (empty: the hand schedules)")
 set(GQA_MACHINE_PARAMS "2,33554432,40" CACHE STRING "Autoscheduler machine_params: cores,LLC bytes,balance")
 

@@ -108,9 +108,8 @@ struct ProjectShape {
 
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &packed_scales,
                        WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
-                       const QkNormInputs &norm,
-                       const RopeInputs &rope, const ProjectShape &shape, int panel, int token_group,
-                       Halide::Func q_out, Halide::Func k_out, Halide::Func v_out);
+                       const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
+                       int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out);
 
 // A call's keys and values (d, kvh, token), token = b * seq_len + i, into cache
 // slots write_slot + i, in place: the outputs k and v are the whole cache, of which

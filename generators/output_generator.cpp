@@ -24,9 +24,9 @@ public:
     void generate() {
         const bool autoscheduled = get_auto_schedule();
         linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(*w_o_, autoscheduled),
-                                      input_func(*w_scales_, autoscheduled), weight_type, schedules::native_half_widening(get_target()),
-                                      input_func(b_o, autoscheduled), z.dim(0).extent(), z.dim(1).extent(),
-                                      layout::kWeightPanel,
+                                      input_func(*w_scales_, autoscheduled), weight_type,
+                                      schedules::native_half_widening(get_target()), input_func(b_o, autoscheduled),
+                                      z.dim(0).extent(), z.dim(1).extent(), layout::kWeightPanel,
                                       schedules::gemm_token_group(get_target(), knobs(get_target())));
         out(linear_.o, linear_.m) = linear_.result(linear_.o, linear_.m);
     }

@@ -1,8 +1,12 @@
 // The layer's input checks (validation.h), and how the library prints a shape.
 #include "validation.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <string>
+
+#include "weights.h"
 
 namespace gqa {
 
@@ -25,7 +29,7 @@ void validate_tensor(const char *name, const View &t, std::vector<int64_t> expec
 }
 
 bool known_weight_type(WeightType type) {
-    return type == WeightType::f32 || type == WeightType::bf16 || type == WeightType::f16 || type == WeightType::int8;
+    return std::find(std::begin(kWeightTypes), std::end(kWeightTypes), type) != std::end(kWeightTypes);
 }
 
 // Each projection of a known type; without config.weight_type, all of one type,

@@ -23,7 +23,7 @@ std::string_view weight_type_name(WeightType type) {
 }
 
 WeightType weight_type_from_name(std::string_view name) {
-    for (WeightType type : {WeightType::f32, WeightType::bf16, WeightType::f16, WeightType::int8}) {
+    for (WeightType type : detail::kWeightTypes) {
         if (weight_type_name(type) == name) return type;
     }
     detail::fail("weight type '", std::string(name), "' is not one of f32, bf16, f16, int8");

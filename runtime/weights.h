@@ -8,6 +8,9 @@
 
 namespace gqa::detail {
 
+// Every gqa::WeightType, in its order.
+inline constexpr WeightType kWeightTypes[] = {WeightType::f32, WeightType::bf16, WeightType::f16, WeightType::int8};
+
 // The element type the layer keeps its weights in: config.weight_type, or the
 // type the (validated) weights share.
 WeightType stored_weight_type(const Config &config, const Weights &weights);
