@@ -3,7 +3,8 @@
 // attention core alone; prefill of 512 tokens and decode against 2048 and 8192
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
 // weights and caches exceed the last-level cache, as in a real model); fp32, bf16
-// and int8 weights (the modes named _bf16w, _int8w), fp32 and fp16 caches. Counters:
+// and int8 weights (the modes named _bf16w, _int8w), f32, f16, bf16 and int8 caches
+// (_f16, _bf16, _int8 before _cold). Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
 // limits of the device that runs them: for the CPU backends this machine's FMA
 // peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
@@ -92,9 +93,15 @@ std::string weight_suffix(const Shape &s) {
     return type == gqa::WeightType::f32 ? "" : "_" + std::string(gqa::weight_type_name(type)) + "w";
 }
 
+// The mode-name suffix of a cache type: none for fp32, "_f16" for f16, ...
+std::string cache_suffix(gqa::CacheType type) {
+    return type == gqa::CacheType::f32 ? "" : "_" + std::string(gqa::cache_type_name(type));
+}
+
 size_t cache_bytes(const gqa::Config &c, int slots, gqa::CacheType type = gqa::CacheType::f32) {
-    const size_t element = type == gqa::CacheType::f16 ? 2 : sizeof(float);
-    return 2 * element * size_t(c.num_kv_heads) * slots * c.head_dim;
+    using gqa::detail::KvCache;
+    const gqa::detail::LayerDims dims{c.embed_dim, c.num_heads, c.num_kv_heads, c.head_dim};
+    return 2 * KvCache::element_bytes(type) * size_t(KvCache::slot_elements(dims, type)) * c.num_kv_heads * slots;
 }
 
 // A layer of one backend (ours or the baseline), batch 1.
@@ -389,16 +396,22 @@ void register_all() {
             add("proj/prefill512" + tail, projections, s, backend);
             for (int context : {2048, 8192}) {
                 const std::string mode = "decode" + std::to_string(context);
-                const gqa::CacheType f32 = gqa::CacheType::f32, f16 = gqa::CacheType::f16;
+                const gqa::CacheType f32 = gqa::CacheType::f32;
                 add("layer/" + mode + "_hot" + tail, layer_decode, s, backend, context, false, f32);
                 if (small) continue;
                 add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true, f32);
-                // The fp16 cache halves the cache bytes; the baseline has no such option.
-                if (backend != kBaseline) add("layer/" + mode + "_f16_cold" + tail, layer_decode, s, backend, context, true, f16);
+                // The smaller caches (the baseline has none): each with fp32 weights, and
+                // bf16 and int8 each with weights of the same type, as models serve.
+                if (backend == kBaseline) continue;
+                for (gqa::CacheType cache : {gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
+                    add("layer/" + mode + cache_suffix(cache) + "_cold" + tail, layer_decode, s, backend, context, true,
+                        cache);
+                }
                 for (const Shape &typed : typed_shapes) {
                     const std::string name = "layer/" + mode + weight_suffix(typed);
+                    const gqa::CacheType cache = gqa::cache_type_from_name(gqa::weight_type_name(*typed.config.weight_type));
                     add(name + "_cold" + tail, layer_decode, typed, backend, context, true, f32);
-                    add(name + "_f16_cold" + tail, layer_decode, typed, backend, context, true, f16);
+                    add(name + cache_suffix(cache) + "_cold" + tail, layer_decode, typed, backend, context, true, cache);
                 }
                 add("core/" + mode + tail, core, s, backend, 1, context);
             }

@@ -82,14 +82,18 @@ if (EXISTS "${GQA_TUNED_RECORD}")
     message(STATUS "gqa: schedule knobs from ${GQA_TUNED_RECORD}")
 endif ()
 
-# The weight types whose project and output pipelines are built (f32 always): fewer
-# make a faster build (the tuner builds f32 only); a layer of a type left out is a
-# gqa::Error at construction.
+# The weight types whose project and output pipelines are built, and the KV cache
+# types whose store and attend pipelines are (f32 always): fewer make a faster build
+# (the tuner builds f32 only); a layer or cache of a type left out is a gqa::Error
+# when it is made.
 set(GQA_WEIGHT_TYPES "f32;bf16;f16;int8" CACHE STRING "Weight types to build pipelines for (f32, bf16, f16, int8)")
-foreach (weights IN LISTS GQA_WEIGHT_TYPES)
-    if (NOT weights MATCHES "^(f32|bf16|f16|int8)$")
-        message(FATAL_ERROR "GQA_WEIGHT_TYPES: '${weights}' is not one of f32, bf16, f16, int8")
-    endif ()
+set(GQA_CACHE_TYPES "f32;f16;bf16;int8" CACHE STRING "KV cache types to build pipelines for (f32, f16, bf16, int8)")
+foreach (types IN ITEMS GQA_WEIGHT_TYPES GQA_CACHE_TYPES)
+    foreach (type IN LISTS ${types})
+        if (NOT type MATCHES "^(f32|bf16|f16|int8)$")
+            message(FATAL_ERROR "${types}: '${type}' is not one of f32, bf16, f16, int8")
+        endif ()
+    endforeach ()
 endforeach ()
 
 # Schedules from one of Halide's autoschedulers instead of ours, to compare with:
@@ -139,10 +143,10 @@ endmacro()
 # gqa_add_pipelines(<backend> TARGETS ... [RUNTIME <runtime>]): every pipeline for
 # one backend, all sharing one Halide runtime: gqa_rope_<backend>.runtime, or the
 # given one (one runtime per host architecture serves its CPU and GPU backends). The pipelines that
-# touch the KV cache (store, attend) come once per cache element type:
-# gqa_<pipeline>_<mode>_<backend> for fp32, gqa_<pipeline>_<mode>_f16_<backend> for
-# fp16; those that read the projection weights (project, output) once per weight
-# type, the others suffixed _wbf16, _wf16 or _wint8 in the same place. It also writes
+# touch the KV cache (store, attend) come once per cache type:
+# gqa_<pipeline>_<mode>_<backend> for fp32, gqa_<pipeline>_<mode>_<type>_<backend>
+# for f16, bf16 and int8; those that read the projection weights (project, output)
+# once per weight type, the others suffixed _wbf16, _wf16 or _wint8 in the same place. It also writes
 # gqa_pipelines_<backend>.h, the runtime's table of them by name (PipelineTable in
 # runtime/halide_backend.h, fields in the order these loops add them), and the
 # INTERFACE target gqa_pipelines_<backend> that carries all of it, and the global
@@ -179,25 +183,30 @@ function(gqa_add_pipelines backend)
         list(JOIN entries ", " entries)
         string(APPEND table ",\n    .${generator} = {${entries}}")
     endforeach ()
-    foreach (cache IN ITEMS f32 f16)
-        if (cache STREQUAL "f32")
-            set(cache_suffix "")
-            set(cache_type float32)
-        else ()
-            set(cache_suffix _f16)
-            set(cache_type float16)
+    # Per cache type, in gqa::CacheType's order.
+    set(entries)
+    foreach (cache IN ITEMS f32 f16 bf16 int8)
+        if (NOT (cache STREQUAL "f32" OR cache IN_LIST GQA_CACHE_TYPES))
+            list(APPEND entries "{}")  # not built: null pipelines
+            continue ()
         endif ()
-        gqa_add_mode_pair(store store "${cache_suffix}" cache_type=${cache_type})
-        gqa_add_mode_pair(attend attend "${cache_suffix}" cache_type=${cache_type})
+        set(cache_suffix "")
+        if (NOT cache STREQUAL "f32")
+            set(cache_suffix _${cache})
+        endif ()
+        gqa_add_mode_pair(store store "${cache_suffix}" cache_type=${cache})
+        gqa_add_mode_pair(attend attend "${cache_suffix}" cache_type=${cache})
         # Attention weights for interpretability: one instance, any sequence length.
         set(lib gqa_attend_pattern${cache_suffix}_${backend})
-        gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache_type})
+        gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache})
         list(FILTER params EXCLUDE REGEX "^softmax=")  # the pattern exists only in the three-pass form
         add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
                            TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
-        string(APPEND table ",\n    .${cache} = {.store = ${store}, .attend = ${attend}, .attend_pattern = ${lib}}")
+        list(APPEND entries "{.store = ${store}, .attend = ${attend}, .attend_pattern = ${lib}}")
     endforeach ()
+    list(JOIN entries ",\n        " entries)
+    string(APPEND table ",\n    .cache = {${entries}}")
 
     set(includes)
     foreach (lib IN LISTS libs)

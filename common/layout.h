@@ -20,6 +20,16 @@ inline constexpr int kWeightGroup = 32;
 // runtime pads every cache's capacity to a multiple of it so the reads stay inside.
 inline constexpr int kKeySlotPadding = 64;
 
+// An int8 KV cache slot holds the head_dim values q of one (token, kv head), then
+// the fp32 scale s they share, as this many bytes (little-endian); a value reads as
+// q * s. Kept beside its values, as llama.cpp's q8_0 blocks do, so the cache stays
+// one array for k and one for v, and a slot is head_dim + 4 bytes.
+inline constexpr int kInt8CacheScaleBytes = 4;
+// s keeps this many significant bits (its fp32 mantissa rounded, ties up), so that
+// q * s (|q| <= 127: 7 bits) is exact in fp32 and quantizing the values a slot
+// reads as gives back the same q and s.
+inline constexpr int kInt8CacheScaleBits = 17;
+
 // Rotary-embedding style codes, passed to the pipelines as a scalar.
 inline constexpr int kRopeNone = 0;
 inline constexpr int kRopeInterleaved = 1;  // torchtune / GPT-J: pairs (2j, 2j+1)

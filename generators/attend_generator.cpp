@@ -2,6 +2,7 @@
 #include "attention_algorithm.h"
 #include "inputs.h"
 #include "knob_params.h"
+#include "layout.h"
 
 namespace gqa {
 
@@ -60,7 +61,8 @@ public:
                               window,
                               input_func(sinks, autoscheduled),
                               use_sinks,
-                              schedules::native_half_widening(get_target())};
+                              schedules::native_half_widening(get_target()),
+                              cache_type};
         const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
             Func pattern_func;
@@ -76,8 +78,9 @@ public:
     void schedule() {
         const int queries = mode == PipelineMode::decode ? 1 : 512;
         q.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
-        k_cache_->set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
-        v_cache_->set_estimates({{0, 64}, {0, 2048}, {0, 8}, {0, 1}});
+        const int slot_elements = cache_type == algo::CacheType::int8 ? 64 + layout::kInt8CacheScaleBytes : 64;
+        k_cache_->set_estimates({{0, slot_elements}, {0, 2048}, {0, 8}, {0, 1}});
+        v_cache_->set_estimates({{0, slot_elements}, {0, 2048}, {0, 8}, {0, 1}});
         mask.set_estimates({{0, 2048}, {0, queries}, {0, 1}});
         kv_len.set_estimate(2048);
         use_mask.set_estimate(0);

@@ -54,8 +54,62 @@ Expr clamped_position(const RopeInputs &rope, const Expr &m) {
     return clamp(rope.positions(m), 0, rope.table_len - 1);
 }
 
-Expr to_cache_element(const Type &cache_type, const Expr &value) {
-    return cache_type == UInt(16) ? narrow_half(value) : cast(cache_type, value);
+// A value of a 16-bit or fp32 cache as stored.
+Expr to_cache_element(CacheType cache_type, const Type &storage, const Expr &value) {
+    if (cache_type == CacheType::bf16) return narrow_bfloat16(value);
+    return storage == UInt(16) ? narrow_half(value) : cast(storage, value);
+}
+
+const uint32_t kMagnitudeBits = 0x7fffffff, kInfinityBits = 0x7f800000;
+
+// The int8 scale of the slot values(0 .. head_dim - 1, kvh, token), (kvh, token);
+// amax_bits receives the largest magnitude's bits. Compared as bits: ordered like
+// the magnitudes of finite floats, above them for infinity and NaN, and immune to
+// LLVM's no-NaN assumption.
+Func slot_scale(const std::string &name, const Func &values, const Expr &head_dim, Func amax_bits) {
+    Var kvh("kvh"), token("token");
+    RDom dims(0, head_dim, name + "_dims");
+    amax_bits(kvh, token) = Expr(uint32_t(0));
+    amax_bits(kvh, token) =
+        max(amax_bits(kvh, token), reinterpret<uint32_t>(values(dims, kvh, token)) & Expr(kMagnitudeBits));
+    Func scale(name);
+    const Expr bits = amax_bits(kvh, token);
+    // Times the fp32 constant 1/127, not divided by 127: Halide makes that division
+    // this product on some targets, and the runtime must compute the same scale.
+    // Then rounded to layout::kInt8CacheScaleBits with integer operations.
+    const Expr product = reinterpret<uint32_t>(reinterpret<float>(bits) * (1.f / 127.f));
+    const uint32_t dropped = (uint32_t(1) << (24 - layout::kInt8CacheScaleBits)) - 1;
+    const Expr rounded = (product + Expr((dropped + 1) / 2)) & Expr(~dropped);
+    scale(kvh, token) =
+        select(bits >= Expr(kInfinityBits), reinterpret<float>(Expr(uint32_t(0x7fc00000))), reinterpret<float>(rounded));
+    return scale;
+}
+
+// x rounded to the nearest integer, ties to even, for |x| < 2^23. Spelled out:
+// Halide 14's round() becomes OpenCL C's round(), which rounds ties away from zero.
+Expr round_half_even(const Expr &x) {
+    const Expr below = floor(x), fraction = x - below;
+    const Expr odd = (cast<int32_t>(below) & 1) == 1;
+    return select(fraction > 0.5f || (fraction == 0.5f && odd), below + 1.f, below);
+}
+
+// Element d of an int8 slot: q_d for d < head_dim, then the scale's bytes.
+Expr quantized_element(const Func &values, const Func &scale, const Expr &head_dim, const Expr &d, const Expr &kvh,
+                       const Expr &token) {
+    const Expr s = scale(kvh, token), bits = reinterpret<uint32_t>(s);
+    const Expr no_values = bits == Expr(uint32_t(0)) || (bits & Expr(kMagnitudeBits)) > Expr(kInfinityBits);
+    const Expr q = clamp(round_half_even(values(min(d, head_dim - 1), kvh, token) / s), -127.f, 127.f);
+    const Expr scale_byte = cast<int8_t>(bits >> cast<uint32_t>(8 * clamp(d - head_dim, 0, 3)));
+    return select(d >= head_dim, scale_byte, no_values, cast<int8_t>(0), cast<int8_t>(q));
+}
+
+// The scale of slot (slot, kvh, b) of an int8 cache, from its bytes.
+Expr stored_scale(const Func &cache, const Expr &head_dim, const Expr &slot, const Expr &kvh, const Expr &b) {
+    Expr bits = Expr(uint32_t(0));
+    for (int byte = 0; byte < layout::kInt8CacheScaleBytes; ++byte) {
+        bits = bits | (cast<uint32_t>(cast<uint8_t>(cache(head_dim + byte, slot, kvh, b))) << (8 * byte));
+    }
+    return reinterpret<float>(bits);
 }
 
 }  // namespace
@@ -108,16 +162,26 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &pac
     return p;
 }
 
-Store define_store(const Func &k_new, const Func &v_new, const Expr &seq_len, const Expr &write_slot, Func k_out,
-                   Func v_out, const Type &cache_type) {
+Store define_store(const Func &k_new, const Func &v_new, const Expr &seq_len, const Expr &write_slot,
+                   const Expr &head_dim, Func k_out, Func v_out, CacheType cache_type, const Type &storage) {
     Store s;
     Var d = s.d, t = s.t, kvh = s.kvh, b = s.b;
     s.new_tokens = RDom(0, seq_len, "new_tokens");
     const Expr token = b * seq_len + s.new_tokens, slot = write_slot + s.new_tokens;
-    k_out(d, t, kvh, b) = undef(cache_type);
-    k_out(d, slot, kvh, b) = to_cache_element(cache_type, k_new(d, kvh, token));
-    v_out(d, t, kvh, b) = undef(cache_type);
-    v_out(d, slot, kvh, b) = to_cache_element(cache_type, v_new(d, kvh, token));
+    k_out(d, t, kvh, b) = undef(storage);
+    v_out(d, t, kvh, b) = undef(storage);
+    s.quantized = cache_type == CacheType::int8;
+    if (s.quantized) {
+        s.k_amax_bits = Func("k_amax_bits");
+        s.v_amax_bits = Func("v_amax_bits");
+        s.k_scale = slot_scale("k_scale", k_new, head_dim, s.k_amax_bits);
+        s.v_scale = slot_scale("v_scale", v_new, head_dim, s.v_amax_bits);
+        k_out(d, slot, kvh, b) = quantized_element(k_new, s.k_scale, head_dim, d, kvh, token);
+        v_out(d, slot, kvh, b) = quantized_element(v_new, s.v_scale, head_dim, d, kvh, token);
+    } else {
+        k_out(d, slot, kvh, b) = to_cache_element(cache_type, storage, k_new(d, kvh, token));
+        v_out(d, slot, kvh, b) = to_cache_element(cache_type, storage, v_new(d, kvh, token));
+    }
     s.k = k_out;
     s.v = v_out;
     return s;
@@ -213,12 +277,25 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
-    const Type element = Expr(in.k_cache(d, t, kvh, b)).type();
-    a.half_cache = element == Float(16) || element == UInt(16);
+    a.narrow_cache = in.cache_type != CacheType::f32;
     constexpr int P = layout::kKeySlotPadding;
     const Expr slot = min(t, (in.kv_len + P - 1) / P * P - 1);
-    a.k_cache(d, t, kvh, b) = widen(in.k_cache(d, slot, kvh, b), in.native_half_widening);
-    a.v_cache(d, t, kvh, b) = widen(in.v_cache(d, slot, kvh, b), in.native_half_widening);
+    auto read = [&](const Func &cache, Func &scale) -> Expr {
+        const Expr element = cache(d, slot, kvh, b);
+        switch (in.cache_type) {
+        case CacheType::f32: return element;
+        case CacheType::f16: return widen(element, in.native_half_widening);
+        case CacheType::bf16: return widen_bfloat16(element);
+        case CacheType::int8:
+            scale(t, kvh, b) = stored_scale(cache, in.head_dim, slot, kvh, b);
+            return cast<float>(element) * scale(t, kvh, b);
+        }
+        return element;
+    };
+    a.k_scale = Func("k_scale");
+    a.v_scale = Func("v_scale");
+    a.k_cache(d, t, kvh, b) = read(in.k_cache, a.k_scale);
+    a.v_cache(d, t, kvh, b) = read(in.v_cache, a.v_scale);
 
     const Expr query_slot = in.kv_len - in.seq_len + i;
     a.row_begin(i) = max(0, query_slot - in.window + 1);
@@ -248,10 +325,23 @@ Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const E
 
 }  // namespace
 
+Expr widen_bfloat16(const Expr &bits) {
+    return reinterpret<float>(cast<uint32_t>(bits) << 16);
+}
+
+Expr narrow_bfloat16(const Expr &value) {
+    const Expr bits = reinterpret<uint32_t>(value);
+    const Expr is_nan = (bits & Expr(kMagnitudeBits)) > Expr(kInfinityBits);
+    // The dropped 16 bits rounded to nearest, ties to the even upper half; a carry
+    // moves into the exponent, and past the largest finite to infinity.
+    const Expr rounded = (bits + Expr(uint32_t(0x7fff)) + ((bits >> 16) & Expr(uint32_t(1)))) >> 16;
+    return cast<uint16_t>(select(is_nan, (bits >> 16) | Expr(uint32_t(0x40)), rounded));
+}
+
 Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, bool native_half_widening) {
     switch (type) {
     case WeightType::f32: return element;
-    case WeightType::bf16: return reinterpret<float>(cast<uint32_t>(element) << 16);  // the upper half of a float
+    case WeightType::bf16: return widen_bfloat16(element);
     case WeightType::f16: return widen(element, native_half_widening);
     case WeightType::int8: return cast<float>(element) * scale;
     }

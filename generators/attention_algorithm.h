@@ -30,6 +30,19 @@ namespace gqa::algo {
 // product accumulates in fp32.
 enum class WeightType { f32, bf16, f16, int8 };
 
+// How the KV cache stores keys and values (gqa::CacheType): fp32; fp16 as float16
+// or its bits (as for weights); bf16 as its bits; int8 as a slot of head_dim values
+// q followed by the bytes of their fp32 scale s (layout::kInt8CacheScaleBytes),
+// read as q * s. The pipelines are told which: the storage type alone does not say
+// (fp16 bits and bf16 are both uint16).
+enum class CacheType { f32, f16, bf16, int8 };
+
+// bfloat16 bits -> fp32 (exact: the upper half of a float).
+Halide::Expr widen_bfloat16(const Halide::Expr &bits);
+// fp32 -> the bits of the nearest bfloat16 (ties to even, NaN stays a quiet NaN),
+// as gqa::float_to_bfloat16 rounds.
+Halide::Expr narrow_bfloat16(const Halide::Expr &value);
+
 // A packed weight element as fp32; `scale` is read for int8 only.
 Halide::Expr widen_weight(const Halide::Expr &element, const Halide::Expr &scale, WeightType type,
                           bool native_half_widening);
@@ -115,18 +128,23 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
 // slots write_slot + i, in place: the outputs k and v are the whole cache, of which
 // a call writes only its own slots (their pure definitions are undefined). A device
 // backend then hands over the cache's own device buffer rather than a crop of it,
-// which OpenCL could only make at aligned offsets. They hold cache_type elements:
-// fp32, or fp16 rounded to nearest even, as float16 or its bits in uint16 (see
-// narrow_half).
+// which OpenCL could only make at aligned offsets. They hold cache_type elements,
+// rounded to nearest even (fp16 as float16 or its bits, see narrow_half), or for
+// int8 quantized per slot: s = max_d |x_d| / 127, q_d = round(x_d / s) (q = 0 when
+// s is 0; s NaN and q = 0 when some x_d is not finite, so the NaN rule holds).
 struct Store {
     Halide::Var d{"d"}, t{"t"}, kvh{"kvh"}, b{"b"};
     Halide::RDom new_tokens;  // the call's tokens i of a batch row
     Halide::Func k, v;        // (d, slot, kvh, b)
+    // int8 only: the scale of each new token's k and v, (kvh, token), from the
+    // largest magnitude's bits (k_amax_bits, v_amax_bits).
+    Halide::Func k_scale, v_scale, k_amax_bits, v_amax_bits;
+    bool quantized = false;
 };
 
 Store define_store(const Halide::Func &k_new, const Halide::Func &v_new, const Halide::Expr &seq_len,
-                   const Halide::Expr &write_slot, Halide::Func k_out, Halide::Func v_out,
-                   const Halide::Type &cache_type);
+                   const Halide::Expr &write_slot, const Halide::Expr &head_dim, Halide::Func k_out,
+                   Halide::Func v_out, CacheType cache_type, const Halide::Type &storage);
 
 // Grouped scores, masked softmax and weighted values for the queries of one call
 // against the valid cache prefix [0, kv_len). Query i of the call sits in cache
@@ -145,7 +163,8 @@ struct AttendScores {
     Halide::Func score;                // scaled, soft-capped, -inf where not visible
     Halide::Func row_begin, row_end;   // (i)
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
-    bool half_cache = false;           // whether the cache holds fp16 (widened as read)
+    bool narrow_cache = false;         // whether the cache holds another type (widened as read)
+    Halide::Func k_scale, v_scale;     // int8 cache: each slot's scale, (t, kvh, b)
     Halide::Expr use_mask, softcap;    // whether the mask is read; soft-cap, 0 for none
     Halide::Expr use_sinks;            // whether the sinks are read
 };
@@ -198,7 +217,7 @@ Halide::Expr narrow_half(const Halide::Expr &value);
 
 struct AttendInputs {
     Halide::Func q, mask;
-    Halide::Func k_cache, v_cache;  // fp32, fp16 or fp16 bits (uint16); widened to fp32 as read
+    Halide::Func k_cache, v_cache;  // of cache_type's storage; widened to fp32 as read
     // kv_len is the number of valid key slots; k_cache/v_cache may extend past it
     // (up to kv_len rounded up to layout::kKeySlotPadding) and those slots are ignored.
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch;
@@ -215,6 +234,7 @@ struct AttendInputs {
     // fp16 elements: widen with Halide's cast (a conversion instruction on the
     // target) rather than widen_half.
     bool native_half_widening = false;
+    CacheType cache_type = CacheType::f32;
 };
 
 // pattern_out is null when the attention weights are not asked for.

@@ -16,11 +16,15 @@ enum class PipelineMode { prefill, decode };
 inline const std::map<std::string, PipelineMode> kPipelineModes = {{"prefill", PipelineMode::prefill},
                                                                    {"decode", PipelineMode::decode}};
 
-// The runtime's gqa::WeightType names.
+// The runtime's gqa::WeightType and gqa::CacheType names.
 inline const std::map<std::string, algo::WeightType> kWeightTypes = {{"f32", algo::WeightType::f32},
                                                                      {"bf16", algo::WeightType::bf16},
                                                                      {"f16", algo::WeightType::f16},
                                                                      {"int8", algo::WeightType::int8}};
+inline const std::map<std::string, algo::CacheType> kCacheTypes = {{"f32", algo::CacheType::f32},
+                                                                   {"f16", algo::CacheType::f16},
+                                                                   {"bf16", algo::CacheType::bf16},
+                                                                   {"int8", algo::CacheType::int8}};
 
 // Mixed into a Generator: Halide registers GeneratorParams found in the object.
 struct KnobParams {
@@ -32,30 +36,33 @@ struct KnobParams {
     // arm_fp16, cuda, ...): variants without it keep their defaults, and knobs tuned
     // on a CPU never reach a GPU variant. Empty: the knobs apply to every variant.
     Halide::GeneratorParam<std::string> knob_isa{"knob_isa", ""};
-    // Element type of the KV cache the pipeline writes or reads: float32 or float16.
-    Halide::GeneratorParam<Halide::Type> cache_type{"cache_type", Halide::Float(32)};
+    // Type of the KV cache the pipeline writes or reads.
+    Halide::GeneratorParam<algo::CacheType> cache_type{"cache_type", algo::CacheType::f32, kCacheTypes};
 
     // Element type of the projection weights the pipeline reads (project, output).
     Halide::GeneratorParam<algo::WeightType> weight_type{"weight_type", algo::WeightType::f32, kWeightTypes};
 
     // The packed weights' element type on the target: bf16 as its bits, fp16 as
-    // the target stores an fp16 cache, int8 as is.
+    // the target stores fp16, int8 as is.
     Halide::Type weight_storage(const Halide::Target &target) const {
         switch (weight_type) {
         case algo::WeightType::f32: return Halide::Float(32);
         case algo::WeightType::bf16: return Halide::UInt(16);
-        case algo::WeightType::f16: return schedules::cache_storage_type(target, Halide::Float(16));
+        case algo::WeightType::f16: return schedules::half_storage_type(target);
         case algo::WeightType::int8: return Halide::Int(8);
         }
         return Halide::Float(32);
     }
 
-    // cache_type, checked, as the target stores it (schedules::cache_storage_type).
+    // The cache's element type on the target: an int8 slot's scale is bytes too.
     Halide::Type cache_storage(const Halide::Target &target) const {
-        const Halide::Type type = cache_type;
-        schedules::require(type == Halide::Float(32) || type == Halide::Float(16),
-                           "cache_type must be float32 or float16");
-        return schedules::cache_storage_type(target, type);
+        switch (cache_type) {
+        case algo::CacheType::f32: return Halide::Float(32);
+        case algo::CacheType::f16: return schedules::half_storage_type(target);
+        case algo::CacheType::bf16: return Halide::UInt(16);
+        case algo::CacheType::int8: return Halide::Int(8);
+        }
+        return Halide::Float(32);
     }
 
     bool knobs_apply(const Halide::Target &target) const {

@@ -2,6 +2,7 @@
 #include "attention_algorithm.h"
 #include "inputs.h"
 #include "knob_params.h"
+#include "layout.h"
 
 namespace gqa {
 
@@ -24,7 +25,7 @@ public:
     void generate() {
         const bool autoscheduled = get_auto_schedule();
         store_ = algo::define_store(input_func(k_new, autoscheduled), input_func(v_new, autoscheduled), seq_len,
-                                    write_slot, *k_, *v_, cache_element_);
+                                    write_slot, k_new.dim(0).extent(), *k_, *v_, cache_type, cache_element_);
     }
 
     void schedule() {
@@ -33,8 +34,9 @@ public:
         v_new.set_estimates({{0, 64}, {0, 8}, {0, tokens}});
         seq_len.set_estimate(tokens);
         write_slot.set_estimate(0);
-        k_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
-        v_->set_estimates({{0, 64}, {0, 4096}, {0, 8}, {0, 1}});
+        const int slot_elements = cache_type == algo::CacheType::int8 ? 64 + layout::kInt8CacheScaleBytes : 64;
+        k_->set_estimates({{0, slot_elements}, {0, 4096}, {0, 8}, {0, 1}});
+        v_->set_estimates({{0, slot_elements}, {0, 4096}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;
         schedules::schedule_store(store_, get_target(), knobs(get_target()));
     }

@@ -113,12 +113,14 @@ Attention &Attention::operator=(Attention &&other) noexcept {
 void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     require_positive("cache batch_size", batch_size);
     require_positive("cache max_seq_len", max_seq_len);
-    if (type != CacheType::f32 && type != CacheType::f16) {
-        fail("cache type is ", int(type), "; expected CacheType::f32 or CacheType::f16");
-    }
+    const std::string_view type_name = cache_type_name(type);  // checks the value
     State &s = *state_;
-    const size_t elements = require_kv_store_size("the KV cache's k and v", s.dims, batch_size, max_seq_len);
-    allocate("the KV cache", 2 * elements, type == CacheType::f16 ? sizeof(uint16_t) : sizeof(float),
+    if (!s.kernels->supports_cache(type)) {
+        fail(backend_name(s.backend), " was built without pipelines for ", type_name,
+             " caches (CMake GQA_CACHE_TYPES)");
+    }
+    const size_t elements = require_kv_store_size("the KV cache's k and v", s.dims, type, batch_size, max_seq_len);
+    allocate("the KV cache", 2 * elements, KvCache::element_bytes(type),
              [&] { s.cache.allocate(s.dims, type, batch_size, max_seq_len); });
     s.cache_size = 0;
     s.last_position.assign(batch_size, -1);
@@ -198,7 +200,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     const int first_slot = cached ? s.cache_size : 0;
     const int kv_len = first_slot + seq_len;
-    const size_t scratch_elements = cached ? 0 : require_kv_store_size("the k and v of the call", s.dims, batch, seq_len);
+    const size_t scratch_elements = cached ? 0 : require_kv_store_size("the k and v of the call", s.dims, CacheType::f32, batch, seq_len);
     if (s.record_pattern) {
         require_array_size("the attention pattern", {batch, c.num_heads, seq_len, kv_len},
                            "batch x num_heads x seq_len x kv_len");
@@ -311,37 +313,69 @@ TensorView<float> Attention::z() const {
 
 namespace {
 
-// A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, hd].
+// A cache of the element type the accessor returns, as [b, n_kv, max_seq_len, slot].
 template <typename T>
-TensorView<T> cache_view(KvCache &cache, Kernels &kernels, const void *array, CacheType type,
-                         const char *accessor, const char *other) {
+TensorView<T> cache_view(KvCache &cache, Kernels &kernels, bool values, CacheType type) {
+    const std::string array = values ? "v_cache" : "k_cache";
+    auto accessor = [&](CacheType of) {
+        return array + (of == CacheType::f32 ? "" : "_" + std::string(cache_type_name(of))) + "()";
+    };
     if (!cache.allocated()) fail("no KV cache: call setup_cache first");
-    if (cache.type() != type) fail("the KV cache holds ", type == CacheType::f32 ? "fp16" : "fp32",
-                                   " elements; read it with ", other, "(), not ", accessor, "()");
+    if (cache.type() != type) {
+        fail("the KV cache holds ", cache_type_name(cache.type()), " elements; read it with ", accessor(cache.type()),
+             " or ", array, "_as_float(), not ", accessor(type));
+    }
     cache.pull(kernels);
-    return {static_cast<const T *>(array), {cache.batch(), cache.num_kv_heads(), cache.capacity(), cache.head_dim()}};
+    return {static_cast<const T *>(values ? cache.v() : cache.k()),
+            {cache.batch(), cache.num_kv_heads(), cache.capacity(), cache.slot_stride()}};
+}
+
+std::vector<float> cache_as_float(KvCache &cache, Kernels &kernels, bool values) {
+    if (!cache.allocated()) fail("no KV cache: call setup_cache first");
+    cache.pull(kernels);
+    return cache.as_float(values ? cache.v() : cache.k());
 }
 
 }  // namespace
 
 TensorView<float> Attention::k_cache() const {
-    return cache_view<float>(state_->cache, *state_->kernels, state_->cache.k(), CacheType::f32, "k_cache",
-                             "k_cache_f16");
+    return cache_view<float>(state_->cache, *state_->kernels, false, CacheType::f32);
 }
 
 TensorView<float> Attention::v_cache() const {
-    return cache_view<float>(state_->cache, *state_->kernels, state_->cache.v(), CacheType::f32, "v_cache",
-                             "v_cache_f16");
+    return cache_view<float>(state_->cache, *state_->kernels, true, CacheType::f32);
 }
 
 TensorView<uint16_t> Attention::k_cache_f16() const {
-    return cache_view<uint16_t>(state_->cache, *state_->kernels, state_->cache.k(), CacheType::f16, "k_cache_f16",
-                                "k_cache");
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, false, CacheType::f16);
 }
 
 TensorView<uint16_t> Attention::v_cache_f16() const {
-    return cache_view<uint16_t>(state_->cache, *state_->kernels, state_->cache.v(), CacheType::f16, "v_cache_f16",
-                                "v_cache");
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, true, CacheType::f16);
+}
+
+TensorView<uint16_t> Attention::k_cache_bf16() const {
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, false, CacheType::bf16);
+}
+
+TensorView<uint16_t> Attention::v_cache_bf16() const {
+    return cache_view<uint16_t>(state_->cache, *state_->kernels, true, CacheType::bf16);
+}
+
+TensorView<int8_t> Attention::k_cache_int8() const {
+    return cache_view<int8_t>(state_->cache, *state_->kernels, false, CacheType::int8);
+}
+
+TensorView<int8_t> Attention::v_cache_int8() const {
+    return cache_view<int8_t>(state_->cache, *state_->kernels, true, CacheType::int8);
+}
+
+std::vector<float> Attention::k_cache_as_float() const {
+    return cache_as_float(state_->cache, *state_->kernels, false);
+}
+
+std::vector<float> Attention::v_cache_as_float() const {
+    return cache_as_float(state_->cache, *state_->kernels, true);
 }
 
 CacheType Attention::cache_type() const {

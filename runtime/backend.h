@@ -92,6 +92,8 @@ public:
     // layer calls this once every stage of a forward succeeded, so a failed one
     // leaves the previous results readable.
     virtual void commit() {}
+    // Whether this build holds the pipelines for a cache of `type`.
+    virtual bool supports_cache(CacheType) const { return true; }
     // Returns once the work of the calls above has finished: a GPU backend only
     // queues it, so whoever times the kernels alone (the bench) waits here.
     virtual void finish() {}

@@ -260,11 +260,10 @@ gqa_backend gqa_attention_backend(const gqa_attention *layer) {
 gqa_status gqa_attention_setup_cache(gqa_attention *layer, int32_t batch, int32_t max_seq_len, gqa_cache_type type) {
     return guarded([&] {
         require_pointer(layer, "layer");
-        const int value = enum_value(type);
-        if (value != GQA_CACHE_F32 && value != GQA_CACHE_F16) {
-            invalid("cache type is " + std::to_string(value) + "; expected GQA_CACHE_F32 or GQA_CACHE_F16");
-        }
-        layer->layer.setup_cache(batch, max_seq_len, value == GQA_CACHE_F16 ? gqa::CacheType::f16 : gqa::CacheType::f32);
+        using gqa::CacheType;
+        layer->layer.setup_cache(batch, max_seq_len,
+                                 from_c_enum(type, {CacheType::f32, CacheType::f16, CacheType::bf16, CacheType::int8},
+                                             "cache type", "gqa_cache_type"));
     });
 }
 
@@ -277,6 +276,34 @@ gqa_status gqa_attention_reset(gqa_attention *layer) {
 
 int32_t gqa_attention_cache_size(const gqa_attention *layer) {
     return layer ? layer->layer.size() : -1;
+}
+
+gqa_status gqa_attention_append_cache(gqa_attention *layer, const float *k, const float *v, int32_t n) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        gqa::Attention &a = layer->layer;
+        if (!a.has_cache()) invalid("no KV cache: call gqa_attention_setup_cache first");
+        const std::vector<int64_t> shape{a.cache_batch(), a.config().num_kv_heads, n, a.config().head_dim};
+        a.append_cache({k, shape}, {v, shape});
+    });
+}
+
+gqa_status gqa_attention_read_cache(const gqa_attention *layer, float *k, float *v, size_t count) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(k, "k");
+        require_pointer(v, "v");
+        const gqa::Attention &a = layer->layer;
+        if (!a.has_cache()) invalid("no KV cache: call gqa_attention_setup_cache first");
+        const size_t want = size_t(a.cache_batch()) * a.config().num_kv_heads * a.cache_max_seq_len() * a.config().head_dim;
+        if (count != want) {
+            invalid("count is " + std::to_string(count) + "; the cache holds " + std::to_string(want) +
+                    " values in each of k and v");
+        }
+        const std::vector<float> keys = a.k_cache_as_float(), values = a.v_cache_as_float();
+        std::copy(keys.begin(), keys.end(), k);
+        std::copy(values.begin(), values.end(), v);
+    });
 }
 
 gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t batch, int32_t seq_len, float *out,

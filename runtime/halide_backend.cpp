@@ -160,7 +160,7 @@ struct PackedLinear {
           element(type == WeightType::f32    ? kF32
                   : type == WeightType::bf16 ? kU16
                   : type == WeightType::int8 ? kI8
-                                             : platform.half_cache_element),
+                                             : platform.half_element),
           in(in_features),
           groups((in_features + layout::kWeightGroup - 1) / layout::kWeightGroup) {
         switch (type) {
@@ -368,6 +368,10 @@ public:
         if (device_) download(out);
     }
 
+    bool supports_cache(CacheType type) const override {
+        return platform_.pipelines.cache[int(type)].attend.prefill != nullptr;
+    }
+
     void copy_to_host(HostArray array) override {
         if (!device_) return;
         switch (array) {
@@ -408,14 +412,21 @@ private:
     };
 
     const CachePipelines &pipelines(const KvCache &kv) const {
-        return kv.type() == CacheType::f16 ? platform_.pipelines.f16 : platform_.pipelines.f32;
+        return platform_.pipelines.cache[int(kv.type())];
     }
 
     // Slots [0, slots) of every kv head and batch row of one of the cache's arrays,
-    // as the pipelines see them: (hd, slot, kv head, row).
+    // as the pipelines see them: (slot element, slot, kv head, row).
     View slots_view(const KvCache &kv, const void *array, int slots) const {
-        return View(array, kv.type() == CacheType::f16 ? platform_.half_cache_element : kF32,
-                    {{kv.head_dim(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
+        halide_type_t element = kF32;
+        switch (kv.type()) {
+        case CacheType::f32: break;
+        case CacheType::f16: element = platform_.half_element; break;
+        case CacheType::bf16: element = kU16; break;
+        case CacheType::int8: element = kI8; break;
+        }
+        return View(array, element,
+                    {{kv.slot_stride(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
                      {kv.batch(), kv.row_stride()}});
     }
 

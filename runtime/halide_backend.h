@@ -40,7 +40,11 @@ struct ModePipelines {
 inline constexpr int kWeightTypeCount = 4;
 static_assert(int(WeightType::int8) == kWeightTypeCount - 1, "one pipeline entry per gqa::WeightType");
 
-// The pipelines that write or read the KV cache, for one cache element type.
+// Arrays indexed by gqa::CacheType hold one entry per cache type.
+inline constexpr int kCacheTypeCount = 4;
+static_assert(int(CacheType::int8) == kCacheTypeCount - 1, "one pipeline entry per gqa::CacheType");
+
+// The pipelines that write or read the KV cache, for one cache type.
 struct CachePipelines {
     ModePipelines<StorePipeline> store;
     ModePipelines<AttendPipeline> attend;
@@ -55,7 +59,7 @@ struct PipelineTable {
     RopePipeline rope;
     ModePipelines<ProjectPipeline> project[kWeightTypeCount];
     ModePipelines<OutputPipeline> output[kWeightTypeCount];
-    CachePipelines f32, f16;
+    CachePipelines cache[kCacheTypeCount];
 };
 
 struct HalidePlatform {
@@ -72,9 +76,10 @@ struct HalidePlatform {
     // for OpenCL halide_opencl_get_cl_mem, a cl_mem, where halide_buffer_t::device
     // is Halide's own record of it). Null for a CPU platform.
     uintptr_t (*native_device_handle)(void *user_context, halide_buffer_t *buffer);
-    // The element type the pipelines take an fp16 cache as: float16, or its bits
-    // (uint16) where the target stores it so (schedules::cache_storage_type: OpenCL).
-    halide_type_t half_cache_element = {halide_type_float, 16, 1};
+    // The element type the pipelines take fp16 weights or an fp16 cache as: float16,
+    // or its bits (uint16) where the target stores them so
+    // (schedules::half_storage_type: OpenCL).
+    halide_type_t half_element = {halide_type_float, 16, 1};
 };
 
 // The CPU pipelines of this build, defined by the architecture's file

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
+#include <vector>
 
 #include "aligned_vector.h"
 #include "gqa/attention.hpp"
@@ -28,6 +29,9 @@ inline std::optional<int64_t> product_within(std::initializer_list<int64_t> fact
     return product;
 }
 
+// Every gqa::CacheType, in its order.
+inline constexpr CacheType kCacheTypes[] = {CacheType::f32, CacheType::f16, CacheType::bf16, CacheType::int8};
+
 struct LayerDims {
     int embed_dim, num_heads, num_kv_heads, head_dim;
     int group() const { return num_heads / num_kv_heads; }
@@ -35,14 +39,19 @@ struct LayerDims {
     int kv_width() const { return num_kv_heads * head_dim; }
 };
 
-// k and v, each [batch, n_kv, capacity, hd] row-major and then key-slot padding
-// (layout::kKeySlotPadding * hd elements: the attend pipelines read whole chunks of
-// slots past the valid ones, masked). Elements are fp32, or IEEE fp16 bits.
+// k and v, each [batch, n_kv, capacity, slot] row-major and then key-slot padding
+// (layout::kKeySlotPadding slots: the attend pipelines read whole chunks of slots
+// past the valid ones, masked). A slot is hd elements: fp32, fp16 bits or bfloat16
+// bits; or for int8 hd values and their scale's bytes (layout::kInt8CacheScaleBytes).
 class KvCache {
 public:
+    // Elements of one slot of a cache of `type`.
+    static int64_t slot_elements(const LayerDims &dims, CacheType type);
     // Elements of each of k and v for this size, padding included; nullopt when more
     // than `limit`.
-    static std::optional<int64_t> elements(const LayerDims &dims, int64_t batch, int64_t capacity, int64_t limit);
+    static std::optional<int64_t> elements(const LayerDims &dims, CacheType type, int64_t batch, int64_t capacity,
+                                           int64_t limit);
+    static size_t element_bytes(CacheType type);
 
     // A zero-filled cache, replacing the contents. A failed allocation throws
     // std::bad_alloc and leaves the cache as it was. Sizes already validated.
@@ -58,12 +67,12 @@ public:
     int capacity() const { return capacity_; }
     int num_kv_heads() const { return num_kv_heads_; }
     int head_dim() const { return head_dim_; }
-    size_t element_bytes() const { return type_ == CacheType::f16 ? sizeof(uint16_t) : sizeof(float); }
+    size_t element_bytes() const { return element_bytes(type_); }
     size_t elements() const { return elements_; }
     size_t bytes() const { return elements_ * element_bytes(); }
     // Strides in elements between neighbouring slots, kv heads and batch rows.
-    int64_t slot_stride() const { return head_dim_; }
-    int64_t head_stride() const { return int64_t(capacity_) * head_dim_; }
+    int64_t slot_stride() const { return slot_stride_; }
+    int64_t head_stride() const { return int64_t(capacity_) * slot_stride_; }
     int64_t row_stride() const { return head_stride() * num_kv_heads_; }
     // The first element of `slot` of kv head `head` in batch row `row`.
     size_t slot_index(int row, int head, int slot) const {
@@ -75,9 +84,13 @@ public:
     const void *k() const { return k_.data(); }
     const void *v() const { return v_.data(); }
 
-    // One element, as a double, and stored (rounded to the element type).
-    double load(const void *array, size_t index) const;
-    void store(void *array, size_t index, double value);
+    // Value e of the slot starting at element `slot` as the pipelines read it
+    // (widened; int8: q * s, exact).
+    float load(const void *array, size_t slot, int e) const;
+    // A slot's hd values, converted to the type as the store pipelines convert them.
+    void store(void *array, size_t slot, const float *values);
+    // All of k or v as fp32, [batch, n_kv, capacity, hd].
+    std::vector<float> as_float(const void *array) const;
 
     // Host writes (each makes the host copy the valid one). The host copy must be
     // current first (pull) where older slots are to survive.
@@ -100,8 +113,9 @@ private:
 
     CacheType type_ = CacheType::f32;
     int batch_ = 0, capacity_ = 0, num_kv_heads_ = 0, head_dim_ = 0;
+    int64_t slot_stride_ = 0;
     size_t elements_ = 0;
-    // Element storage: fp32 values or fp16 bits, by type_.
+    // Element storage, by type_.
     AlignedVector<std::byte> k_, v_;
     uint64_t version_ = 0;
     bool newer_on_device_ = false;

@@ -45,7 +45,7 @@ const HalidePlatform &opencl_platform() {
                                          .can_use_target_features = nullptr,
                                          .isa_name = opencl_isa_name,
                                          .native_device_handle = halide_opencl_get_cl_mem,
-                                         .half_cache_element = {halide_type_uint, 16, 1}};
+                                         .half_element = {halide_type_uint, 16, 1}};
     return platform;
 }
 

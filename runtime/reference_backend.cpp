@@ -49,6 +49,7 @@ public:
     void project(const ProjectCall &c) override {
         const int d = dims_.embed_dim, hd = dims_.head_dim;
         std::vector<double> q(dims_.q_width()), k(dims_.kv_width()), v(dims_.kv_width());
+        std::vector<float> k_slot(hd), v_slot(hd);  // one kv head's k and v in fp32, as the pipelines hold them
         for (int b = 0; b < c.batch; ++b) {
             for (int s = 0; s < c.seq_len; ++s) {
                 const int token = b * c.seq_len + s;
@@ -68,11 +69,10 @@ public:
                 }
                 for (int h = 0; h < dims_.num_kv_heads; ++h) {
                     rotate(rope_, &k[h * hd], pos);
+                    for (int e = 0; e < hd; ++e) k_slot[e] = float(k[h * hd + e]), v_slot[e] = float(v[h * hd + e]);
                     const size_t slot = c.kv->slot_index(b, h, c.write_slot + s);
-                    for (int e = 0; e < hd; ++e) {
-                        c.kv->store(c.kv->k(), slot + e, k[h * hd + e]);
-                        c.kv->store(c.kv->v(), slot + e, v[h * hd + e]);
-                    }
+                    c.kv->store(c.kv->k(), slot, k_slot.data());
+                    c.kv->store(c.kv->v(), slot, v_slot.data());
                 }
             }
         }
@@ -97,7 +97,7 @@ public:
                         sees_any = true;
                         const size_t k = c.kv->slot_index(b, kvh, t);
                         double dot = 0;
-                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * c.kv->load(c.kv->k(), k + e);
+                        for (int e = 0; e < hd; ++e) dot += double(q[e]) * c.kv->load(c.kv->k(), k, e);
                         double score = dot * c.scale;
                         if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
                         scores[t] = score;
@@ -125,7 +125,7 @@ public:
                         }
                         if (!visible[t]) continue;
                         const size_t v = c.kv->slot_index(b, kvh, t);
-                        for (int e = 0; e < hd; ++e) z[e] += p * c.kv->load(c.kv->v(), v + e);
+                        for (int e = 0; e < hd; ++e) z[e] += p * c.kv->load(c.kv->v(), v, e);
                     }
                     float *z_out = c.z + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     for (int e = 0; e < hd; ++e) z_out[e] = float(z[e]);

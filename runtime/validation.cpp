@@ -68,10 +68,14 @@ void require_array_size(const char *name, std::initializer_list<int64_t> factors
          "), the most a Halide buffer addresses");
 }
 
-size_t require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity) {
-    if (const auto elements = KvCache::elements(d, batch, capacity, kMaxArrayElements)) return size_t(*elements);
+size_t require_kv_store_size(const char *name, const LayerDims &d, CacheType type, int64_t batch,
+                             int64_t capacity) {
+    if (const auto elements = KvCache::elements(d, type, batch, capacity, kMaxArrayElements)) {
+        return size_t(*elements);
+    }
     fail(name, " would hold more than ", kMaxArrayElements, " elements (batch ", batch, " x num_kv_heads ",
-         d.num_kv_heads, " x ", capacity, " slots x head_dim ", d.head_dim, "), the most a Halide buffer addresses");
+         d.num_kv_heads, " x ", capacity, " slots x ", KvCache::slot_elements(d, type), " per slot), the most a ",
+         "Halide buffer addresses");
 }
 
 int effective_rotary_dim(const Config &c) {

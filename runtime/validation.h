@@ -34,7 +34,8 @@ void require_finite(const char *name, double value);
 void require_array_size(const char *name, std::initializer_list<int64_t> factors, const char *sized_by);
 // A KV cache, or the scratch standing in for one, of batch x capacity slots: the
 // elements of each of its k and v.
-size_t require_kv_store_size(const char *name, const LayerDims &d, int64_t batch, int64_t capacity);
+size_t require_kv_store_size(const char *name, const LayerDims &d, CacheType type, int64_t batch,
+                             int64_t capacity);
 
 // Allocations report a failure as gqa::Error naming what they were for.
 template <typename Allocate>

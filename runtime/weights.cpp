@@ -49,6 +49,13 @@ WeightType stored_weight_type(const Config &config, const Weights &weights) {
     return config.weight_type.value_or(weights.wq.type);
 }
 
+void quantize_int8_with_scale(const float *values, int64_t count, float scale, int8_t *q) {
+    for (int64_t n = 0; n < count; ++n) {
+        const float rounded = scale > 0.f ? std::nearbyint(values[n] / scale) : 0.f;
+        q[n] = int8_t(std::clamp(rounded, -127.f, 127.f));
+    }
+}
+
 namespace {
 
 // Each group of kWeightGroup inputs of a row as round(w / s), s = max |w| / 127.
@@ -67,12 +74,8 @@ void quantize_int8(const char *name, const WeightView &view, std::vector<int8_t>
                 if (!std::isfinite(w)) fail(name, "[", r, ", ", c, "] is ", w, ", which int8 weights cannot hold");
                 largest = std::max(largest, std::fabs(w));
             }
-            const float scale = largest / 127.f;
-            scales[size_t(r * groups + g)] = scale;
-            for (int64_t c = begin; c < end; ++c) {
-                const float q = scale > 0.f ? std::nearbyint(group[c - begin] / scale) : 0.f;
-                values[size_t(r * in + c)] = int8_t(std::clamp(q, -127.f, 127.f));
-            }
+            const float scale = scales[size_t(r * groups + g)] = largest / 127.f;
+            quantize_int8_with_scale(group, end - begin, scale, &values[size_t(r * in + begin)]);
         }
     }
 }

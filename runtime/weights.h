@@ -11,6 +11,11 @@ namespace gqa::detail {
 // Every gqa::WeightType, in its order.
 inline constexpr WeightType kWeightTypes[] = {WeightType::f32, WeightType::bf16, WeightType::f16, WeightType::int8};
 
+// Symmetric int8 of `count` finite values with the scale s = max |x| / 127 given:
+// q = round(x / s) (ties to even) in [-127, 127], 0 when s is 0. The int8 weights
+// and the int8 KV cache both quantize so.
+void quantize_int8_with_scale(const float *values, int64_t count, float scale, int8_t *q);
+
 // The element type the layer keeps its weights in: config.weight_type, or the
 // type the (validated) weights share.
 WeightType stored_weight_type(const Config &config, const Weights &weights);

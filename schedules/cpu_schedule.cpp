@@ -94,6 +94,11 @@ void schedule_store(algo::Store &s, int lanes, bool decode) {
         f.update().reorder(s.d, token).vectorize(s.d, lanes, TailStrategy::GuardWithIf);
         if (!decode) f.update().parallel(token);
     }
+    if (s.quantized) {
+        // Each token's scales just before its slot is written.
+        for (Func f : {s.k_scale, s.k_amax_bits}) f.compute_at(s.k, token);
+        for (Func f : {s.v_scale, s.v_amax_bits}) f.compute_at(s.v, token);
+    }
 }
 
 void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {
@@ -142,11 +147,13 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
         .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
         .reorder(kargs[1], kargs[0])
         .vectorize(kargs[1], vec);
-    if (a.half_cache) {
-        // Widened along the rows first (contiguous halves, whole vectors), so the
+    if (a.narrow_cache) {
+        // Widened along the rows first (contiguous elements, whole vectors), so the
         // transpose gathers floats from L1 rather than widening lane by lane.
         Func k_rows = a.k_cache.in(k_transposed);
         k_rows.compute_at(a.score, to).vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
+        // An int8 slot's scale once per chunk, not once per element.
+        if (a.k_scale.defined()) a.k_scale.compute_at(a.score, to);
     }
     // Branches without the mask load and without tanh (a select evaluates both sides).
     a.score.specialize(a.softcap > 0.f);
@@ -177,10 +184,11 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             .reorder(dl, dvi, ki, dvo, r, ko)
             .vectorize(dl)
             .unroll(dvi);
-        if (a.half_cache) {
+        if (a.narrow_cache) {
             // Widened once per chunk for the g heads, not once per head.
             Func v_rows = a.v_cache.in(a.weighted);
             v_rows.compute_at(a.weighted, ko).vectorize(v_rows.args()[0], vec, TailStrategy::GuardWithIf);
+            if (a.v_scale.defined()) a.v_scale.compute_at(a.weighted, ko);
         }
     }
 

@@ -59,8 +59,8 @@ bool native_half_widening(const Target &target) {
 // with it every kernel declares half helpers, which a device without cl_khr_fp16
 // (pocl) refuses to build; the bits need only integer operations (algo::narrow_half,
 // algo::widen_half).
-Type cache_storage_type(const Target &target, const Type &cache_type) {
-    return cache_type == Float(16) && target.has_feature(Target::OpenCL) ? UInt(16) : cache_type;
+Type half_storage_type(const Target &target) {
+    return target.has_feature(Target::OpenCL) ? UInt(16) : Float(16);
 }
 
 void schedule_project(algo::Project &p, const Target &target, const Knobs &knobs) {

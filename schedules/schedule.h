@@ -40,8 +40,8 @@ int split_blocks(const Halide::Target &target, const Knobs &knobs);
 int gemm_token_group(const Halide::Target &target, const Knobs &knobs);
 // Whether Halide's fp16 -> fp32 cast is a conversion instruction on the target.
 bool native_half_widening(const Halide::Target &target);
-// The element type the pipelines store a cache of `cache_type` in on the target.
-Halide::Type cache_storage_type(const Halide::Target &target, const Halide::Type &cache_type);
+// The element type the pipelines store fp16 values (weights, a cache) in on the target.
+Halide::Type half_storage_type(const Halide::Target &target);
 
 void schedule_project(algo::Project &p, const Halide::Target &target, const Knobs &knobs);
 void schedule_store(algo::Store &s, const Halide::Target &target, const Knobs &knobs);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one-shot CUDA check, for a machine with an NVIDIA GPU: the GoogleTest suite
 # (every test on every runnable backend, CUDA included), the C API test, every
-# conformance set on `--backend cuda` (fp32 and fp16 cache), the demo, and
+# conformance set on `--backend cuda` (with each cache type), the demo, and
 # gqa-bench on CUDA for the W1 and W2 shapes (prefill and decode: TFLOP/s, GB/s,
 # and fractions of the GPU's fp32 peak and memory bandwidth read from its driver).
 # Everything goes into one Markdown report.
@@ -26,7 +26,7 @@ programs=(tests/gqa-tests tests/gqa-c-api-test tools/gqa-conformance tools/gqa-d
 vector_sets=(conformance conformance-hf)
 # Prefill and cold decode with fp32 weights and cache, and decode with the smallest
 # types beside them: every cuda mode took over 400 s on an H200 (about 13 s each).
-bench_filter='^(layer|core|proj)/(prefill512(_bf16w)?|decode(2048|8192)(_cold|_bf16w_f16_cold|_int8w_f16_cold)?)/cuda/W[12]/'
+bench_filter='^(layer|core|proj)/(prefill512(_bf16w)?|decode(2048|8192)(_cold|_bf16w_bf16_cold|_int8w_int8_cold)?)/cuda/W[12]/'
 
 build() {
     set -e
@@ -99,7 +99,9 @@ check() {
     run_step c_api 60 "$bin/gqa-c-api-test"
     for set in "$vectors"/*/; do
         run_step "conformance_$(basename "$set")" 120 "$bin/gqa-conformance" --backend cuda "$set"
-        run_step "conformance_$(basename "$set")_f16" 120 "$bin/gqa-conformance" --backend cuda --cache f16 "$set"
+        for cache in f16 bf16 int8; do
+            run_step "conformance_$(basename "$set")_$cache" 120 "$bin/gqa-conformance" --backend cuda --cache "$cache" "$set"
+        done
     done
     run_step demo 120 "$bin/gqa-demo"
     run_step bench 400 "$bin/gqa-bench" --benchmark_filter="$bench_filter" --benchmark_repetitions=3 \

@@ -120,10 +120,11 @@ Scenario draw(FuzzedDataProvider &in) {
         c.weight_type = std::array{gqa::WeightType::bf16, gqa::WeightType::f16, gqa::WeightType::int8}[weight_kind - 1];
     }
 
-    const int cache_kind = in.ConsumeIntegralInRange(0, 2);
+    const int cache_kind = in.ConsumeIntegralInRange(0, 4);
     const int batch = in.ConsumeIntegralInRange(1, 3);
     if (cache_kind > 0) {
-        s.cache = cache_kind == 1 ? gqa::CacheType::f32 : gqa::CacheType::f16;
+        s.cache = std::array{gqa::CacheType::f32, gqa::CacheType::f16, gqa::CacheType::bf16,
+                             gqa::CacheType::int8}[cache_kind - 1];
         s.cache_batch = batch;
         s.cache_len = in.ConsumeIntegralInRange(1, 96);
     }
@@ -180,7 +181,7 @@ Scenario draw(FuzzedDataProvider &in) {
          << " softcap=" << c.softcap << " biases=" << biases << " sinks=" << sinks
          << " qk_norm=" << int(c.qk_norm)
          << " weights=" << gqa::weight_type_name(c.weight_type.value_or(gqa::WeightType::f32)) << " cache="
-         << (s.cache ? (*s.cache == gqa::CacheType::f16 ? "f16" : "f32") : "none") << " cache_batch=" << s.cache_batch
+         << (s.cache ? std::string(gqa::cache_type_name(*s.cache)) : "none") << " cache_batch=" << s.cache_batch
          << " cache_len=" << s.cache_len << "\n";
     for (const Call &call : s.calls) {
         text << "  call x " << gqa::shape_string(call.x.shape) << " mask "
@@ -212,14 +213,33 @@ void compare(const Scenario &s, gqa::Backend backend, const std::string &what, c
 
 std::vector<float> cache_values(const gqa::Attention &layer, bool keys) {
     if (!layer.has_cache()) return {};
-    if (layer.cache_type() == gqa::CacheType::f32) {
-        const gqa::TensorView<float> view = keys ? layer.k_cache() : layer.v_cache();
-        return {view.data, view.data + view.numel()};
+    return keys ? layer.k_cache_as_float() : layer.v_cache_as_float();
+}
+
+// A cache as fp32 against the reference's: fp32 within the fp32 tolerance, the
+// other types within one unit of the type (gqa_tools::stored_value_unit); NaN
+// where the reference has NaN.
+void compare_cache(const Scenario &s, gqa::Backend backend, const std::string &what, const std::vector<float> &got,
+                   const std::vector<float> &want) {
+    const gqa::CacheType type = s.cache.value_or(gqa::CacheType::f32);
+    if (type == gqa::CacheType::f32) return compare(s, backend, what, got, want, GQA_ATOL);
+    if (got.size() != want.size()) mismatch(s, backend, what + ": sizes differ");
+    const size_t head_dim = size_t(s.config.head_dim);
+    for (size_t slot = 0; slot < want.size(); slot += head_dim) {
+        double slot_max = 0;
+        for (size_t e = slot; e < slot + head_dim; ++e) {
+            if (std::isfinite(want[e])) slot_max = std::max(slot_max, double(std::abs(want[e])));
+        }
+        for (size_t e = slot; e < slot + head_dim; ++e) {
+            if (std::isnan(got[e]) && std::isnan(want[e])) continue;
+            if (!(std::abs(double(got[e]) - want[e]) <= gqa_tools::stored_value_unit(type, want[e], slot_max)) &&
+                got[e] != want[e]) {
+                mismatch(s, backend,
+                         what + "[" + std::to_string(e) + "] = " + std::to_string(got[e]) + ", reference " +
+                             std::to_string(want[e]));
+            }
+        }
     }
-    const gqa::TensorView<uint16_t> view = keys ? layer.k_cache_f16() : layer.v_cache_f16();
-    std::vector<float> values(size_t(view.numel()));
-    for (size_t n = 0; n < values.size(); ++n) values[n] = gqa::half_to_float(view.data[n]);
-    return values;
 }
 
 struct Outcome {
@@ -269,9 +289,10 @@ std::optional<gqa::Attention> make_layer(const Scenario &s, gqa::Backend backend
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FuzzedDataProvider in(data, size);
     const Scenario s = draw(in);
-    const bool half = s.cache == gqa::CacheType::f16;
-    const double tolerance = half ? GQA_HALF_CACHE_TOL : GQA_ATOL;
-    const double cache_tolerance = half ? GQA_HALF_ULP : GQA_ATOL;
+    const gqa::CacheType cache_type = s.cache.value_or(gqa::CacheType::f32);
+    const double tolerance = cache_type == gqa::CacheType::f32    ? GQA_ATOL
+                             : cache_type == gqa::CacheType::int8 ? GQA_INT8_CACHE_TOL
+                                                                  : GQA_HALF_CACHE_TOL;
 
     std::optional<std::string> reference_error;
     std::optional<gqa::Attention> reference = make_layer(s, gqa::Backend::reference, reference_error);
@@ -296,8 +317,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             }
             compare(s, backend, at + "out", got.out, want[n].out, tolerance);
             compare(s, backend, at + "z", got.z, want[n].z, tolerance);
-            compare(s, backend, at + "k_cache", got.k, want[n].k, cache_tolerance);
-            compare(s, backend, at + "v_cache", got.v, want[n].v, cache_tolerance);
+            compare_cache(s, backend, at + "k_cache", got.k, want[n].k);
+            compare_cache(s, backend, at + "v_cache", got.v, want[n].v);
             if (got.size != want[n].size) mismatch(s, backend, at + "cache size");
         }
     }

@@ -86,8 +86,13 @@ static void backends_match_reference(void) {
     enum { OUTPUTS = (2 * PROMPT + 2 * STEPS) * D };
     static float want[OUTPUTS], got[OUTPUTS], plain[OUTPUTS];
     for (int features = 0; features <= 1; ++features) {
-        for (int half = 0; half <= 1; ++half) {
-            const gqa_cache_type cache = half ? GQA_CACHE_F16 : GQA_CACHE_F32;
+        for (int type = GQA_CACHE_F32; type <= GQA_CACHE_INT8; ++type) {
+            const gqa_cache_type cache = (gqa_cache_type)type;
+            static const char *const names[] = {"f32", "f16", "bf16", "int8"};
+            /* A reduced-precision cache may round a k or v to the neighbouring value on one side. */
+            const double tolerance = cache == GQA_CACHE_F32    ? GQA_ATOL
+                                     : cache == GQA_CACHE_INT8 ? GQA_INT8_CACHE_TOL
+                                                               : GQA_HALF_CACHE_TOL;
             CHECK(run(GQA_BACKEND_REFERENCE, cache, features, want) == GQA_STATUS_OK, "reference: %s", gqa_last_error());
             if (features) {
                 /* The model fields reach the layer: they change its output. */
@@ -99,14 +104,50 @@ static void backends_match_reference(void) {
                 CHECK(run((gqa_backend)b, cache, features, got) == GQA_STATUS_OK, "%s: %s",
                       gqa_backend_name((gqa_backend)b), gqa_last_error());
                 const double worst = max_abs_diff(got, want, OUTPUTS);
-                /* The fp16 cache may round a k or v to the neighbouring half on one side. */
-                CHECK(worst <= (half ? GQA_HALF_CACHE_TOL : GQA_ATOL), "%s, %s cache: max |diff| %g",
-                      gqa_backend_name((gqa_backend)b), half ? "fp16" : "fp32", worst);
+                CHECK(worst <= tolerance, "%s, %s cache: max |diff| %g", gqa_backend_name((gqa_backend)b),
+                      names[type], worst);
                 printf("%s, %s cache%s: max |diff| vs reference %.2e\n", gqa_backend_name((gqa_backend)b),
-                       half ? "fp16" : "fp32", features ? ", model features" : "", worst);
+                       names[type], features ? ", model features" : "", worst);
             }
         }
     }
+}
+
+/* An int8 cache read back as fp32 and appended to a fresh one holds the same
+ * values (the conversion is idempotent), on the best backend; misuse is refused. */
+static void cache_reads_back_and_appends(void) {
+    enum { VALUES = 2 * KV_HEADS * MAX_SEQ * HEAD_DIM };
+    static float k[VALUES], v[VALUES], k_again[VALUES], v_again[VALUES], k_slots[VALUES], v_slots[VALUES];
+    static float out[2 * PROMPT * D];
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
+    config.max_seq_len = MAX_SEQ;
+    const gqa_weights weights = {.wq = wq, .wk = wk, .wv = wv, .wo = wo};
+    gqa_attention *written = NULL, *appended = NULL;
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_BEST, &written) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_create(&config, &weights, GQA_BACKEND_BEST, &appended) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_append_cache(appended, k, v, 1) == GQA_STATUS_INVALID, "append without a cache");
+    CHECK(strstr(gqa_last_error(), "setup_cache") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_setup_cache(written, 2, MAX_SEQ, GQA_CACHE_INT8) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_setup_cache(appended, 2, MAX_SEQ, GQA_CACHE_INT8) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_forward(written, prompt, 2, PROMPT, out, 2 * PROMPT * D, NULL, 0, NULL, 0) == GQA_STATUS_OK,
+          "%s", gqa_last_error());
+    CHECK(gqa_attention_read_cache(written, k, v, VALUES - 1) == GQA_STATUS_INVALID, "read with a short count");
+    CHECK(strstr(gqa_last_error(), "count is") != NULL, "message: %s", gqa_last_error());
+    CHECK(gqa_attention_read_cache(written, k, v, VALUES) == GQA_STATUS_OK, "%s", gqa_last_error());
+    /* The first PROMPT slots of each (row, kv head): [2, KV_HEADS, PROMPT, HEAD_DIM]. */
+    int n = 0;
+    for (int row_head = 0; row_head < 2 * KV_HEADS; ++row_head) {
+        for (int e = 0; e < PROMPT * HEAD_DIM; ++e, ++n) {
+            k_slots[n] = k[row_head * MAX_SEQ * HEAD_DIM + e], v_slots[n] = v[row_head * MAX_SEQ * HEAD_DIM + e];
+        }
+    }
+    CHECK(gqa_attention_append_cache(appended, k_slots, v_slots, PROMPT) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(gqa_attention_cache_size(appended) == PROMPT, "size after append");
+    CHECK(gqa_attention_read_cache(appended, k_again, v_again, VALUES) == GQA_STATUS_OK, "%s", gqa_last_error());
+    CHECK(memcmp(k, k_again, sizeof k) == 0 && memcmp(v, v_again, sizeof v) == 0, "appended values differ");
+    gqa_attention_free(written);
+    gqa_attention_free(appended);
 }
 
 /* One prefill (fp32 cache) of layers built from `weights`, kept as `keep`. */
@@ -253,6 +294,7 @@ int main(void) {
     backends_match_reference();
     bf16_weights_reach_the_layer();
     failures_are_reported();
+    cache_reads_back_and_appends();
     if (failures) fprintf(stderr, "%d checks failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -3,6 +3,7 @@
 // contents and size, z(), pattern(), and what later calls compute.
 #include "test_util.h"
 
+#include <array>
 #include <cstring>
 #include <ostream>
 #include <string>
@@ -23,8 +24,9 @@ namespace {
 
 using gqa::detail::ForwardStage;
 
-enum class Cache { none, f32, f16 };
-const char *const kCacheNames[] = {"no_cache", "f32_cache", "f16_cache"};
+// int8 stands for the other types: its slots hold scales beside the values.
+enum class Cache { none, f32, f16, int8 };
+const char *const kCacheNames[] = {"no_cache", "f32_cache", "f16_cache", "int8_cache"};
 
 void PrintTo(Cache cache, std::ostream *os) {
     *os << kCacheNames[int(cache)];
@@ -49,10 +51,13 @@ std::vector<uint8_t> bytes_of(const gqa::TensorView<T> &view) {
 Snapshot snapshot(const gqa::Attention &layer) {
     Snapshot s;
     s.size = layer.size();
-    if (layer.has_cache() && layer.cache_type() == gqa::CacheType::f16) {
-        s.k = bytes_of(layer.k_cache_f16()), s.v = bytes_of(layer.v_cache_f16());
-    } else if (layer.has_cache()) {
-        s.k = bytes_of(layer.k_cache()), s.v = bytes_of(layer.v_cache());
+    if (layer.has_cache()) {
+        switch (layer.cache_type()) {
+        case gqa::CacheType::f32: s.k = bytes_of(layer.k_cache()), s.v = bytes_of(layer.v_cache()); break;
+        case gqa::CacheType::f16: s.k = bytes_of(layer.k_cache_f16()), s.v = bytes_of(layer.v_cache_f16()); break;
+        case gqa::CacheType::bf16: s.k = bytes_of(layer.k_cache_bf16()), s.v = bytes_of(layer.v_cache_bf16()); break;
+        case gqa::CacheType::int8: s.k = bytes_of(layer.k_cache_int8()), s.v = bytes_of(layer.v_cache_int8()); break;
+        }
     }
     s.z = bytes_of(layer.z()), s.pattern = bytes_of(layer.pattern());
     s.z_shape = layer.z().shape, s.pattern_shape = layer.pattern().shape;
@@ -67,7 +72,9 @@ TEST_P(FailedForward, LeavesTheLayerAsItWas) {
     const auto weights = gqa_test::random_weights(config, true, 41);
     gqa::Attention layer(config, weights.view(), backend), twin(config, weights.view(), backend);
     for (gqa::Attention *l : {&layer, &twin}) {
-        if (cache != Cache::none) l->setup_cache(2, 32, cache == Cache::f16 ? gqa::CacheType::f16 : gqa::CacheType::f32);
+        if (cache != Cache::none) {
+            l->setup_cache(2, 32, std::array{gqa::CacheType::f32, gqa::CacheType::f16, gqa::CacheType::int8}[int(cache) - 1]);
+        }
         l->set_record_pattern(true);
         l->forward(gqa_test::random_input(config, 2, 5, 42).view());
     }
@@ -100,7 +107,7 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, FailedForward,
                          testing::Combine(testing::ValuesIn(gqa_test::runnable_backends()),
                                           testing::Values(ForwardStage::project, ForwardStage::attend,
                                                           ForwardStage::output),
-                                          testing::Values(Cache::none, Cache::f32, Cache::f16)),
+                                          testing::Values(Cache::none, Cache::f32, Cache::f16, Cache::int8)),
                          failed_forward_name);
 
 }  // namespace

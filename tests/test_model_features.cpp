@@ -123,15 +123,15 @@ TEST_P(ModelFeature, MatchesTheReference) {
     const FeatureLayer layer = make_layer(feature, kShapes[shape_index]);
     const auto got = run_sequence(layer, backend, type);
     const auto want = run_sequence(layer, gqa::Backend::reference, type);
-    // The exact result, for the fp16 rule: the reference on an fp32 cache.
-    const auto exact = type == gqa::CacheType::f16 ? run_sequence(layer, gqa::Backend::reference, gqa::CacheType::f32)
+    // The exact result, for the reduced-precision rule: the reference on an fp32 cache.
+    const auto exact = type != gqa::CacheType::f32 ? run_sequence(layer, gqa::Backend::reference, gqa::CacheType::f32)
                                                    : want;
     ASSERT_EQ(got.size(), want.size());
     for (size_t n = 0; n < got.size(); ++n) {
         if (type == gqa::CacheType::f32) {
             EXPECT_TRUE(gqa_test::all_close(got[n], want[n])) << "call " << n;
         } else {
-            EXPECT_TRUE(gqa_test::within_half_cache_error(got[n], want[n], exact[n])) << "call " << n;
+            EXPECT_TRUE(gqa_test::within_reduced_precision_error(got[n], want[n], exact[n])) << "call " << n;
         }
     }
 }
@@ -139,7 +139,7 @@ TEST_P(ModelFeature, MatchesTheReference) {
 std::string param_name(const testing::TestParamInfo<Param> &info) {
     const auto [backend, feature, shape_index, type] = info.param;
     return std::string(gqa::backend_name(backend)) + "_" + feature_name(feature) + "_hd" +
-           std::to_string(kShapes[shape_index].head_dim) + (type == gqa::CacheType::f16 ? "_f16" : "_f32");
+           std::to_string(kShapes[shape_index].head_dim) + "_" + std::string(gqa::cache_type_name(type));
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -148,7 +148,7 @@ INSTANTIATE_TEST_SUITE_P(
                      testing::Values(Feature::qk_norm_per_head, Feature::qk_norm_all_heads, Feature::sinks,
                                      Feature::linear, Feature::llama3, Feature::yarn, Feature::longrope_partial),
                      testing::Range(0, int(std::size(kShapes))),
-                     testing::Values(gqa::CacheType::f32, gqa::CacheType::f16)),
+                     testing::Values(gqa::CacheType::f32, gqa::CacheType::f16, gqa::CacheType::int8)),
     param_name);
 
 }  // namespace

@@ -90,7 +90,7 @@ testing::AssertionResult all_close(std::span<const float> got, std::span<const f
                                    double rtol = GQA_RTOL);
 
 // The fp16-cache rule of tools/tolerance.h against the exact (fp32-cache) result.
-testing::AssertionResult within_half_cache_error(std::span<const float> got, std::span<const float> reference_half,
+testing::AssertionResult within_reduced_precision_error(std::span<const float> got, std::span<const float> reference_half,
                                                  std::span<const float> exact);
 
 // The message of the gqa::Error `call` throws, or "no error".

@@ -65,7 +65,7 @@ TEST(Bfloat16Conversion, RoundsToTheNearestEven) {
 // Layers of each weight type against the reference with the same type: the
 // reference widens the same rounded weights and works in double, so the fp32
 // tolerance holds. A prefill then decode steps, then a masked call in which one
-// query sees no key, on an f32 and an f16 cache.
+// query sees no key, on a cache of each type.
 class WeightTypes : public testing::TestWithParam<std::tuple<gqa::Backend, WeightType>> {
 protected:
     static constexpr int batch = 2, prefill = 19, decode_steps = 2, masked_tokens = 2, cache_len = 32;
@@ -109,8 +109,8 @@ TEST_P(WeightTypes, MatchTheReferenceOnTheSameRoundedWeights) {
         const gqa_test::LayerWeights weights = gqa_test::random_weights(config, true, 43);
         const std::vector<float> full = run(config, weights.view(), gqa::Backend::reference, CacheType::f32);
         config.weight_type = type;
-        for (CacheType cache : {CacheType::f32, CacheType::f16}) {
-            SCOPED_TRACE(cache == CacheType::f32 ? "f32 cache" : "f16 cache");
+        for (CacheType cache : {CacheType::f32, CacheType::f16, CacheType::bf16, CacheType::int8}) {
+            SCOPED_TRACE(std::string(gqa::cache_type_name(cache)) + " cache");
             const std::vector<float> want = run(config, weights.view(), gqa::Backend::reference, cache);
             const std::vector<float> got = run(config, weights.view(), backend, cache);
             if (cache == CacheType::f32) {
@@ -126,7 +126,7 @@ TEST_P(WeightTypes, MatchTheReferenceOnTheSameRoundedWeights) {
                 }
             } else {
                 const std::vector<float> exact = run(config, weights.view(), gqa::Backend::reference, CacheType::f32);
-                EXPECT_TRUE(gqa_test::within_half_cache_error(got, want, exact));
+                EXPECT_TRUE(gqa_test::within_reduced_precision_error(got, want, exact));
             }
         }
     }

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tuner end to end on a tiny budget: it must write a record, a rebuild must pass
 # the record's knobs to the generators, and that build must pass the conformance
-# vectors. The tree builds fp32 weights only (GQA_WEIGHT_TYPES=f32): a layer of
-# another type must be a clear error there. Usage: tune_smoke.sh <source dir> <scratch dir>
+# vectors. The tree builds fp32 weights and caches only (GQA_WEIGHT_TYPES=f32,
+# GQA_CACHE_TYPES=f32): a layer or a cache of another type must be a clear error there. Usage: tune_smoke.sh <source dir> <scratch dir>
 set -euo pipefail
 source_dir=$1
 scratch=$2
@@ -28,3 +28,10 @@ if refusal=$("$scratch/tree/tools/gqa-conformance" --backend x86 --weights bf16 
 fi
 grep -q 'GQA_WEIGHT_TYPES' <<< "$refusal" ||
     { echo "tune_smoke: the bf16 refusal does not name GQA_WEIGHT_TYPES:" >&2; echo "$refusal" | tail -5 >&2; exit 1; }
+
+# Nor int8 cache pipelines: setting up such a cache must say so.
+if refusal=$("$scratch/tree/tools/gqa-conformance" --backend x86 --cache int8 "$source_dir/tests/conformance" 2>&1); then
+    echo "tune_smoke: an f32-only build ran an int8 cache" >&2; exit 1
+fi
+grep -q 'GQA_CACHE_TYPES' <<< "$refusal" ||
+    { echo "tune_smoke: the int8 cache refusal does not name GQA_CACHE_TYPES:" >&2; echo "$refusal" | tail -5 >&2; exit 1; }

@@ -1,8 +1,9 @@
 // gqa-conformance: runs the conformance vectors of a directory (manifest.json plus the
 // raw arrays it names, format in docs/semantics.md §11) on the library's backends and prints
-// PASS / FAIL / UNSUPPORTED per (case, backend). With --cache f16 the cases that
-// use a KV cache run with an fp16 one, their outputs held to the fp16 rule of
-// tools/tolerance.h and the stored halves to one unit in the last place.
+// PASS / FAIL / UNSUPPORTED per (case, backend). With --cache f16, bf16 or int8
+// the cases that use a KV cache run with a cache of that type, their outputs held
+// to the reduced-precision rule of tools/tolerance.h and the stored values to one
+// unit of the type.
 //
 // Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
 // manifest or data file (everything is loaded and checked, and run once on the
@@ -625,11 +626,12 @@ public:
         }
     }
 
-    // An output computed with an fp16 cache, by the fp16 rule of tools/tolerance.h:
-    // against the expected (exact) array, at most GQA_HALF_CACHE_FACTOR times the
-    // reference backend's own fp16 error past the fp32 tolerance.
-    void compare_half_rule(const std::string &what, const gqa::TensorView<float> &got,
-                           const std::vector<float> &reference_half, const Tensor &want) {
+    // An output computed with a reduced-precision cache or weights, by the rule of
+    // tools/tolerance.h: against the expected (exact) array, at most
+    // GQA_REDUCED_PRECISION_FACTOR times the reference backend's own error in that
+    // type past the fp32 tolerance.
+    void compare_reduced_precision_rule(const std::string &what, const gqa::TensorView<float> &got,
+                                        const std::vector<float> &reference_reduced, const Tensor &want) {
         if (got.shape != want.shape || got.data == nullptr) {
             fail(what + ": shape " + gqa::shape_string(got.shape) + ", expected " + gqa::shape_string(want.shape));
             return;
@@ -640,29 +642,26 @@ public:
             const double error = std::abs(double(values[i]) - double(wanted[i]));
             if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
         }
-        if (!gqa_tools::within_half_cache_rule(values, reference_half, wanted)) {
+        if (!gqa_tools::within_reduced_precision_rule(values, reference_reduced, wanted)) {
             fail(what + ": outside the fp16-cache rule (worst excess over the fp32 tolerance " +
                  std::to_string(gqa_tools::largest_excess(values, wanted)) + ")");
         }
     }
 
-    // Stored halves against the expected fp32 values: within one unit in the last
-    // place (GQA_HALF_ULP relative; subnormals by the smallest normal's unit).
-    void compare_halves(const std::string &what, const gqa::TensorView<uint16_t> &got, const Tensor &want) {
+    // A cache's stored values (as fp32) against the expected fp32 values: within
+    // one unit of the type (gqa_tools::stored_value_unit).
+    void compare_stored(const std::string &what, gqa::CacheType type, const std::vector<float> &got,
+                        const Tensor &want) {
         const auto &wanted = std::get<std::vector<float>>(want.values);
-        if (got.shape != want.shape || got.data == nullptr) {
-            fail(what + ": shape " + gqa::shape_string(got.shape) + ", expected " + gqa::shape_string(want.shape));
+        if (got.size() != wanted.size() || want.shape.empty()) {
+            fail(what + ": " + std::to_string(got.size()) + " values, expected shape " +
+                 gqa::shape_string(want.shape));
             return;
         }
-        constexpr double smallest_normal = 0x1p-14;
-        int64_t outside = 0;
-        for (size_t i = 0; i < wanted.size(); ++i) {
-            const double stored = gqa::half_to_float(got.data[i]), expected = wanted[i];
-            outside += !(std::abs(stored - expected) <= GQA_HALF_ULP * std::max(std::abs(expected), smallest_normal));
-        }
+        const size_t outside = gqa_tools::values_past_one_unit(type, got, wanted, size_t(want.shape.back()));
         if (outside > 0) {
-            fail(what + ": " + std::to_string(outside) + " of " + std::to_string(wanted.size()) +
-                 " halves more than one unit in the last place from the expected values");
+            fail(what + ": " + std::to_string(outside) + " of " + std::to_string(wanted.size()) + " " +
+                 std::string(gqa::cache_type_name(type)) + " values more than one unit from the expected values");
         }
     }
 
@@ -724,24 +723,20 @@ void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType
         if (call.z) observe(prefix + "z", layer.z(), *call.z);
     }
     if (const auto &final_cache = layer_case.final_cache) {
+        const std::vector<int64_t> cache_shape{layer.cache_batch(), config.num_kv_heads, layer.cache_max_seq_len(),
+                                               config.head_dim};
         if (weights) {
             // Other weights write other keys and values: the cache, read as fp32,
             // follows the outputs' rule.
             for (const bool keys : {true, false}) {
                 const char *what = keys ? "k_cache" : "v_cache";
                 const Tensor &want = keys ? final_cache->k : final_cache->v;
-                if (cache == gqa::CacheType::f32) {
-                    observe(what, keys ? layer.k_cache() : layer.v_cache(), want);
-                    continue;
-                }
-                const gqa::TensorView<uint16_t> halves = keys ? layer.k_cache_f16() : layer.v_cache_f16();
-                std::vector<float> values(size_t(halves.numel()));
-                for (size_t n = 0; n < values.size(); ++n) values[n] = gqa::half_to_float(halves.data[n]);
-                observe(what, gqa::TensorView<float>{values.data(), halves.shape}, want);
+                const std::vector<float> values = keys ? layer.k_cache_as_float() : layer.v_cache_as_float();
+                observe(what, gqa::TensorView<float>{values.data(), cache_shape}, want);
             }
-        } else if (layer_case.cache_batch && cache == gqa::CacheType::f16) {
-            check.compare_halves("k_cache", layer.k_cache_f16(), final_cache->k);
-            check.compare_halves("v_cache", layer.v_cache_f16(), final_cache->v);
+        } else if (layer_case.cache_batch && cache != gqa::CacheType::f32) {
+            check.compare_stored("k_cache", cache, layer.k_cache_as_float(), final_cache->k);
+            check.compare_stored("v_cache", cache, layer.v_cache_as_float(), final_cache->v);
         } else {
             check.compare("k_cache", layer.k_cache(), final_cache->k);
             check.compare("v_cache", layer.v_cache(), final_cache->v);
@@ -790,7 +785,7 @@ void run_case(const LayerCase &layer_case, gqa::Backend backend, Checker &check,
     size_t next = 0;
     run_layer(layer_case, backend, cache, weights,
               [&](const std::string &what, const gqa::TensorView<float> &got, const Tensor &want) {
-                  check.compare_half_rule(what, got, reference.at(next++), want);
+                  check.compare_reduced_precision_rule(what, got, reference.at(next++), want);
               },
               check);
 }
@@ -805,7 +800,7 @@ struct Options {
 };
 
 constexpr const char *usage =
-    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--cache f32|f16] [--weights f32|bf16|f16|int8] "
+    "usage: gqa-conformance [--backend NAME[,NAME...]|all] [--cache f32|f16|bf16|int8] [--weights f32|bf16|f16|int8] "
     "[--atol X] [--rtol X] [--cases REGEX] DIR";
 
 double parse_tolerance(const std::string &flag, const std::string &text) {
@@ -835,9 +830,11 @@ Options parse_options(int argc, char **argv) {
         if (arg == "--backend") {
             options.backend = argv[++i];
         } else if (arg == "--cache") {
-            const std::string type = argv[++i];
-            if (type != "f32" && type != "f16") throw InvalidInput("--cache wants f32 or f16, got \"" + type + "\"");
-            options.cache = type == "f16" ? gqa::CacheType::f16 : gqa::CacheType::f32;
+            try {
+                options.cache = gqa::cache_type_from_name(argv[++i]);
+            } catch (const gqa::Error &error) {
+                throw InvalidInput(std::string("--cache: ") + error.what());
+            }
         } else if (arg == "--weights") {
             try {
                 options.weights = gqa::weight_type_from_name(argv[++i]);

@@ -1,6 +1,6 @@
 // gqa-demo: one attention layer (Llama-shaped with random weights, or a layer of a
 // Hugging Face checkpoint), prefill then token-by-token decode with the KV cache,
-// on every built backend (the compiled ones with an fp32 and an fp16 cache);
+// on every built backend (the compiled ones with each cache type: f32, f16, bf16, int8);
 // prints time and the largest difference from the reference backend.
 #include <algorithm>
 #include <chrono>
@@ -38,7 +38,7 @@ void usage() {
         "       gqa-demo --model DIR [--layer L] [--prefill S] [--decode N]\n"
         "Runs one attention layer (default: Llama-3.2-1B, embed 2048, 32 heads, 8 kv heads, head_dim 64)\n"
         "on every built backend: a prefill of S tokens, then N single-token decode steps with the KV cache\n"
-        "(fp32, and fp16 for the compiled backends). Random weights, or P{q,k,v,o}_proj.weight (and\n"
+        "(f32, and f16, bf16 and int8 for the compiled backends). Random weights, or P{q,k,v,o}_proj.weight (and\n"
         "biases) from a checkpoint; the default prefix is model.layers.0.self_attn. (Hugging Face),\n"
         "torchtune's is layers.0.attn. with --o-name output_proj.\n"
         "--model runs layer L (default 0) of a Hugging Face checkpoint directory (config.json and\n"
@@ -174,7 +174,10 @@ int main(int argc, char **argv) {
         for (gqa::Backend b : gqa::available_backends()) {
             if (b == gqa::Backend::best) continue;
             variants.push_back({b, gqa::CacheType::f32});
-            if (b != gqa::Backend::reference) variants.push_back({b, gqa::CacheType::f16});
+            if (b == gqa::Backend::reference) continue;
+            for (gqa::CacheType cache : {gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
+                variants.push_back({b, cache});
+            }
         }
         auto label = [](const Variant &v) {
             const std::string isa = gqa::backend_isa(v.backend);
@@ -182,7 +185,7 @@ int main(int argc, char **argv) {
         };
         std::vector<Run> runs;
         for (const Variant &v : variants) {
-            std::printf("  running %s, %s cache ...", label(v).c_str(), v.cache == gqa::CacheType::f16 ? "fp16" : "fp32");
+            std::printf("  running %s, %s cache ...", label(v).c_str(), std::string(gqa::cache_type_name(v.cache)).c_str());
             std::fflush(stdout);
             runs.push_back(run(v, o, weights, x));
             std::printf(" done\n");
@@ -199,11 +202,11 @@ int main(int argc, char **argv) {
             }
             const Run &r = runs[i];
             std::printf("%-26s %6s %12.2f %10.1f %16.3f %10.1f %12.3g\n", label(variants[i]).c_str(),
-                        variants[i].cache == gqa::CacheType::f16 ? "fp16" : "fp32", r.prefill_ms, prefill_gflop / (r.prefill_ms * 1e-3), r.decode_ms_per_token,
+                        std::string(gqa::cache_type_name(variants[i].cache)).c_str(), r.prefill_ms, prefill_gflop / (r.prefill_ms * 1e-3), r.decode_ms_per_token,
                         r.decode_ms_per_token > 0 ? decode_gflop / (r.decode_ms_per_token * 1e-3) : 0.0, max_diff);
         }
         std::printf("\nmax |diff| is against the reference backend (fp32 cache) over every prefill and decode\n"
-                    "output; with an fp16 cache it includes the rounding of k and v to fp16.\n");
+                    "output; with another cache type it includes the rounding (or int8 quantization) of k and v.\n");
     } catch (const gqa::Error &e) {
         std::fprintf(stderr, "gqa-demo: %s\n", e.what());
         return 1;

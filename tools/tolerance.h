@@ -9,20 +9,27 @@
 #define GQA_ATOL 1e-4
 #define GQA_RTOL 1e-4
 
-/* fp16 KV cache. k and v are rounded to fp16 on every backend, from fp32 values
- * whose last bits depend on summation order, so one value can round to the
- * neighbouring half (seen on an H200: out off by 1.9e-4 after a 100-token prefill)
- * and no fp32 tolerance can hold between two backends' fp16 results. Hence:
- * - against the exact result (an fp32 cache): within the fp32 tolerance plus
- *   GQA_HALF_CACHE_FACTOR times the reference backend's own fp16 error;
+/* KV caches of f16, bf16 or int8 (and weights of those types). k and v are
+ * rounded or quantized on every backend, from fp32 values whose last bits depend
+ * on summation order, so one value can land on the neighbouring representable one
+ * (seen on an H200: out off by 1.9e-4 after a 100-token prefill with an fp16
+ * cache) and no fp32 tolerance can hold between two backends' results. Hence:
+ * - against the exact result (fp32): within the fp32 tolerance plus
+ *   GQA_REDUCED_PRECISION_FACTOR times the reference backend's own error in the
+ *   same type;
  * - where no exact result is at hand (the fuzzer, the C test), against the
- *   reference's fp16 run: |got - want| <= GQA_HALF_CACHE_TOL * (1 + |want|), and
- *   stored halves within one unit in the last place (GQA_HALF_ULP, relative). */
-#define GQA_HALF_CACHE_FACTOR 2.0
+ *   reference's run in that type: |got - want| <= GQA_HALF_CACHE_TOL * (1 + |want|)
+ *   for f16 and bf16, GQA_INT8_CACHE_TOL for int8; and stored values within one
+ *   unit of the type (stored_value_unit) of the reference's. */
+#define GQA_REDUCED_PRECISION_FACTOR 2.0
 #define GQA_HALF_CACHE_TOL 1e-2
+#define GQA_INT8_CACHE_TOL 5e-2
 #define GQA_HALF_ULP (1.0 / 1024)
+#define GQA_BF16_ULP (1.0 / 128)
 
 #ifdef __cplusplus
+#include <gqa/attention.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -50,14 +57,44 @@ inline double largest_excess(std::span<const float> got, std::span<const float> 
 }
 
 /* The fp16-cache rule against the exact result: the excess over the fp32
- * tolerance is at most GQA_HALF_CACHE_FACTOR times the reference's own fp16 error. */
-inline bool within_half_cache_rule(std::span<const float> got, std::span<const float> reference_half,
+ * tolerance is at most GQA_REDUCED_PRECISION_FACTOR times the reference's own fp16 error. */
+inline bool within_reduced_precision_rule(std::span<const float> got, std::span<const float> reference_half,
                                    std::span<const float> exact) {
     double reference_error = 0;
     for (std::size_t i = 0; i < std::min(reference_half.size(), exact.size()); ++i) {
         reference_error = std::max(reference_error, double(std::abs(reference_half[i] - exact[i])));
     }
-    return got.size() == exact.size() && largest_excess(got, exact) <= GQA_HALF_CACHE_FACTOR * reference_error;
+    return got.size() == exact.size() && largest_excess(got, exact) <= GQA_REDUCED_PRECISION_FACTOR * reference_error;
+}
+
+/* One unit of a value stored in a cache of `type`, beside the value `want` it
+ * stands for: a unit in the last place for f16 and bf16 (relative, subnormals by
+ * the smallest normal's), the slot's scale for int8 (slot_max: the largest |value|
+ * of want's slot), widened by 2^-10 of it: two runs' scales differ in their last
+ * bits, which q (up to 127) multiplies. 0 for f32. */
+inline double stored_value_unit(gqa::CacheType type, double want, double slot_max) {
+    switch (type) {
+    case gqa::CacheType::f32: return 0;
+    case gqa::CacheType::f16: return GQA_HALF_ULP * std::max(std::abs(want), 0x1p-14);
+    case gqa::CacheType::bf16: return GQA_BF16_ULP * std::max(std::abs(want), 0x1p-126);
+    case gqa::CacheType::int8: return slot_max / 127 * (1 + 0x1p-10);
+    }
+    return 0;
+}
+
+/* How many of `got` lie more than one stored_value_unit from `want`, both a cache
+ * [..., head_dim] as fp32. */
+inline std::size_t values_past_one_unit(gqa::CacheType type, std::span<const float> got, std::span<const float> want,
+                                        std::size_t head_dim) {
+    std::size_t outside = 0;
+    for (std::size_t slot = 0; slot + head_dim <= std::min(got.size(), want.size()); slot += head_dim) {
+        double slot_max = 0;
+        for (std::size_t e = 0; e < head_dim; ++e) slot_max = std::max(slot_max, double(std::abs(want[slot + e])));
+        for (std::size_t e = slot; e < slot + head_dim; ++e) {
+            outside += !(std::abs(double(got[e]) - want[e]) <= stored_value_unit(type, want[e], slot_max));
+        }
+    }
+    return outside;
 }
 
 }  // namespace gqa_tools

@@ -57,10 +57,19 @@ std::string backend_unavailable_reason(Backend backend);
 // "armv8-a" for arm, "" for reference. Throws Error if the backend is unavailable.
 std::string backend_isa(Backend backend);
 
-// Element type of the KV cache. f16 halves its memory and what a decode step reads;
-// k and v are rounded to the nearest fp16 as they are written, and all arithmetic
-// stays fp32.
-enum class CacheType { f32, f16 };
+// Element type of the KV cache. k and v are converted as they are written, read
+// back as fp32 inside the attention loops, and all arithmetic stays fp32.
+// f16 and bf16 halve the cache's memory and what a decode step reads: each value
+// rounded to the nearest fp16 or bfloat16 (ties to even). int8 about quarters it:
+// each slot (the head_dim values x of one token and kv head) holds
+// q_d = round(x_d / s) in [-127, 127] and one fp32 scale s = max_d |x_d| * (1/127)
+// (times the fp32 constant, then rounded to 17 significant bits) of the slot, stored
+// after its values (head_dim + 4 bytes a slot); a value reads as q_d * s, exactly
+// (q = 0 where s is 0; s is NaN where some x_d is not, keeping the NaN rule).
+enum class CacheType { f32, f16, bf16, int8 };
+std::string_view cache_type_name(CacheType type);  // "f32", "f16", "bf16", "int8"
+// The inverse; throws Error for any other name.
+CacheType cache_type_from_name(std::string_view name);
 
 // "[2, 3, 30]": how the library's messages print a tensor shape.
 std::string shape_string(const std::vector<int64_t> &shape);
@@ -242,7 +251,8 @@ public:
     void reset();
     // torchtune KVCache.update: writes k and v, [b, n_kv, n, hd] each (already
     // rotated, as forward stores them), at slots [size(), size() + n) and advances
-    // size() by n; e.g. to restore a saved prefix. Rounded to fp16 for an f16 cache.
+    // size() by n; e.g. to restore a saved prefix. Converted to the cache's type as
+    // forward converts them (what k_cache_as_float returns comes back unchanged).
     void append_cache(const TensorView<float> &k, const TensorView<float> &v);
     // Tokens written to the cache so far.
     int size() const;
@@ -284,13 +294,23 @@ public:
     // z [b, s, n_h, hd] (TransformerLens hook_z). Valid until the next call.
     TensorView<float> pattern() const;
     TensorView<float> z() const;
-    // The caches, [b, n_kv, max_seq_len, hd]; slots >= size() are zero. An f32 cache
-    // is read with k_cache/v_cache, an f16 one with k_cache_f16/v_cache_f16 (binary16
-    // bits); the other pair throws Error.
+    // The caches as stored, [b, n_kv, max_seq_len, hd]; slots >= size() are zero.
+    // Each pair reads the cache of its type and throws Error for another: f32 with
+    // k_cache/v_cache, f16 with k_cache_f16/v_cache_f16 (binary16 bits), bf16 with
+    // k_cache_bf16/v_cache_bf16 (bfloat16 bits), int8 with k_cache_int8/v_cache_int8,
+    // whose last dimension is hd + 4: a slot's values, then its scale's bytes.
     TensorView<float> k_cache() const;
     TensorView<float> v_cache() const;
     TensorView<uint16_t> k_cache_f16() const;
     TensorView<uint16_t> v_cache_f16() const;
+    TensorView<uint16_t> k_cache_bf16() const;
+    TensorView<uint16_t> v_cache_bf16() const;
+    TensorView<int8_t> k_cache_int8() const;
+    TensorView<int8_t> v_cache_int8() const;
+    // Any cache type, as the attention reads it: [b, n_kv, max_seq_len, hd] fp32
+    // (int8: q * s, exact). A copy.
+    std::vector<float> k_cache_as_float() const;
+    std::vector<float> v_cache_as_float() const;
 
     const Config &config() const;
     Backend backend() const;

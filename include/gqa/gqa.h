@@ -43,7 +43,9 @@ typedef enum gqa_rope_style {
 
 typedef enum gqa_cache_type {
     GQA_CACHE_F32 = 0,
-    GQA_CACHE_F16 = 1,  /* k and v rounded to IEEE fp16 as written; arithmetic stays fp32 */
+    GQA_CACHE_F16 = 1,   /* k and v rounded to IEEE fp16 as written; arithmetic stays fp32 */
+    GQA_CACHE_BF16 = 2,  /* rounded to bfloat16 */
+    GQA_CACHE_INT8 = 3,  /* int8 with an fp32 scale per (token, kv head): see gqa::CacheType::int8 */
 } gqa_cache_type;
 
 typedef enum gqa_weight_type {
@@ -149,6 +151,12 @@ gqa_status gqa_attention_setup_cache(gqa_attention *layer, int32_t batch, int32_
 gqa_status gqa_attention_reset(gqa_attention *layer);
 /* Tokens written to the cache so far (0 without one); -1 for a NULL layer. */
 int32_t gqa_attention_cache_size(const gqa_attention *layer);
+/* torchtune KVCache.update: k and v [batch, num_kv_heads, n, head_dim] (rotated, as
+ * forward stores them) into the next n slots, converted to the cache's type. */
+gqa_status gqa_attention_append_cache(gqa_attention *layer, const float *k, const float *v, int32_t n);
+/* The whole cache as fp32 (int8 dequantized), k and v [batch, num_kv_heads,
+ * max_seq_len, head_dim] each, count floats each. */
+gqa_status gqa_attention_read_cache(const gqa_attention *layer, float *k, float *v, size_t count);
 
 /* out [batch, seq_len, d] (out_count floats) = attention(x [batch, seq_len, d]).
  * mask: NULL, or [batch, seq_len, mask_len] bytes, nonzero = may attend, mask_len =

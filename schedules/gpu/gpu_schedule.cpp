@@ -98,11 +98,12 @@ void schedule_linear(algo::Linear &l, const Knobs &knobs) {
 
 // A light elementwise pass over (d, row...): head dims across a warp, one block
 // per `row`, any other dimension serial inside the thread. (An update's RVars
-// start innermost, hence the full order.)
-void rows_over_warps(Stage s, const Var &d, const VarOrRVar &row) {
+// start innermost, hence the full order.) Returns the thread loop's Var.
+Var rows_over_warps(Stage s, const Var &d, const VarOrRVar &row) {
     Var dout("dout"), dt("dt");
     thread_split(s, d, dout, dt, kWarp);
     s.reorder(dt, dout, row).gpu_threads(dt).gpu_blocks(row);
+    return dt;
 }
 
 }  // namespace
@@ -141,7 +142,14 @@ void schedule_project(algo::Project &p, const Target &, const Knobs &knobs) {
 }
 
 void schedule_store(algo::Store &s, const Target &, const Knobs &) {
-    for (Func f : {s.k, s.v}) rows_over_warps(f.update(), s.d, s.new_tokens.x);
+    const Var k_thread = rows_over_warps(s.k.update(), s.d, s.new_tokens.x);
+    const Var v_thread = rows_over_warps(s.v.update(), s.d, s.new_tokens.x);
+    if (s.quantized) {
+        // Each thread finds its token's scale itself, from the head_dim values its
+        // warp reads anyway: no shared memory, no barrier.
+        for (Func f : {s.k_scale, s.k_amax_bits}) f.compute_at(s.k, k_thread);
+        for (Func f : {s.v_scale, s.v_amax_bits}) f.compute_at(s.v, v_thread);
+    }
 }
 
 void schedule_output(algo::Linear &l, Func out, const Target &, const Knobs &knobs) {
