@@ -4,7 +4,7 @@
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
 // weights and caches exceed the last-level cache, as in a real model); fp32, bf16
 // and int8 weights (the modes named _bf16w, _int8w), f32, f16, bf16 and int8 caches
-// (_f16, _bf16, _int8 before _cold). Counters:
+// (_f16, _bf16, _int8; in the layer before _cold, and the core alone). Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
 // limits of the device that runs them: for the CPU backends this machine's FMA
 // peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
@@ -305,7 +305,7 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
 
 // The attention core alone: rotated q against a filled cache, causal. Ours through
 // the backend's kernels (runtime/backend_registry.h), the baseline through its own loop.
-void core(benchmark::State &state, const Shape &s, int backend, int queries, int kv_len) {
+void core(benchmark::State &state, const Shape &s, int backend, int queries, int kv_len, gqa::CacheType type) {
     const gqa::Config &c = s.config;
     const int hd = c.head_dim, n_kv = c.num_kv_heads;
     const std::vector<float> q = random_values(size_t(queries) * c.num_heads * hd, 1.f, 21);
@@ -325,7 +325,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         std::unique_ptr<gqa::detail::Kernels> kernels = make_kernels(s, weights, rope, backend);
         if (!kernels) return state.SkipWithError("no attention core for this backend");
         gqa::detail::KvCache cache;
-        cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, gqa::CacheType::f32, 1, kv_len);
+        cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, type, 1, kv_len);
         cache.write_slots(k.data(), v.data(), 0, kv_len);
         const gqa::detail::AttendCall call{.q = q.data(),
                                            .batch = 1,
@@ -349,7 +349,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
     // Causal: query i sees kv_len - queries + i + 1 keys.
     const double visible = double(kv_len - queries) * queries + queries * (queries + 1) / 2.0;
     const double flops = 4.0 * c.num_heads * hd * visible;
-    const double bytes = cache_bytes(c, kv_len) + 2.0 * q.size() * sizeof(float);
+    const double bytes = cache_bytes(c, kv_len, type) + 2.0 * q.size() * sizeof(float);
     report(state, backend, flops, bytes);
 }
 
@@ -392,7 +392,7 @@ void register_all() {
             for (const Shape &typed : typed_shapes) {
                 add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend);
             }
-            add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens);
+            add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens, gqa::CacheType::f32);
             add("proj/prefill512" + tail, projections, s, backend);
             for (int context : {2048, 8192}) {
                 const std::string mode = "decode" + std::to_string(context);
@@ -400,12 +400,15 @@ void register_all() {
                 add("layer/" + mode + "_hot" + tail, layer_decode, s, backend, context, false, f32);
                 if (small) continue;
                 add("layer/" + mode + "_cold" + tail, layer_decode, s, backend, context, true, f32);
-                // The smaller caches (the baseline has none): each with fp32 weights, and
-                // bf16 and int8 each with weights of the same type, as models serve.
+                add("core/" + mode + tail, core, s, backend, 1, context, f32);
+                // The smaller caches (the baseline has none): each with fp32 weights and in
+                // the core alone, and bf16 and int8 each with weights of the same type, as
+                // models serve.
                 if (backend == kBaseline) continue;
                 for (gqa::CacheType cache : {gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
                     add("layer/" + mode + cache_suffix(cache) + "_cold" + tail, layer_decode, s, backend, context, true,
                         cache);
+                    add("core/" + mode + cache_suffix(cache) + tail, core, s, backend, 1, context, cache);
                 }
                 for (const Shape &typed : typed_shapes) {
                     const std::string name = "layer/" + mode + weight_suffix(typed);
@@ -413,7 +416,6 @@ void register_all() {
                     add(name + "_cold" + tail, layer_decode, typed, backend, context, true, f32);
                     add(name + cache_suffix(cache) + "_cold" + tail, layer_decode, typed, backend, context, true, cache);
                 }
-                add("core/" + mode + tail, core, s, backend, 1, context);
             }
         }
     }
