@@ -217,8 +217,8 @@ std::vector<float> cache_values(const gqa::Attention &layer, bool keys) {
 }
 
 // A cache as fp32 against the reference's: fp32 within the fp32 tolerance, the
-// other types within one unit of the type (gqa_tools::stored_value_unit); NaN
-// where the reference has NaN.
+// other types within one unit of the type (gqa_tools::within_one_unit); NaN where
+// the reference has NaN.
 void compare_cache(const Scenario &s, gqa::Backend backend, const std::string &what, const std::vector<float> &got,
                    const std::vector<float> &want) {
     const gqa::CacheType type = s.cache.value_or(gqa::CacheType::f32);
@@ -232,8 +232,7 @@ void compare_cache(const Scenario &s, gqa::Backend backend, const std::string &w
         }
         for (size_t e = slot; e < slot + head_dim; ++e) {
             if (std::isnan(got[e]) && std::isnan(want[e])) continue;
-            if (!(std::abs(double(got[e]) - want[e]) <= gqa_tools::stored_value_unit(type, want[e], slot_max)) &&
-                got[e] != want[e]) {
+            if (!gqa_tools::within_one_unit(type, got[e], want[e], slot_max)) {
                 mismatch(s, backend,
                          what + "[" + std::to_string(e) + "] = " + std::to_string(got[e]) + ", reference " +
                              std::to_string(want[e]));

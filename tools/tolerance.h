@@ -82,8 +82,16 @@ inline double stored_value_unit(gqa::CacheType type, double want, double slot_ma
     return 0;
 }
 
-/* How many of `got` lie more than one stored_value_unit from `want`, both a cache
- * [..., head_dim] as fp32. */
+/* Whether a stored value `got` stands for the same value as `want`: at most one
+ * stored_value_unit apart beyond the fp32 tolerance, since the fp32 values they were
+ * converted from may differ by that much (a k near 0 from a sum that cancels keeps
+ * only the terms' absolute accuracy, which for bf16 is many units of the result). */
+inline bool within_one_unit(gqa::CacheType type, double got, double want, double slot_max) {
+    return tolerance_excess(got, want) <= stored_value_unit(type, want, slot_max);
+}
+
+/* How many of `got` are not within_one_unit of `want`, both a cache [..., head_dim]
+ * as fp32. */
 inline std::size_t values_past_one_unit(gqa::CacheType type, std::span<const float> got, std::span<const float> want,
                                         std::size_t head_dim) {
     std::size_t outside = 0;
@@ -91,7 +99,7 @@ inline std::size_t values_past_one_unit(gqa::CacheType type, std::span<const flo
         double slot_max = 0;
         for (std::size_t e = 0; e < head_dim; ++e) slot_max = std::max(slot_max, double(std::abs(want[slot + e])));
         for (std::size_t e = slot; e < slot + head_dim; ++e) {
-            outside += !(std::abs(double(got[e]) - want[e]) <= stored_value_unit(type, want[e], slot_max));
+            outside += !within_one_unit(type, got[e], want[e], slot_max);
         }
     }
     return outside;
