@@ -78,7 +78,7 @@ void KvCache::reserve_scratch(const LayerDims &dims, int batch, int capacity) {
     if (k_.size() < n * sizeof(float)) k_.resize(n * sizeof(float)), v_.resize(n * sizeof(float));
     type_ = CacheType::f32, batch_ = batch, capacity_ = capacity;
     num_kv_heads_ = dims.num_kv_heads, head_dim_ = dims.head_dim, elements_ = n;
-    slot_stride_ = dims.head_dim;
+    slot_stride_ = slot_elements(dims, CacheType::f32);
     version_ = 0, newer_on_device_ = false;
 }
 

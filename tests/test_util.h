@@ -89,9 +89,10 @@ double max_abs_diff(std::span<const float> got, std::span<const float> want);
 testing::AssertionResult all_close(std::span<const float> got, std::span<const float> want, double atol = GQA_ATOL,
                                    double rtol = GQA_RTOL);
 
-// The fp16-cache rule of tools/tolerance.h against the exact (fp32-cache) result.
-testing::AssertionResult within_reduced_precision_error(std::span<const float> got, std::span<const float> reference_half,
-                                                 std::span<const float> exact);
+// The reduced-precision rule of tools/tolerance.h against the exact (fp32) result.
+testing::AssertionResult within_reduced_precision_error(std::span<const float> got,
+                                                        std::span<const float> reference_reduced,
+                                                        std::span<const float> exact);
 
 // The message of the gqa::Error `call` throws, or "no error".
 template <typename Call>

@@ -643,7 +643,7 @@ public:
             if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
         }
         if (!gqa_tools::within_reduced_precision_rule(values, reference_reduced, wanted)) {
-            fail(what + ": outside the fp16-cache rule (worst excess over the fp32 tolerance " +
+            fail(what + ": outside the reduced-precision rule (worst excess over the fp32 tolerance " +
                  std::to_string(gqa_tools::largest_excess(values, wanted)) + ")");
         }
     }

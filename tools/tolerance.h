@@ -56,13 +56,14 @@ inline double largest_excess(std::span<const float> got, std::span<const float> 
     return largest;
 }
 
-/* The fp16-cache rule against the exact result: the excess over the fp32
- * tolerance is at most GQA_REDUCED_PRECISION_FACTOR times the reference's own fp16 error. */
-inline bool within_reduced_precision_rule(std::span<const float> got, std::span<const float> reference_half,
-                                   std::span<const float> exact) {
+/* The reduced-precision rule against the exact result: the excess over the fp32
+ * tolerance is at most GQA_REDUCED_PRECISION_FACTOR times the reference's own error
+ * in the same type (reference_reduced). */
+inline bool within_reduced_precision_rule(std::span<const float> got, std::span<const float> reference_reduced,
+                                          std::span<const float> exact) {
     double reference_error = 0;
-    for (std::size_t i = 0; i < std::min(reference_half.size(), exact.size()); ++i) {
-        reference_error = std::max(reference_error, double(std::abs(reference_half[i] - exact[i])));
+    for (std::size_t i = 0; i < std::min(reference_reduced.size(), exact.size()); ++i) {
+        reference_error = std::max(reference_error, double(std::abs(reference_reduced[i] - exact[i])));
     }
     return got.size() == exact.size() && largest_excess(got, exact) <= GQA_REDUCED_PRECISION_FACTOR * reference_error;
 }
