@@ -36,22 +36,42 @@ file(CONFIGURE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/gqa_knobs.h CONTENT [[
 #define GQA_SOFTMAX_NAMES @softmax_names@
 ]] @ONLY)
 
-add_halide_generator(gqa_generators
-                     SOURCES
-                     ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
-                     ${PROJECT_SOURCE_DIR}/generators/attend_generator.cpp
-                     ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
-                     ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
-                     ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
-                     ${PROJECT_SOURCE_DIR}/generators/store_generator.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/gpu/gpu_schedule.cpp
-                     ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
-if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
-    target_link_libraries(gqa_generators PRIVATE gqa_common)
-    target_include_directories(gqa_generators PRIVATE ${CMAKE_CURRENT_BINARY_DIR})
+# Link the pipelines another build tree of this project generates, rather than
+# generating them again: the sanitize preset does, since Halide's code is not
+# instrumented and regenerating it took a third of that tree's build. This tree
+# then builds them there first and takes that tree's types and targets (normal
+# variables, which the cache entries below leave in place: policy CMP0126).
+set(GQA_PIPELINES_FROM "" CACHE PATH "A build tree of this project whose pipelines to build and link")
+if (GQA_PIPELINES_FROM)
+    if (NOT EXISTS "${GQA_PIPELINES_FROM}/CMakeCache.txt")
+        message(FATAL_ERROR "GQA_PIPELINES_FROM: ${GQA_PIPELINES_FROM} is not a configured build tree "
+                            "(configure and build it first, e.g. scripts/build.sh for build/)")
+    endif ()
+    load_cache("${GQA_PIPELINES_FROM}" READ_WITH_PREFIX from_ GQA_WEIGHT_TYPES GQA_CACHE_TYPES GQA_X86_TARGETS)
+    foreach (setting IN ITEMS GQA_WEIGHT_TYPES GQA_CACHE_TYPES GQA_X86_TARGETS)
+        set(${setting} "${from_${setting}}")
+    endforeach ()
+    message(STATUS "gqa: pipelines built in and linked from ${GQA_PIPELINES_FROM}")
+endif ()
+
+if (NOT GQA_PIPELINES_FROM)  # that tree runs the generators
+    add_halide_generator(gqa_generators
+                         SOURCES
+                         ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/attend_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/store_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/schedules/schedule.cpp
+                         ${PROJECT_SOURCE_DIR}/schedules/cpu_schedule.cpp
+                         ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
+                         ${PROJECT_SOURCE_DIR}/schedules/gpu/gpu_schedule.cpp
+                         ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
+    if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
+        target_link_libraries(gqa_generators PRIVATE gqa_common)
+        target_include_directories(gqa_generators PRIVATE ${CMAKE_CURRENT_BINARY_DIR})
+    endif ()
 endif ()
 
 # Most specific first: the multitarget wrapper picks the first variant the CPU
@@ -122,6 +142,27 @@ function(gqa_weight_suffix out weights)
     endif ()
 endfunction()
 
+# add_halide_library's arguments, or with GQA_PIPELINES_FROM the library of that
+# name from there (its runtime likewise), listed in the global property
+# gqa_imported_pipelines.
+function(gqa_halide_library lib)
+    if (NOT GQA_PIPELINES_FROM)
+        add_halide_library(${lib} ${ARGN})
+        return ()
+    endif ()
+    add_library(${lib} STATIC IMPORTED GLOBAL)
+    set_target_properties(${lib} PROPERTIES IMPORTED_LOCATION ${GQA_PIPELINES_FROM}/lib${lib}.a
+                                            INTERFACE_INCLUDE_DIRECTORIES ${GQA_PIPELINES_FROM})
+    set_property(GLOBAL APPEND PROPERTY gqa_imported_pipelines ${lib})
+    cmake_parse_arguments(ARG "" "USE_RUNTIME" "" ${ARGN})
+    if (NOT ARG_USE_RUNTIME)  # the first library of a backend makes the runtime
+        add_library(${lib}.runtime STATIC IMPORTED GLOBAL)
+        set_target_properties(${lib}.runtime PROPERTIES IMPORTED_LOCATION ${GQA_PIPELINES_FROM}/lib${lib}.runtime.a)
+        target_link_libraries(${lib}.runtime INTERFACE Halide::Runtime Threads::Threads ${CMAKE_DL_LIBS})
+        set_property(GLOBAL APPEND PROPERTY gqa_imported_pipelines ${lib}.runtime)
+    endif ()
+endfunction()
+
 # In gqa_add_pipelines (a macro, so it sees that function's backend, targets,
 # runtime and libs): adds gqa_<generator>_<mode><suffix>_<backend> for both modes
 # with the given params, and sets `out` to their table entry
@@ -131,7 +172,7 @@ macro(gqa_add_mode_pair out generator suffix)
     foreach (mode IN ITEMS prefill decode)
         set(lib gqa_${generator}_${mode}${suffix}_${backend})
         gqa_generator_params(params ${generator} ${mode} mode=${mode} ${ARGN})
-        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${generator}
+        gqa_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${generator}
                            TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
         list(APPEND pair ".${mode} = ${lib}")
@@ -155,11 +196,11 @@ function(gqa_add_pipelines backend)
     cmake_parse_arguments(ARG "" "RUNTIME" "TARGETS" ${ARGN})
     if (ARG_RUNTIME)
         set(runtime ${ARG_RUNTIME})
-        add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
+        gqa_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
                            TARGETS ${ARG_TARGETS} USE_RUNTIME ${runtime})
     else ()
         set(runtime gqa_rope_${backend}.runtime)
-        add_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
+        gqa_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
                            TARGETS ${ARG_TARGETS})
     endif ()
     set(libs gqa_rope_${backend})
@@ -200,7 +241,7 @@ function(gqa_add_pipelines backend)
         set(lib gqa_attend_pattern${cache_suffix}_${backend})
         gqa_generator_params(params attend prefill with_pattern=true cache_type=${cache})
         list(FILTER params EXCLUDE REGEX "^softmax=")  # the pattern exists only in the three-pass form
-        add_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
+        gqa_halide_library(${lib} FROM gqa_generators GENERATOR gqa_attend
                            TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
         list(APPEND libs ${lib})
         list(APPEND entries "{.store = ${store}, .attend = ${attend}, .attend_pattern = ${lib}}")
@@ -257,4 +298,15 @@ else ()
     if (GQA_BUILD_OPENCL)
         gqa_add_pipelines(opencl TARGETS ${GQA_OPENCL_TARGET} RUNTIME gqa_rope_x86.runtime)
     endif ()
+endif ()
+
+if (GQA_PIPELINES_FROM)
+    get_property(imported GLOBAL PROPERTY gqa_imported_pipelines)
+    list(TRANSFORM imported REPLACE "^(.+)$" "${GQA_PIPELINES_FROM}/lib\\1.a" OUTPUT_VARIABLE imported_files)
+    add_custom_target(gqa_pipelines_from_tree
+                      COMMAND ${CMAKE_COMMAND} --build ${GQA_PIPELINES_FROM} --target ${imported}
+                      BYPRODUCTS ${imported_files}
+                      COMMENT "Building the pipelines in ${GQA_PIPELINES_FROM}"
+                      USES_TERMINAL)
+    add_dependencies(gqa_pipelines_${GQA_BACKEND} gqa_pipelines_from_tree)
 endif ()
