@@ -140,17 +140,41 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
         .unroll(ti);
     a.qk.compute_at(a.score, r);
     a.qk.vectorize(tk, vec).unroll(tk);
-    a.qk.update().reorder(tk, a.dot.x).vectorize(tk, vec).unroll(tk);
-    Func k_transposed = a.k_cache.in(a.qk);
-    const std::vector<Var> kargs = k_transposed.args();  // (d, t, kvh, b)
-    k_transposed.compute_at(a.score, to)
-        .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
-        .reorder(kargs[1], kargs[0])
-        .vectorize(kargs[1], vec);
+    // The stage that reads the chunk's K rows.
+    Func k_reader;
+    if (blocking.decode) {
+        // One query row per head: a transposed chunk would serve only g rows, and
+        // gathering it cost more than the products. Instead each group of `vec`
+        // keys keeps one accumulator vector per key over the head dims (contiguous
+        // K rows, in registers across the dims), and those vec x vec lane sums
+        // reduce to one vector of scores by a shuffle tree (log2(vec) levels).
+        RVar dot_o("dot_o"), dot_i("dot_i");
+        Var lane("lane"), tko("tko"), tki("tki");
+        Func lane_sums =
+            a.qk.update().split(a.dot.x, dot_o, dot_i, vec, TailStrategy::GuardWithIf).rfactor(dot_i, lane);
+        a.qk.update().split(tk, tko, tki, vec).reorder(dot_i, tki, tko).atomic().vectorize(dot_i).vectorize(tki);
+        // Lanes innermost in memory: the tree reads the vec x vec sums as one vector.
+        std::vector<Var> storage = lane_sums.args();
+        storage.pop_back();
+        storage.insert(storage.begin(), lane);
+        lane_sums.compute_at(a.qk, tko).reorder_storage(storage).vectorize(lane).unroll(tk);
+        lane_sums.update().reorder(lane, tk, dot_o).vectorize(lane).unroll(tk);
+        k_reader = lane_sums;
+    } else {
+        a.qk.update().reorder(tk, a.dot.x).vectorize(tk, vec).unroll(tk);
+        Func k_transposed = a.k_cache.in(a.qk);
+        const std::vector<Var> kargs = k_transposed.args();  // (d, t, kvh, b)
+        k_transposed.compute_at(a.score, to)
+            .reorder_storage(kargs[1], kargs[0], kargs[2], kargs[3])
+            .reorder(kargs[1], kargs[0])
+            .vectorize(kargs[1], vec);
+        k_reader = k_transposed;
+    }
     if (a.narrow_cache) {
-        // Widened along the rows first (contiguous elements, whole vectors), so the
-        // transpose gathers floats from L1 rather than widening lane by lane.
-        Func k_rows = a.k_cache.in(k_transposed);
+        // Widened along the rows once per chunk (contiguous elements, whole
+        // vectors) for the g heads, which then read floats from L1: the transpose
+        // does not widen lane by lane, nor each head again.
+        Func k_rows = a.k_cache.in(k_reader);
         k_rows.compute_at(a.score, to).vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
         // An int8 slot's scale once per chunk, not once per element.
         if (a.k_scale.defined()) a.k_scale.compute_at(a.score, to);
