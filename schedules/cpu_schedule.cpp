@@ -173,9 +173,12 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     if (a.narrow_cache) {
         // Widened along the rows once per chunk (contiguous elements, whole
         // vectors) for the g heads, which then read floats from L1: the transpose
-        // does not widen lane by lane, nor each head again.
+        // does not widen lane by lane, nor each head again. On the stack: sized by
+        // head_dim, a run-time value, Halide would allocate it on the heap per chunk.
         Func k_rows = a.k_cache.in(k_reader);
-        k_rows.compute_at(a.score, to).vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
+        k_rows.compute_at(a.score, to)
+            .store_in(MemoryType::Stack)
+            .vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
         // An int8 slot's scale once per chunk, not once per element.
         if (a.k_scale.defined()) a.k_scale.compute_at(a.score, to);
     }
@@ -208,10 +211,15 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             .reorder(dl, dvi, ki, dvo, r, ko)
             .vectorize(dl)
             .unroll(dvi);
+        // Without a mask no key needs a test of its own.
+        a.weighted.update().specialize(a.use_mask == 0);
         if (a.narrow_cache) {
-            // Widened once per chunk for the g heads, not once per head.
+            // Widened once per chunk for the g heads, not once per head (on the
+            // stack, as the K rows).
             Func v_rows = a.v_cache.in(a.weighted);
-            v_rows.compute_at(a.weighted, ko).vectorize(v_rows.args()[0], vec, TailStrategy::GuardWithIf);
+            v_rows.compute_at(a.weighted, ko)
+                .store_in(MemoryType::Stack)
+                .vectorize(v_rows.args()[0], vec, TailStrategy::GuardWithIf);
             if (a.v_scale.defined()) a.v_scale.compute_at(a.weighted, ko);
         }
     }
