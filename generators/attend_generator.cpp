@@ -78,7 +78,7 @@ public:
     void schedule() {
         const int queries = mode == PipelineMode::decode ? 1 : 512;
         q.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
-        const int slot_elements = cache_type == algo::CacheType::int8 ? 64 + layout::kInt8CacheScaleBytes : 64;
+        const int slot_elements = estimated_slot_elements();
         k_cache_->set_estimates({{0, slot_elements}, {0, 2048}, {0, 8}, {0, 1}});
         v_cache_->set_estimates({{0, slot_elements}, {0, 2048}, {0, 8}, {0, 1}});
         mask.set_estimates({{0, 2048}, {0, queries}, {0, 1}});

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "../schedules/schedule.h"
+#include "layout.h"
 #include "Halide.h"
 
 namespace gqa {
@@ -63,6 +64,13 @@ struct KnobParams {
         case algo::CacheType::int8: return Halide::Int(8);
         }
         return Halide::Float(32);
+    }
+
+    // Elements per cache slot at the estimates' head_dim of 64: an int8 slot ends
+    // in its scale's bytes.
+    int estimated_slot_elements() const {
+        constexpr int head_dim = 64;
+        return cache_type == algo::CacheType::int8 ? head_dim + layout::kInt8CacheScaleBytes : head_dim;
     }
 
     bool knobs_apply(const Halide::Target &target) const {

@@ -34,7 +34,7 @@ public:
         v_new.set_estimates({{0, 64}, {0, 8}, {0, tokens}});
         seq_len.set_estimate(tokens);
         write_slot.set_estimate(0);
-        const int slot_elements = cache_type == algo::CacheType::int8 ? 64 + layout::kInt8CacheScaleBytes : 64;
+        const int slot_elements = estimated_slot_elements();
         k_->set_estimates({{0, slot_elements}, {0, 4096}, {0, 8}, {0, 1}});
         v_->set_estimates({{0, slot_elements}, {0, 4096}, {0, 8}, {0, 1}});
         if (get_auto_schedule()) return;

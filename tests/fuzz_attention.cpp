@@ -224,20 +224,12 @@ void compare_cache(const Scenario &s, gqa::Backend backend, const std::string &w
     const gqa::CacheType type = s.cache.value_or(gqa::CacheType::f32);
     if (type == gqa::CacheType::f32) return compare(s, backend, what, got, want, GQA_ATOL);
     if (got.size() != want.size()) mismatch(s, backend, what + ": sizes differ");
-    const size_t head_dim = size_t(s.config.head_dim);
-    for (size_t slot = 0; slot < want.size(); slot += head_dim) {
-        double slot_max = 0;
-        for (size_t e = slot; e < slot + head_dim; ++e) {
-            if (std::isfinite(want[e])) slot_max = std::max(slot_max, double(std::abs(want[e])));
-        }
-        for (size_t e = slot; e < slot + head_dim; ++e) {
-            if (std::isnan(got[e]) && std::isnan(want[e])) continue;
-            if (!gqa_tools::within_one_unit(type, got[e], want[e], slot_max)) {
-                mismatch(s, backend,
-                         what + "[" + std::to_string(e) + "] = " + std::to_string(got[e]) + ", reference " +
-                             std::to_string(want[e]));
-            }
-        }
+    const std::vector<size_t> past = gqa_tools::values_past_one_unit(type, got, want, size_t(s.config.head_dim));
+    if (!past.empty()) {
+        const size_t e = past.front();
+        mismatch(s, backend,
+                 what + "[" + std::to_string(e) + "] = " + std::to_string(got[e]) + ", reference " +
+                     std::to_string(want[e]));
     }
 }
 

@@ -174,9 +174,10 @@ protected:
             const std::vector<float> &values = keys ? got.k_cache : got.v_cache;
             const std::vector<float> &want = keys ? reference.k_cache : reference.v_cache;
             ASSERT_EQ(values.size(), want.size());
-            EXPECT_EQ(gqa_tools::values_past_one_unit(type, values, want, size_t(config.head_dim)), 0u);
+            EXPECT_EQ(gqa_tools::values_past_one_unit(type, values, want, size_t(config.head_dim)).size(), 0u);
             EXPECT_EQ(gqa_tools::values_past_one_unit(type, values, keys ? exact.k_cache : exact.v_cache,
-                                                      size_t(config.head_dim)),
+                                                      size_t(config.head_dim))
+                          .size(),
                       0u);
             const std::vector<int64_t> &raw = keys ? got.k_raw : got.v_raw, &raw_want = keys ? reference.k_raw : reference.v_raw;
             ASSERT_EQ(raw.size(), raw_want.size());

@@ -658,7 +658,7 @@ public:
                  gqa::shape_string(want.shape));
             return;
         }
-        const size_t outside = gqa_tools::values_past_one_unit(type, got, wanted, size_t(want.shape.back()));
+        const size_t outside = gqa_tools::values_past_one_unit(type, got, wanted, size_t(want.shape.back())).size();
         if (outside > 0) {
             fail(what + ": " + std::to_string(outside) + " of " + std::to_string(wanted.size()) + " " +
                  std::string(gqa::cache_type_name(type)) + " values more than one unit from the expected values");

@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <vector>
 
 namespace gqa_tools {
 
@@ -91,16 +92,20 @@ inline bool within_one_unit(gqa::CacheType type, double got, double want, double
     return tolerance_excess(got, want) <= stored_value_unit(type, want, slot_max);
 }
 
-/* How many of `got` are not within_one_unit of `want`, both a cache [..., head_dim]
- * as fp32. */
-inline std::size_t values_past_one_unit(gqa::CacheType type, std::span<const float> got, std::span<const float> want,
-                                        std::size_t head_dim) {
-    std::size_t outside = 0;
+/* The positions of `got` that are not within_one_unit of `want`, both a cache
+ * [..., head_dim] as fp32; NaN matches NaN, and a slot's scale comes from its
+ * finite values. */
+inline std::vector<std::size_t> values_past_one_unit(gqa::CacheType type, std::span<const float> got,
+                                                     std::span<const float> want, std::size_t head_dim) {
+    std::vector<std::size_t> outside;
     for (std::size_t slot = 0; slot + head_dim <= std::min(got.size(), want.size()); slot += head_dim) {
         double slot_max = 0;
-        for (std::size_t e = 0; e < head_dim; ++e) slot_max = std::max(slot_max, double(std::abs(want[slot + e])));
         for (std::size_t e = slot; e < slot + head_dim; ++e) {
-            outside += !within_one_unit(type, got[e], want[e], slot_max);
+            if (std::isfinite(want[e])) slot_max = std::max(slot_max, double(std::abs(want[e])));
+        }
+        for (std::size_t e = slot; e < slot + head_dim; ++e) {
+            if (std::isnan(got[e]) && std::isnan(want[e])) continue;
+            if (!within_one_unit(type, got[e], want[e], slot_max)) outside.push_back(e);
         }
     }
     return outside;
