@@ -1,6 +1,7 @@
 #include "attention_algorithm.h"
 
 #include <limits>
+#include <stdexcept>
 
 #include "layout.h"
 
@@ -10,7 +11,7 @@ using namespace Halide;
 
 Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &packed_scales,
                      WeightType weight_type, bool native_half_widening, const Func &bias, const Expr &in_dim,
-                     const Expr &tokens, int panel, int token_group) {
+                     const Expr &tokens, int panel, int token_group, bool scale_group_sums) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
@@ -28,7 +29,24 @@ Linear define_linear(const std::string &name, const Func &x, const Func &packed_
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
     // those rows are never stored.
-    if (token_group > 1) {
+    if (scale_group_sums) {
+        if (weight_type != WeightType::int8 || token_group != 1) {
+            throw std::invalid_argument("scale_group_sums needs int8 weights and x read in place");
+        }
+        constexpr int G = layout::kWeightGroup;
+        Var group("group");
+        l.group_sums = Func(name + "_group_sums");
+        l.group_members = RDom(0, G, name + "_members");
+        l.group_members.where(group * G + l.group_members < in_dim);
+        l.k = RDom(0, (in_dim + G - 1) / G, name + "_groups");
+        // The predicate skips a partial group's missing inputs; bounds inference does
+        // not see it, so the index is clamped to the buffers as well.
+        const Expr input = min(group * G + l.group_members, in_dim - 1);
+        l.group_sums(o, group, m) = 0.f;
+        l.group_sums(o, group, m) +=
+            x(input, min(m, tokens - 1)) * cast<float>(packed_weight(o % panel, input, o / panel));
+        l.product(o, m) += packed_scales(o % panel, l.k, o / panel) * l.group_sums(o, l.k, m);
+    } else if (token_group > 1) {
         l.grouped_rows = Func(name + "_grouped_rows");
         l.grouped_rows(j, i, g) = x(i, min(g * token_group + j, tokens - 1));
         l.product(o, m) += l.grouped_rows(m % token_group, l.k, m / token_group) * l.weight(o, l.k);
@@ -116,12 +134,13 @@ Expr stored_scale(const Func &cache, const Expr &head_dim, const Expr &slot, con
 
 Project define_project(const Func &x, const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
                        bool native_half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
-                       const ProjectShape &shape, int panel, int token_group, Func q_out, Func k_out, Func v_out) {
+                       const ProjectShape &shape, int panel, int token_group, bool scale_group_sums, Func q_out,
+                       Func k_out, Func v_out) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
     p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, native_half_widening, bias,
-                          shape.embed_dim, shape.tokens, panel, token_group);
+                          shape.embed_dim, shape.tokens, panel, token_group, scale_group_sums);
     const Func qkv = p.qkv.result;
     Var d = p.d, h = p.h, m = p.m, kvh = p.kvh, g = p.g;
 

@@ -64,12 +64,17 @@ struct Linear {
     Halide::Func input;         // x(i, m), for schedules that stage it
     Halide::Func grouped_rows;  // defined when token_group > 1
     int token_group = 1;
+    // int8 weights with scale_group_sums: k runs over the groups of
+    // layout::kWeightGroup inputs, each group's sum of x times the unscaled values
+    // multiplied by its scale once (a multiply per group rather than per weight).
+    Halide::Func group_sums;     // (o, group, m)
+    Halide::RDom group_members;  // the inputs of one group
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
                      const Halide::Func &packed_scales, WeightType weight_type, bool native_half_widening,
                      const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel,
-                     int token_group);
+                     int token_group, bool scale_group_sums);
 
 // Rotary position embedding of one head vector, read through `at(d)`, at position `pos`:
 //   out(d) = at(d) * cos_table(d, pos) + at(partner(d)) * sin_table(d, pos)
@@ -122,7 +127,8 @@ struct ProjectShape {
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &packed_scales,
                        WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
                        const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
-                       int token_group, Halide::Func q_out, Halide::Func k_out, Halide::Func v_out);
+                       int token_group, bool scale_group_sums, Halide::Func q_out, Halide::Func k_out,
+                       Halide::Func v_out);
 
 // A call's keys and values (d, kvh, token), token = b * seq_len + i, into cache
 // slots write_slot + i, in place: the outputs k and v are the whole cache, of which

@@ -27,7 +27,8 @@ public:
                                       input_func(*w_scales_, autoscheduled), weight_type,
                                       schedules::native_half_widening(get_target()), input_func(b_o, autoscheduled),
                                       z.dim(0).extent(), z.dim(1).extent(), layout::kWeightPanel,
-                                      schedules::gemm_token_group(get_target(), knobs(get_target())));
+                                      schedules::gemm_token_group(get_target(), knobs(get_target())),
+                                      schedules::scale_group_sums(get_target(), knobs(get_target()), weight_type));
         out(linear_.o, linear_.m) = linear_.result(linear_.o, linear_.m);
     }
 

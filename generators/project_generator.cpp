@@ -47,7 +47,9 @@ public:
                                         input_func(*w_scales_, autoscheduled), weight_type,
                                         schedules::native_half_widening(get_target()),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
-                                        token_group, q, k, v);
+                                        token_group,
+                                        schedules::scale_group_sums(get_target(), knobs(get_target()), weight_type),
+                                        q, k, v);
     }
 
     void schedule() {

@@ -58,6 +58,16 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile) {
         l.product.compute_at(l.result, mo).vectorize(o, tile.lanes).unroll(o).unroll(m);
         l.product.update().reorder(o, m, l.k.x).vectorize(o, tile.lanes).unroll(o).unroll(m);
     }
+    if (l.group_sums.defined()) {
+        // Each group's sums in registers beside the tile's accumulators.
+        require(tile.k_block == 0, "int8 group sums take no gemm_k_block");
+        const std::vector<Var> args = l.group_sums.args();  // (o, group, m)
+        l.group_sums.compute_at(l.product, l.k.x).vectorize(args[0], tile.lanes).unroll(args[0]);
+        l.group_sums.update()
+            .reorder(args[0], l.group_members.x)
+            .vectorize(args[0], tile.lanes)
+            .unroll(args[0]);
+    }
     if (l.narrow_weights && tile.widen_once) {
         const std::vector<Var> args = l.panels.args();  // (lane, i, panel)
         l.panels.compute_at(l.result, oo).vectorize(args[0], tile.lanes);

@@ -49,6 +49,10 @@ int gemm_token_group(const Target &target, const Knobs &knobs) {
     return 1;
 }
 
+bool scale_group_sums(const Target &target, const Knobs &knobs, algo::WeightType weight_type) {
+    return weight_type == algo::WeightType::int8 && knobs.decode && family(target) != Family::gpu;
+}
+
 // CUDA (cvt.f32.f16) and ARM with FP16 (fcvtl); Halide 14 emulates it on x86 and
 // on plain ARMv8.0. OpenCL has it only with cl_khr_fp16, which pocl lacks.
 bool native_half_widening(const Target &target) {

@@ -38,6 +38,10 @@ int split_blocks(const Halide::Target &target, const Knobs &knobs);
 // Tokens per group of x rows in the GEMMs (algo::Linear's token_group): the
 // register tile's token count on CPUs at prefill, 1 (x read in place) otherwise.
 int gemm_token_group(const Halide::Target &target, const Knobs &knobs);
+// Whether int8 weights scale each group's sum rather than each weight
+// (algo::Linear::group_sums): CPU decode, where the GEMV's conversions, not the
+// bytes, set its pace.
+bool scale_group_sums(const Halide::Target &target, const Knobs &knobs, algo::WeightType weight_type);
 // Whether Halide's fp16 -> fp32 cast is a conversion instruction on the target.
 bool native_half_widening(const Halide::Target &target);
 // The element type the pipelines store fp16 values (weights, a cache) in on the target.
