@@ -365,6 +365,12 @@ void probe_dram(benchmark::State &state) {
     state.counters["GB/s"] = gbs;
 }
 
+void probe_int8_weights(benchmark::State &state) {
+    double gbs = 0;
+    for (auto _ : state) gbs = gqa_bench::measure_int8_weight_gbs(kThreads, size_t(1) << 30, 1);
+    state.counters["GB/s"] = gbs;
+}
+
 std::string backend_label(int backend) {
     return backend == kBaseline ? "baseline" : std::string(gqa::backend_name(gqa::Backend(backend)));
 }
@@ -420,6 +426,9 @@ void register_all() {
         }
     }
     benchmark::RegisterBenchmark("probe/dram_read/cpu/-", probe_dram)->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark("probe/int8_weights/cpu/-", probe_int8_weights)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 }
 
 }  // namespace

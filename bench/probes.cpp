@@ -7,6 +7,8 @@
 #include <thread>
 #include <vector>
 
+#include "layout.h"
+
 namespace gqa_bench {
 namespace {
 
@@ -36,6 +38,65 @@ __attribute__((target("avx2,fma"))) float chains256() {
     float lanes[8];
     _mm256_storeu_ps(lanes, acc[0]);
     return lanes[0];
+}
+
+// An int8 weight stream as the decode GEMV reads it: per input, four vectors of
+// weights widened and converted to fp32 and multiplied into partial sums by a
+// broadcast input; per group of layout::kWeightGroup inputs, the partial sums
+// scaled into the totals. Returns the sum so the work is kept.
+constexpr int kStreamVectors = 4;
+constexpr int kGroup = gqa::layout::kWeightGroup;
+
+__attribute__((target("avx512f"))) float int8_stream512(const int8_t *weights, const float *scales, const float *x,
+                                                          size_t groups) {
+    constexpr int lanes = 16;
+    __m512 total[kStreamVectors];
+    for (__m512 &t : total) t = _mm512_setzero_ps();
+    for (size_t g = 0; g < groups; ++g, scales += kStreamVectors * lanes) {
+        __m512 partial[kStreamVectors];
+        for (__m512 &p : partial) p = _mm512_setzero_ps();
+        for (int k = 0; k < kGroup; ++k, weights += kStreamVectors * lanes) {
+            const __m512 input = _mm512_set1_ps(x[k]);
+            // Unrolled at every optimization level, so the sums stay in registers.
+#pragma GCC unroll 4
+            for (int v = 0; v < kStreamVectors; ++v) {
+                const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i *>(weights + v * lanes));
+                partial[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(packed)), input, partial[v]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < kStreamVectors; ++v)
+            total[v] = _mm512_fmadd_ps(partial[v], _mm512_loadu_ps(scales + v * lanes), total[v]);
+    }
+    for (int v = 1; v < kStreamVectors; ++v) total[0] = _mm512_add_ps(total[0], total[v]);
+    return _mm512_reduce_add_ps(total[0]);
+}
+
+__attribute__((target("avx2,fma"))) float int8_stream256(const int8_t *weights, const float *scales, const float *x,
+                                                          size_t groups) {
+    constexpr int lanes = 8;
+    __m256 total[kStreamVectors];
+    for (__m256 &t : total) t = _mm256_setzero_ps();
+    for (size_t g = 0; g < groups; ++g, scales += kStreamVectors * lanes) {
+        __m256 partial[kStreamVectors];
+        for (__m256 &p : partial) p = _mm256_setzero_ps();
+        for (int k = 0; k < kGroup; ++k, weights += kStreamVectors * lanes) {
+            const __m256 input = _mm256_set1_ps(x[k]);
+            // Unrolled at every optimization level, so the sums stay in registers.
+#pragma GCC unroll 4
+            for (int v = 0; v < kStreamVectors; ++v) {
+                const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i *>(weights + v * lanes));
+                partial[v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(packed)), input, partial[v]);
+            }
+        }
+#pragma GCC unroll 4
+        for (int v = 0; v < kStreamVectors; ++v)
+            total[v] = _mm256_fmadd_ps(partial[v], _mm256_loadu_ps(scales + v * lanes), total[v]);
+    }
+    for (int v = 1; v < kStreamVectors; ++v) total[0] = _mm256_add_ps(total[0], total[v]);
+    float sums[lanes];
+    _mm256_storeu_ps(sums, total[0]);
+    return sums[0];
 }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -84,6 +145,29 @@ double measure_dram_read_gbs(int threads, size_t bytes, int repeats) {
             for (float p : partial) sink[t] += p;
         });
         best = std::max(best, double(per_thread * threads * sizeof(float)) / seconds * 1e-9);
+    }
+    return best;
+}
+
+double measure_int8_weight_gbs(int threads, size_t bytes, int repeats) {
+    const bool avx512 = __builtin_cpu_supports("avx512f");
+    const size_t group_bytes = size_t(kStreamVectors) * (avx512 ? 16 : 8) * kGroup;
+    const size_t groups_per_thread = bytes / threads / group_bytes;
+    // Written once (values that do not overflow), so every page is real.
+    std::vector<int8_t> weights(groups_per_thread * threads * group_bytes);
+    for (size_t i = 0; i < weights.size(); ++i) weights[i] = int8_t(i % 255 - 127);
+    std::vector<float> scales(groups_per_thread * threads * group_bytes / kGroup, 1e-3f), x(kGroup, 0.5f);
+    const size_t moved = weights.size() + scales.size() * sizeof(float);
+    double best = 0;
+    for (int r = 0; r < repeats; ++r) {
+        std::vector<float> sink(threads);
+        const double seconds = run_on_threads(threads, [&](int t) {
+            const int8_t *w = weights.data() + t * groups_per_thread * group_bytes;
+            const float *s = scales.data() + t * groups_per_thread * group_bytes / kGroup;
+            sink[t] = avx512 ? int8_stream512(w, s, x.data(), groups_per_thread)
+                             : int8_stream256(w, s, x.data(), groups_per_thread);
+        });
+        best = std::max(best, double(moved) / seconds * 1e-9);
     }
     return best;
 }
