@@ -2,7 +2,9 @@
 // OpenBLAS baseline, on the W1/W2/W3 layer shapes; the full layer and the
 // attention core alone; prefill of 512 tokens and decode against 2048 and 8192
 // cached tokens, hot (one layer again and again) and cold (a chain of layers whose
-// weights and caches exceed the last-level cache, as in a real model); fp32, bf16
+// weights and caches exceed the last-level cache, as in a real model); on W1 and W2
+// also long contexts: prefills of 4096 and 16384 tokens, the last 512 of each as a
+// chunk appended to a cache holding the rest, and decode at 32768; fp32, bf16
 // and int8 weights (the modes named _bf16w, _int8w), f32, f16, bf16 and int8 caches
 // (_f16, _bf16, _int8; in the layer before _cold, and the core alone). Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
@@ -33,8 +35,13 @@
 namespace {
 
 constexpr int kPrefillTokens = 512;
-constexpr int kDecodeSteps = 64;        // decodes before a cache is refilled (untimed)
-constexpr int kMaxSeqLen = 8192 + kDecodeSteps;
+constexpr int kDecodeSteps = 64;  // decodes before a cache is refilled (untimed)
+// Long contexts (W1 and W2, the compiled CPU and CUDA backends): prefills of whole
+// prompts, a chunk of kPrefillTokens appended to a cache holding the rest of such a
+// prompt (chunked prefill), and decode at the longest context.
+constexpr int kLongPrefills[] = {4096, 16384};
+constexpr int kLongDecode = 32768;
+constexpr int kMaxSeqLen = kLongDecode + kDecodeSteps;
 
 using Shape = gqa_tools::Workload;
 const auto kShapes = gqa_tools::workloads(kMaxSeqLen);
@@ -117,9 +124,10 @@ public:
         if (keys_.size() != n) keys_ = random_values(n, 1.f, 11), values_ = random_values(n, 1.f, 12);
         load_cache(keys_.data(), values_.data(), slots);
     }
-    // A causal prefill of `tokens` on a fresh context, and one decode step on the cache.
+    // A causal prefill of `tokens` on a fresh context; `tokens` appended to the cache
+    // (one for a decode step), causal by slot.
     virtual void prefill(const float *x, int tokens, float *out) = 0;
-    virtual void decode(const float *x, float *out) = 0;
+    virtual void extend(const float *x, int tokens, float *out) = 0;
 
 protected:
     // Empties the cache, then writes k and v, [1, n_kv, slots, hd] each.
@@ -140,8 +148,8 @@ public:
         if (attention_.has_cache()) attention_.remove_cache();
         attention_.forward({x, {1, tokens, config_.embed_dim}}, {out, size_t(tokens) * config_.embed_dim});
     }
-    void decode(const float *x, float *out) override {
-        attention_.forward({x, {1, 1, config_.embed_dim}}, {out, size_t(config_.embed_dim)});
+    void extend(const float *x, int tokens, float *out) override {
+        attention_.forward({x, {1, tokens, config_.embed_dim}}, {out, size_t(tokens) * config_.embed_dim});
     }
 
 private:
@@ -171,7 +179,7 @@ public:
         layer_.reset();
         layer_.forward(x, 1, tokens, out);
     }
-    void decode(const float *x, float *out) override { layer_.forward(x, 1, 1, out); }
+    void extend(const float *x, int tokens, float *out) override { layer_.forward(x, 1, tokens, out); }
     gqa_bench::BaselineLayer &layer() { return layer_; }
 
 private:
@@ -204,18 +212,38 @@ void report(benchmark::State &state, int backend, double flops, double bytes) {
 }
 
 // Causal prefill of a fresh layer (no cache for ours, an emptied one for the baseline).
-void layer_prefill(benchmark::State &state, const Shape &s, int backend) {
+void layer_prefill(benchmark::State &state, const Shape &s, int backend, int tokens) {
     const LayerWeights weights(s, 7);
     std::unique_ptr<Layer> layer = make_layer(s, weights, backend);
     const int d = s.config.embed_dim;
-    const std::vector<float> x = random_values(size_t(kPrefillTokens) * d, 1.f, 9);
+    const std::vector<float> x = random_values(size_t(tokens) * d, 1.f, 9);
     std::vector<float> out(x.size());
     for (auto _ : state) {
-        layer->prefill(x.data(), kPrefillTokens, out.data());
+        layer->prefill(x.data(), tokens, out.data());
         benchmark::DoNotOptimize(out.data());
     }
-    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, kPrefillTokens);
-    report(state, backend, gqa_tools::layer_flops(s.config, kPrefillTokens, (kPrefillTokens + 1) / 2.0), bytes);
+    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, tokens);
+    report(state, backend, gqa_tools::layer_flops(s.config, tokens, (tokens + 1) / 2.0), bytes);
+}
+
+// Chunked prefill: `tokens` new tokens appended to a cache already holding `cached`
+// (refilled, untimed, before each), each query causal by slot.
+void layer_chunk(benchmark::State &state, const Shape &s, int backend, int tokens, int cached) {
+    const LayerWeights weights(s, 7);
+    std::unique_ptr<Layer> layer = make_layer(s, weights, backend);
+    layer->setup_cache(cached + tokens, gqa::CacheType::f32);
+    const int d = s.config.embed_dim;
+    const std::vector<float> x = random_values(size_t(tokens) * d, 1.f, 9);
+    std::vector<float> out(x.size());
+    for (auto _ : state) {
+        state.PauseTiming();
+        layer->refill(cached);
+        state.ResumeTiming();
+        layer->extend(x.data(), tokens, out.data());
+        benchmark::DoNotOptimize(out.data());
+    }
+    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, cached + tokens);
+    report(state, backend, gqa_tools::layer_flops(s.config, tokens, cached + (tokens + 1) / 2.0), bytes);
 }
 
 // One-token decodes against `context` cached tokens. Cold: a chain of layers, each
@@ -244,7 +272,7 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
             for (auto &layer : layers) layer->refill(context);
             state.ResumeTiming();
         }
-        layers[l]->decode(x.data(), out.data());
+        layers[l]->extend(x.data(), 1, out.data());
         benchmark::DoNotOptimize(out.data());
         ++step;
     }
@@ -371,6 +399,39 @@ void probe_int8_weights(benchmark::State &state) {
     state.counters["GB/s"] = gbs;
 }
 
+template <typename Fn, typename... Args>
+void add(const std::string &name, Fn &&fn, Args... args) {
+    benchmark::RegisterBenchmark(name.c_str(), fn, args...)->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+// The long-context modes where they measure something in reasonable time: not on
+// the reference, the baseline's plain loops, or OpenCL on pocl.
+bool long_contexts(const Shape &s, int backend) {
+    const std::string name = s.name;
+    return (name == "W1" || name == "W2") && backend != kBaseline && gqa::Backend(backend) != gqa::Backend::reference &&
+           gqa::Backend(backend) != gqa::Backend::opencl;
+}
+
+void add_long_contexts(const Shape &s, int backend, const std::string &tail) {
+    const gqa::CacheType f32 = gqa::CacheType::f32;
+    for (int tokens : kLongPrefills) {
+        const std::string prefill = "prefill" + std::to_string(tokens);
+        add("layer/" + prefill + tail, layer_prefill, s, backend, tokens);
+        add("core/" + prefill + tail, core, s, backend, tokens, tokens, f32);
+        // The last chunk of the same prompt: its slice of the prefill above.
+        const int cached = tokens - kPrefillTokens;
+        const std::string chunk = "chunk" + std::to_string(kPrefillTokens) + "_at" + std::to_string(cached);
+        add("layer/" + chunk + tail, layer_chunk, s, backend, kPrefillTokens, cached);
+        add("core/" + chunk + tail, core, s, backend, kPrefillTokens, tokens, f32);
+    }
+    const std::string decode = "decode" + std::to_string(kLongDecode);
+    add("layer/" + decode + "_hot" + tail, layer_decode, s, backend, kLongDecode, false, f32);
+    for (gqa::CacheType cache : {f32, gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
+        add("layer/" + decode + cache_suffix(cache) + "_cold" + tail, layer_decode, s, backend, kLongDecode, true, cache);
+        add("core/" + decode + cache_suffix(cache) + tail, core, s, backend, 1, kLongDecode, cache);
+    }
+}
+
 std::string backend_label(int backend) {
     return backend == kBaseline ? "baseline" : std::string(gqa::backend_name(gqa::Backend(backend)));
 }
@@ -378,17 +439,14 @@ std::string backend_label(int backend) {
 void register_all() {
     std::vector<int> backends{kBaseline};
     for (gqa::Backend b : gqa::available_backends()) backends.push_back(int(b));
-    auto add = [](const std::string &name, auto &&fn, auto... args) {
-        benchmark::RegisterBenchmark(name.c_str(), fn, args...)->Unit(benchmark::kMillisecond)->UseRealTime();
-    };
-    benchmark::RegisterBenchmark("probe/fma_peak/cpu/-", probe_fma)->Unit(benchmark::kMillisecond)->UseRealTime();
+    add("probe/fma_peak/cpu/-", probe_fma);
     for (const Shape &s : kShapes) {
         const bool small = std::string(s.name) == "small";
         for (int backend : backends) {
             // The reference (double loops) only on the small shape; the others skip it.
             if ((backend == int(gqa::Backend::reference)) != small) continue;
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
-            add("layer/prefill512" + tail, layer_prefill, s, backend);
+            add("layer/prefill512" + tail, layer_prefill, s, backend, kPrefillTokens);
             // bf16 weights, as checkpoints ship them, and int8 ones; the baseline has fp32
             // ones only, and the small shapes (reference) none.
             std::vector<Shape> typed_shapes;
@@ -396,7 +454,7 @@ void register_all() {
                 typed_shapes = {with_weights(s, gqa::WeightType::bf16), with_weights(s, gqa::WeightType::int8)};
             }
             for (const Shape &typed : typed_shapes) {
-                add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend);
+                add("layer/prefill512" + weight_suffix(typed) + tail, layer_prefill, typed, backend, kPrefillTokens);
             }
             add("core/prefill512" + tail, core, s, backend, kPrefillTokens, kPrefillTokens, gqa::CacheType::f32);
             add("proj/prefill512" + tail, projections, s, backend);
@@ -423,12 +481,11 @@ void register_all() {
                     add(name + cache_suffix(cache) + "_cold" + tail, layer_decode, typed, backend, context, true, cache);
                 }
             }
+            if (long_contexts(s, backend)) add_long_contexts(s, backend, tail);
         }
     }
-    benchmark::RegisterBenchmark("probe/dram_read/cpu/-", probe_dram)->Unit(benchmark::kMillisecond)->UseRealTime();
-    benchmark::RegisterBenchmark("probe/int8_weights/cpu/-", probe_int8_weights)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    add("probe/dram_read/cpu/-", probe_dram);
+    add("probe/int8_weights/cpu/-", probe_int8_weights);
 }
 
 }  // namespace
