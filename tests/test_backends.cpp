@@ -308,6 +308,40 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, LongCacheDecode,
                          });
 
 // ---------------------------------------------------------------------------------------
+// Chunked prefill of a long prompt (vLLM's, or torchtune generate() with a long
+// prompt): its last 512 tokens appended to a cache that holds the first 3584 give
+// the rows of one prefill of all 4096, RoPE positions and causal slots included.
+// A narrow layer, so the reference's double loops take seconds.
+
+class ChunkedPrefill : public testing::TestWithParam<gqa::Backend> {};
+
+TEST_P(ChunkedPrefill, LastChunkMatchesOnePrefill) {
+    const gqa::Backend backend = GetParam();
+    constexpr int prompt = 4096, chunk = 512, cached = prompt - chunk;
+    const gqa::Config config = gqa_test::make_config(32, 2, 1, 16, prompt);
+    const auto weights = gqa_test::random_weights(config, false, 71);
+    const auto x = gqa_test::random_input(config, 1, prompt, 72);
+    const std::vector<float> whole = gqa_test::run_forward(config, weights, gqa::Backend::reference, {x}, false).out;
+
+    gqa::Attention layer(config, weights.view(), backend);
+    layer.setup_cache(1, prompt);
+    const int d = config.embed_dim;
+    const auto rows = [&](int first, int count) {
+        return std::vector<float>(x.values.begin() + int64_t(first) * d, x.values.begin() + int64_t(first + count) * d);
+    };
+    const auto wanted = [&](int first, int count) {
+        return std::vector<float>(whole.begin() + int64_t(first) * d, whole.begin() + int64_t(first + count) * d);
+    };
+    const std::vector<float> head = rows(0, cached), tail = rows(cached, chunk);
+    EXPECT_TRUE(all_close(layer.forward({head.data(), {1, cached, d}}), wanted(0, cached))) << "first chunk";
+    EXPECT_TRUE(all_close(layer.forward({tail.data(), {1, chunk, d}}), wanted(cached, chunk))) << "last chunk";
+    EXPECT_EQ(layer.size(), prompt);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, ChunkedPrefill, testing::ValuesIn(gqa_test::backends_under_test()),
+                         gqa_test::backend_test_name);
+
+// ---------------------------------------------------------------------------------------
 // Narrow sliding windows over more than one 64-slot chunk, without a cache (the
 // scratch holds just the padded prefix) and with one. gqa-fuzz found the x86
 // prefill reading slot 191 of a 128-slot scratch at window 1, 67 tokens.
