@@ -63,6 +63,8 @@ public:
                               use_sinks,
                               schedules::native_half_widening(get_target()),
                               cache_type};
+        in.reads_within_prefix = mode == PipelineMode::decode && !get_target().has_gpu_feature() &&
+                                 formulation() == schedules::Softmax::three_pass;
         const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
             Func pattern_func;

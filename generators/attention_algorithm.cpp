@@ -278,7 +278,8 @@ Expr widen(const Expr &element, bool native_half_widening) {
 }
 
 // Reads of slots past the padded valid prefix (which the runtime guarantees the
-// cache holds: capacity is a multiple of kKeySlotPadding) clamp to its last slot.
+// cache holds: capacity is a multiple of kKeySlotPadding) clamp to its last slot,
+// unless the schedule reads no such slot (AttendInputs::reads_within_prefix).
 // Those slots are never visible, so only the bounds of the reads change. A block or
 // split of the blocked formulations may reach beyond that prefix, and so may the
 // chunks of a query block's rows in the three-pass one (gqa-fuzz: window 1, 67
@@ -298,7 +299,7 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
 
     a.narrow_cache = in.cache_type != CacheType::f32;
     constexpr int P = layout::kKeySlotPadding;
-    const Expr slot = min(t, (in.kv_len + P - 1) / P * P - 1);
+    const Expr slot = in.reads_within_prefix ? Expr(t) : min(t, (in.kv_len + P - 1) / P * P - 1);
     auto read = [&](const Func &cache, Func &scale) -> Expr {
         const Expr element = cache(d, slot, kvh, b);
         switch (in.cache_type) {

@@ -241,6 +241,9 @@ struct AttendInputs {
     // target) rather than widen_half.
     bool native_half_widening = false;
     CacheType cache_type = CacheType::f32;
+    // Every key read lies in the padded valid prefix (a schedule that reads only
+    // whole key chunks of the visible keys of one query row), so reads need no clamp.
+    bool reads_within_prefix = false;
 };
 
 // pattern_out is null when the attention weights are not asked for.
