@@ -206,8 +206,8 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     a.row_sum.update().atomic().vectorize(a.keys_sum.x, vec);
 
     // Per query, all g rows of the group together: each V row feeds g accumulators.
-    // P.V per query, a chunk of keys at a time: for each head, its accumulators (4
-    // vectors of head dims) stay in registers across the chunk's keys, whose V rows
+    // P.V per query, a chunk of keys at a time: for each head, its accumulators
+    // (value_vectors of head dims) stay in registers across the chunk's keys, whose V rows
     // the g heads re-read from L1. Accumulating in memory instead (an FMA, a load and
     // a store per vector per key) cost W1's prefill core 19.7 ms against 14.7 now.
     a.weighted.compute_at(a.z, ii).vectorize(d, vec, TailStrategy::GuardWithIf);
@@ -217,7 +217,7 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
         a.weighted.update()
             .split(a.keys_values.x, ko, ki, key_chunk, TailStrategy::GuardWithIf)
             .split(d, dv, dl, vec, TailStrategy::GuardWithIf)
-            .split(dv, dvo, dvi, 4, TailStrategy::GuardWithIf)
+            .split(dv, dvo, dvi, blocking.value_vectors, TailStrategy::GuardWithIf)
             .reorder(dl, dvi, ki, dvo, r, ko)
             .vectorize(dl)
             .unroll(dvi);

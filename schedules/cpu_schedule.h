@@ -52,6 +52,7 @@ void schedule_rope(Halide::Func out, int lanes);
 // With the pattern output the softmax stages serve two consumers and run at root.
 struct AttendBlocking {
     int lanes, key_chunk, query_block;
+    int value_vectors;  // P.V accumulator vectors per head and pass over a chunk's keys
     bool decode;
 };
 void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking);
