@@ -55,14 +55,19 @@ void schedule_rope(Func out, const Target &t, const Knobs &) {
     cpu::schedule_rope(out, lanes(t));
 }
 
-// Key chunks of 4 vectors (64 keys on AVX-512: 4 score accumulators per row, the
-// transposed chunk 16 KiB at head_dim 64, in L1) and 16-query blocks. P.V keeps 64
-// head dims per pass in registers: 4 zmm chains (Zen 4 issues one 512-bit FMA per
-// cycle), 8 ymm with AVX2 (two FMA pipes of 4-cycle latency; 4 chains left them
-// half idle: core prefill at 512 on Zen 3, W1 13.8 -> 12.8 ms, W2 26.6 -> 24.3 ms).
+// Key chunks of 64 keys (on AVX-512 4 vectors: 4 score accumulators per row, the
+// transposed chunk 16 KiB at head_dim 64, in L1) and 16-query blocks. With AVX2 a
+// prefill's chunk is also 64 keys, 8 accumulators for two FMA pipes (32 keys: core
+// prefill on Zen 3, W1 512 13.2-13.4 -> 11.6-12.1 ms, W2 25.1-26.2 -> 22.0-23.2 ms,
+// W1 4096 788-848 -> 692-723 ms); decode keeps 32 (64 cost W2 decode at 2048 keys
+// 0.47 -> 0.60-0.72 ms). P.V keeps 64 head dims per pass in registers: 4 zmm chains
+// (Zen 4 issues one 512-bit FMA per cycle), 8 ymm with AVX2 (two FMA pipes of
+// 4-cycle latency; 4 chains left them half idle: core prefill at 512 on Zen 3, W1
+// 13.8 -> 12.8 ms, W2 26.6 -> 24.3 ms).
 void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
+    const bool avx2_prefill = lanes(t) == 8 && !knobs.decode;
     cpu::schedule_three_pass_attend(a, {.lanes = lanes(t),
-                                        .key_chunk = or_default(knobs.key_chunk, 4 * lanes(t)),
+                                        .key_chunk = or_default(knobs.key_chunk, avx2_prefill ? 64 : 4 * lanes(t)),
                                         .query_block = or_default(knobs.query_block, 16),
                                         .value_vectors = lanes(t) == 8 ? 8 : 4,
                                         .decode = knobs.decode});
