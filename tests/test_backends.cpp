@@ -326,15 +326,13 @@ TEST_P(ChunkedPrefill, LastChunkMatchesOnePrefill) {
     gqa::Attention layer(config, weights.view(), backend);
     layer.setup_cache(1, prompt);
     const int d = config.embed_dim;
-    const auto rows = [&](int first, int count) {
-        return std::vector<float>(x.values.begin() + int64_t(first) * d, x.values.begin() + int64_t(first + count) * d);
+    // Tokens first .. first + count - 1 of a [1, prompt, d] tensor.
+    const auto rows = [d](const std::vector<float> &tokens, int first, int count) {
+        return std::vector<float>(tokens.begin() + int64_t(first) * d, tokens.begin() + int64_t(first + count) * d);
     };
-    const auto wanted = [&](int first, int count) {
-        return std::vector<float>(whole.begin() + int64_t(first) * d, whole.begin() + int64_t(first + count) * d);
-    };
-    const std::vector<float> head = rows(0, cached), tail = rows(cached, chunk);
-    EXPECT_TRUE(all_close(layer.forward({head.data(), {1, cached, d}}), wanted(0, cached))) << "first chunk";
-    EXPECT_TRUE(all_close(layer.forward({tail.data(), {1, chunk, d}}), wanted(cached, chunk))) << "last chunk";
+    const std::vector<float> head = rows(x.values, 0, cached), tail = rows(x.values, cached, chunk);
+    EXPECT_TRUE(all_close(layer.forward({head.data(), {1, cached, d}}), rows(whole, 0, cached))) << "first chunk";
+    EXPECT_TRUE(all_close(layer.forward({tail.data(), {1, chunk, d}}), rows(whole, cached, chunk))) << "last chunk";
     EXPECT_EQ(layer.size(), prompt);
 }
 
