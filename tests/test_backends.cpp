@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <numeric>
 #include <optional>
 #include <ostream>
 #include <random>
@@ -29,6 +30,11 @@ const HeadLayout head_layouts[] = {
     {"mha_h4_hd32", 64, 4, 4, 32},        {"mha_h2_hd80", 160, 2, 2, 80},       {"gqa2_h4kv2_hd64", 128, 4, 2, 64},
     {"gqa2_h2kv1_hd128", 256, 2, 1, 128}, {"gqa3_h6kv2_hd32", 96, 6, 2, 32},    {"gqa3_h3kv1_hd80", 80, 3, 1, 80},
     {"gqa4_h8kv2_hd32", 256, 8, 2, 32},   {"gqa4_h4kv1_hd128", 128, 4, 1, 128}, {"mqa8_h8kv1_hd64", 128, 8, 1, 64},
+};
+
+// "<backend>_<case name>" for suites over (backend, named case).
+const auto backend_and_case_name = [](const auto &info) {
+    return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" + std::get<1>(info.param).name;
 };
 
 enum class Positions { slots, shared, per_batch };
@@ -249,10 +255,7 @@ TEST_P(PrefillThenDecode, MatchesFullForward) {
 INSTANTIATE_TEST_SUITE_P(AllBackends, PrefillThenDecode,
                          testing::Combine(testing::ValuesIn(gqa_test::runnable_backends()),
                                           testing::ValuesIn(decode_variants)),
-                         [](const auto &info) {
-                             return std::string(gqa::backend_name(std::get<0>(info.param))) + "_" +
-                                    std::get<1>(info.param).name;
-                         });
+                         backend_and_case_name);
 
 // ---------------------------------------------------------------------------------------
 // One decode step against caches of many lengths: across the 32-key blocks and the
@@ -308,36 +311,110 @@ INSTANTIATE_TEST_SUITE_P(AllBackends, LongCacheDecode,
                          });
 
 // ---------------------------------------------------------------------------------------
-// Chunked prefill of a long prompt (vLLM's, or torchtune generate() with a long
-// prompt): its last 512 tokens appended to a cache that holds the first 3584 give
-// the rows of one prefill of all 4096, RoPE positions and causal slots included.
-// A narrow layer, so the reference's double loops take seconds.
+// Chunked prefill (vLLM's, or torchtune generate() with a long prompt): a prompt fed
+// to the cache in chunks gives the rows of one prefill of the whole prompt, RoPE
+// positions and causal slots included. Chunks and caches of lengths off the 64-key
+// chunks and 16-query blocks, windows, masks with holes, an fp16 cache. Narrow
+// layers, so the reference's double loops take seconds.
 
-class ChunkedPrefill : public testing::TestWithParam<gqa::Backend> {};
+struct ChunkedCase {
+    const char *name;
+    std::vector<int> chunks;  // tokens per forward; the first fills an empty cache
+    int batch, num_heads, num_kv_heads;
+    std::optional<int> window;
+    bool mask = false;  // torchtune's [b, s, cache] mask: causal by slot, with random holes
+    gqa::CacheType cache_type = gqa::CacheType::f32;
 
-TEST_P(ChunkedPrefill, LastChunkMatchesOnePrefill) {
-    const gqa::Backend backend = GetParam();
-    constexpr int prompt = 4096, chunk = 512, cached = prompt - chunk;
-    const gqa::Config config = gqa_test::make_config(32, 2, 1, 16, prompt);
+    int total() const { return std::accumulate(chunks.begin(), chunks.end(), 0); }
+
+    gqa::Config config() const {
+        gqa::Config config = gqa_test::make_config(16 * num_heads, num_heads, num_kv_heads, 16, total());
+        config.window = window;
+        return config;
+    }
+
+    // Each row keeps its own slot, so no row is fully masked.
+    HostTensor<uint8_t> full_mask() const {
+        std::mt19937 engine(91);
+        std::bernoulli_distribution attend(0.7);
+        HostTensor<uint8_t> mask{{}, {batch, total(), total()}};
+        for (int b = 0; b < batch; ++b) {
+            for (int q = 0; q < total(); ++q) {
+                for (int slot = 0; slot < total(); ++slot) mask.values.push_back(slot == q || (slot < q && attend(engine)));
+            }
+        }
+        return mask;
+    }
+
+    // Outputs [b, total, d] of the prompt x fed in `chunk_lengths` through a cache of `type`.
+    std::vector<float> run(gqa::Backend backend, const std::vector<int> &chunk_lengths, gqa::CacheType type,
+                           const gqa_test::LayerWeights &weights, const HostTensor<float> &x) const {
+        const gqa::Config config = this->config();
+        const int d = config.embed_dim, n = total();
+        const std::optional<HostTensor<uint8_t>> mask = this->mask ? std::optional(full_mask()) : std::nullopt;
+        gqa::Attention layer(config, weights.view(), backend);
+        layer.setup_cache(batch, n, type);
+        std::vector<float> out(x.values.size());
+        int first = 0;
+        for (int s : chunk_lengths) {
+            ForwardInput chunk{HostTensor<float>{{}, {batch, s, d}}};
+            if (mask) chunk.mask = HostTensor<uint8_t>{{}, {batch, s, n}};
+            for (int b = 0; b < batch; ++b) {
+                const int64_t row = int64_t(b) * n + first;
+                chunk.x.values.insert(chunk.x.values.end(), x.values.begin() + row * d, x.values.begin() + (row + s) * d);
+                if (mask) {
+                    const auto mask_rows = mask->values.begin() + row * n;
+                    chunk.mask->values.insert(chunk.mask->values.end(), mask_rows, mask_rows + int64_t(s) * n);
+                }
+            }
+            const std::vector<float> got =
+                layer.forward(chunk.x.view(), gqa_test::optional_view(chunk.mask), std::nullopt);
+            for (int b = 0; b < batch; ++b) {
+                std::copy_n(got.begin() + int64_t(b) * s * d, int64_t(s) * d, out.begin() + (int64_t(b) * n + first) * d);
+            }
+            first += s;
+        }
+        EXPECT_EQ(layer.size(), n);
+        return out;
+    }
+
+    friend void PrintTo(const ChunkedCase &c, std::ostream *os) { *os << c.name; }
+};
+
+class ChunkedPrefill : public testing::TestWithParam<std::tuple<gqa::Backend, ChunkedCase>> {};
+
+TEST_P(ChunkedPrefill, MatchesOnePrefill) {
+    const auto &[backend, c] = GetParam();
+    const gqa::Config config = c.config();
     const auto weights = gqa_test::random_weights(config, false, 71);
-    const auto x = gqa_test::random_input(config, 1, prompt, 72);
-    const std::vector<float> whole = gqa_test::run_forward(config, weights, gqa::Backend::reference, {x}, false).out;
-
-    gqa::Attention layer(config, weights.view(), backend);
-    layer.setup_cache(1, prompt);
-    const int d = config.embed_dim;
-    // Tokens first .. first + count - 1 of a [1, prompt, d] tensor.
-    const auto rows = [d](const std::vector<float> &tokens, int first, int count) {
-        return std::vector<float>(tokens.begin() + int64_t(first) * d, tokens.begin() + int64_t(first + count) * d);
-    };
-    const std::vector<float> head = rows(x.values, 0, cached), tail = rows(x.values, cached, chunk);
-    EXPECT_TRUE(all_close(layer.forward({head.data(), {1, cached, d}}), rows(whole, 0, cached))) << "first chunk";
-    EXPECT_TRUE(all_close(layer.forward({tail.data(), {1, chunk, d}}), rows(whole, cached, chunk))) << "last chunk";
-    EXPECT_EQ(layer.size(), prompt);
+    const auto x = gqa_test::random_input(config, c.batch, c.total(), 72);
+    const std::vector<float> got = c.run(backend, c.chunks, c.cache_type, weights, x);
+    const std::vector<float> whole = c.run(gqa::Backend::reference, {c.total()}, c.cache_type, weights, x);
+    if (c.cache_type == gqa::CacheType::f32) {
+        EXPECT_TRUE(all_close(got, whole));
+    } else {
+        const std::vector<float> exact = c.run(gqa::Backend::reference, {c.total()}, gqa::CacheType::f32, weights, x);
+        EXPECT_TRUE(gqa_test::within_reduced_precision_error(got, whole, exact));
+    }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllBackends, ChunkedPrefill, testing::ValuesIn(gqa_test::backends_under_test()),
-                         gqa_test::backend_test_name);
+const ChunkedCase chunked_cases[] = {
+    {.name = "last512_of_4096", .chunks = {3584, 512}, .batch = 1, .num_heads = 2, .num_kv_heads = 1},
+    {.name = "odd_lengths", .chunks = {600, 77, 131, 1, 63}, .batch = 2, .num_heads = 4, .num_kv_heads = 2},
+    {.name = "window100", .chunks = {300, 97, 45}, .batch = 1, .num_heads = 4, .num_kv_heads = 1, .window = 100},
+    {.name = "mask_with_holes", .chunks = {200, 65, 33}, .batch = 2, .num_heads = 2, .num_kv_heads = 2, .mask = true},
+    {.name = "f16_cache",
+     .chunks = {600, 77, 131},
+     .batch = 1,
+     .num_heads = 4,
+     .num_kv_heads = 2,
+     .cache_type = gqa::CacheType::f16},
+};
+
+INSTANTIATE_TEST_SUITE_P(AllBackends, ChunkedPrefill,
+                         testing::Combine(testing::ValuesIn(gqa_test::backends_under_test()),
+                                          testing::ValuesIn(chunked_cases)),
+                         backend_and_case_name);
 
 // ---------------------------------------------------------------------------------------
 // Narrow sliding windows over more than one 64-slot chunk, without a cache (the
