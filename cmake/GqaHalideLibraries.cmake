@@ -55,10 +55,22 @@ if (GQA_PIPELINES_FROM)
 endif ()
 
 if (NOT GQA_PIPELINES_FROM)  # that tree runs the generators
+    # x86 F16C's fp16 widening as LLVM bitcode that the generators link into
+    # pipelines (generators/half_widening.ll); llvm-as comes with Halide's LLVM.
+    find_program(GQA_LLVM_AS NAMES llvm-as-14 HINTS /usr/lib/llvm-14/bin REQUIRED)
+    add_custom_command(OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/half_widening_bitcode.h
+                       COMMAND ${GQA_LLVM_AS} ${PROJECT_SOURCE_DIR}/generators/half_widening.ll -o half_widening.bc
+                       COMMAND ${CMAKE_COMMAND} -DINPUT=half_widening.bc -DOUTPUT=half_widening_bitcode.h
+                               -DNAME=kHalfWideningBitcode -P ${PROJECT_SOURCE_DIR}/cmake/embed_bytes.cmake
+                       DEPENDS ${PROJECT_SOURCE_DIR}/generators/half_widening.ll ${PROJECT_SOURCE_DIR}/cmake/embed_bytes.cmake
+                       WORKING_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR}
+                       VERBATIM)
     add_halide_generator(gqa_generators
                          SOURCES
+                         ${CMAKE_CURRENT_BINARY_DIR}/half_widening_bitcode.h
                          ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
                          ${PROJECT_SOURCE_DIR}/generators/attend_generator.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/half_widening.cpp
                          ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp

@@ -1,5 +1,6 @@
 // Grouped scores, masked softmax and weighted values against the KV cache.
 #include "attention_algorithm.h"
+#include "half_widening.h"
 #include "inputs.h"
 #include "knob_params.h"
 #include "layout.h"
@@ -43,6 +44,7 @@ public:
     }
 
     void generate() {
+        link_half_widening(*get_externs_map(), get_target());
         const bool autoscheduled = get_auto_schedule();
         algo::AttendInputs in{input_func(q, autoscheduled),
                               input_func(mask, autoscheduled),
@@ -61,7 +63,7 @@ public:
                               window,
                               input_func(sinks, autoscheduled),
                               use_sinks,
-                              schedules::native_half_widening(get_target()),
+                              schedules::half_widening(get_target()),
                               cache_type};
         in.reads_within_prefix = mode == PipelineMode::decode && !get_target().has_gpu_feature() &&
                                  formulation() == schedules::Softmax::three_pass;

@@ -10,7 +10,7 @@ namespace gqa::algo {
 using namespace Halide;
 
 Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &packed_scales,
-                     WeightType weight_type, bool native_half_widening, const Func &bias, const Expr &in_dim,
+                     WeightType weight_type, HalfWidening half_widening, const Func &bias, const Expr &in_dim,
                      const Expr &tokens, int panel, int token_group, bool scale_group_sums) {
     Linear l;
     l.product = Func(name + "_product");
@@ -24,7 +24,7 @@ Linear define_linear(const std::string &name, const Func &x, const Func &packed_
 
     Var o = l.o, m = l.m, i("i"), j("j"), g("g"), lane("lane"), p("p");
     l.panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), packed_scales(lane, i / layout::kWeightGroup, p),
-                                        weight_type, native_half_widening);
+                                        weight_type, half_widening);
     l.weight(o, i) = l.panels(o % panel, i, o / panel);
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
@@ -133,13 +133,13 @@ Expr stored_scale(const Func &cache, const Expr &head_dim, const Expr &slot, con
 }  // namespace
 
 Project define_project(const Func &x, const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
-                       bool native_half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
+                       HalfWidening half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
                        const ProjectShape &shape, int panel, int token_group, bool scale_group_sums, Func q_out,
                        Func k_out, Func v_out) {
     Project p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, native_half_widening, bias,
+    p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, half_widening, bias,
                           shape.embed_dim, shape.tokens, panel, token_group, scale_group_sums);
     const Func qkv = p.qkv.result;
     Var d = p.d, h = p.h, m = p.m, kvh = p.kvh, g = p.g;
@@ -270,9 +270,13 @@ Expr mask_allows(const AttendInputs &in, const Expr &t, const Expr &i, const Exp
     return in.use_mask == 0 || in.mask(min(t, in.kv_len - 1), i, b) != 0;
 }
 
-Expr widen(const Expr &element, bool native_half_widening) {
-    if (element.type() == UInt(16) || (element.type() == Float(16) && !native_half_widening)) {
+Expr widen(const Expr &element, HalfWidening half_widening) {
+    if (element.type() == UInt(16) || (element.type() == Float(16) && half_widening == HalfWidening::integer_ops)) {
         return widen_half(element);
+    }
+    if (element.type() == Float(16) && half_widening == HalfWidening::f16c_call) {
+        return Internal::Call::make(Float(32), kHalfWideningFunction, {reinterpret<uint16_t>(element)},
+                                    Internal::Call::PureExtern);
     }
     return cast<float>(element);
 }
@@ -304,7 +308,7 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
         const Expr element = cache(d, slot, kvh, b);
         switch (in.cache_type) {
         case CacheType::f32: return element;
-        case CacheType::f16: return widen(element, in.native_half_widening);
+        case CacheType::f16: return widen(element, in.half_widening);
         case CacheType::bf16: return widen_bfloat16(element);
         case CacheType::int8:
             scale(t, kvh, b) = stored_scale(cache, in.head_dim, slot, kvh, b);
@@ -358,11 +362,11 @@ Expr narrow_bfloat16(const Expr &value) {
     return cast<uint16_t>(select(is_nan, (bits >> 16) | Expr(uint32_t(0x40)), rounded));
 }
 
-Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, bool native_half_widening) {
+Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, HalfWidening half_widening) {
     switch (type) {
     case WeightType::f32: return element;
     case WeightType::bf16: return widen_bfloat16(element);
-    case WeightType::f16: return widen(element, native_half_widening);
+    case WeightType::f16: return widen(element, half_widening);
     case WeightType::int8: return cast<float>(element) * scale;
     }
     return element;

@@ -30,6 +30,14 @@ namespace gqa::algo {
 // product accumulates in fp32.
 enum class WeightType { f32, bf16, f16, int8 };
 
+// How fp16 elements widen to fp32: with integer operations (widen_half); with
+// Halide's cast, where Halide 14 emits a conversion instruction (CUDA, ARM FP16);
+// or as a call of kHalfWideningFunction, which a generator links in as LLVM
+// bitcode (generators/half_widening.ll: x86 F16C's vcvtph2ps, never emitted by
+// Halide 14). Elements stored as their bits (uint16) always take integer operations.
+enum class HalfWidening { integer_ops, cast, f16c_call };
+inline constexpr const char *kHalfWideningFunction = "gqa_widen_half";
+
 // How the KV cache stores keys and values (gqa::CacheType): fp32; fp16 as float16
 // or its bits (as for weights); bf16 as its bits; int8 as a slot of head_dim values
 // q followed by the bytes of their fp32 scale s (layout::kInt8CacheScaleBytes),
@@ -45,7 +53,7 @@ Halide::Expr narrow_bfloat16(const Halide::Expr &value);
 
 // A packed weight element as fp32; `scale` is read for int8 only.
 Halide::Expr widen_weight(const Halide::Expr &element, const Halide::Expr &scale, WeightType type,
-                          bool native_half_widening);
+                          HalfWidening half_widening);
 
 // y(o, m) = sum_i x(i, m) * W[o][i] + bias(o), W packed in panels of `panel` rows.
 // The packed weights and the bias are zero-padded to whole panels, so a schedule
@@ -72,7 +80,7 @@ struct Linear {
 };
 
 Linear define_linear(const std::string &name, const Halide::Func &x, const Halide::Func &packed_weight,
-                     const Halide::Func &packed_scales, WeightType weight_type, bool native_half_widening,
+                     const Halide::Func &packed_scales, WeightType weight_type, HalfWidening half_widening,
                      const Halide::Func &bias, const Halide::Expr &in_dim, const Halide::Expr &tokens, int panel,
                      int token_group, bool scale_group_sums);
 
@@ -125,7 +133,7 @@ struct ProjectShape {
 };
 
 Project define_project(const Halide::Func &x, const Halide::Func &packed_weight, const Halide::Func &packed_scales,
-                       WeightType weight_type, bool native_half_widening, const Halide::Func &bias,
+                       WeightType weight_type, HalfWidening half_widening, const Halide::Func &bias,
                        const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
                        int token_group, bool scale_group_sums, Halide::Func q_out, Halide::Func k_out,
                        Halide::Func v_out);
@@ -237,9 +245,7 @@ struct AttendInputs {
     // schedule can specialize the layers without them back to their own code.
     Halide::Func sinks;
     Halide::Expr use_sinks;
-    // fp16 elements: widen with Halide's cast (a conversion instruction on the
-    // target) rather than widen_half.
-    bool native_half_widening = false;
+    HalfWidening half_widening = HalfWidening::integer_ops;
     CacheType cache_type = CacheType::f32;
     // Every key read lies in the padded valid prefix (a schedule that reads only
     // whole key chunks of the visible keys of one query row), so reads need no clamp.

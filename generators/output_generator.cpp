@@ -1,5 +1,6 @@
 // Output projection: out = z Wo^T + bo.
 #include "attention_algorithm.h"
+#include "half_widening.h"
 #include "inputs.h"
 #include "knob_params.h"
 #include "layout.h"
@@ -22,10 +23,11 @@ public:
     }
 
     void generate() {
+        link_half_widening(*get_externs_map(), get_target());
         const bool autoscheduled = get_auto_schedule();
         linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(*w_o_, autoscheduled),
                                       input_func(*w_scales_, autoscheduled), weight_type,
-                                      schedules::native_half_widening(get_target()), input_func(b_o, autoscheduled),
+                                      schedules::half_widening(get_target()), input_func(b_o, autoscheduled),
                                       z.dim(0).extent(), z.dim(1).extent(), layout::kWeightPanel,
                                       schedules::gemm_token_group(get_target(), knobs(get_target())),
                                       schedules::scale_group_sums(get_target(), knobs(get_target()), weight_type));

@@ -53,10 +53,16 @@ bool scale_group_sums(const Target &target, const Knobs &knobs, algo::WeightType
     return weight_type == algo::WeightType::int8 && knobs.decode && family(target) != Family::gpu;
 }
 
-// CUDA (cvt.f32.f16) and ARM with FP16 (fcvtl); Halide 14 emulates it on x86 and
-// on plain ARMv8.0. OpenCL has it only with cl_khr_fp16, which pocl lacks.
-bool native_half_widening(const Target &target) {
-    return target.has_feature(Target::CUDA) || target.has_feature(Target::ARMFp16);
+// Halide 14's cast converts on CUDA (cvt.f32.f16) and ARM with FP16 (fcvtl) and
+// emulates it elsewhere; x86 with F16C converts through the linked vcvtph2ps.
+// OpenCL has fp16 only with cl_khr_fp16, which pocl lacks; plain ARMv8.0 and
+// SSE4.1 have no conversion instruction.
+algo::HalfWidening half_widening(const Target &target) {
+    if (target.has_feature(Target::CUDA) || target.has_feature(Target::ARMFp16)) return algo::HalfWidening::cast;
+    if (target.arch == Target::X86 && target.has_feature(Target::F16C) && !target.has_gpu_feature()) {
+        return algo::HalfWidening::f16c_call;
+    }
+    return algo::HalfWidening::integer_ops;
 }
 
 // fp16 as its bits on OpenCL: Halide 14 needs cl_half for any float16 there, and

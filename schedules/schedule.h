@@ -42,8 +42,8 @@ int gemm_token_group(const Halide::Target &target, const Knobs &knobs);
 // (algo::Linear::group_sums): CPU decode, where the GEMV's conversions, not the
 // bytes, set its pace.
 bool scale_group_sums(const Halide::Target &target, const Knobs &knobs, algo::WeightType weight_type);
-// Whether Halide's fp16 -> fp32 cast is a conversion instruction on the target.
-bool native_half_widening(const Halide::Target &target);
+// How the target's pipelines widen fp16 to fp32 (its fastest exact way).
+algo::HalfWidening half_widening(const Halide::Target &target);
 // The element type the pipelines store fp16 values (weights, a cache) in on the target.
 Halide::Type half_storage_type(const Halide::Target &target);
 
