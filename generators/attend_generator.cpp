@@ -65,6 +65,9 @@ public:
                               use_sinks,
                               schedules::half_widening(get_target()),
                               cache_type};
+        // Slots lie back to back (runtime/kv_cache.h), so a schedule that fixes the
+        // head dim fixes every row offset too.
+        for (Input<Buffer<>> *cache : {k_cache_, v_cache_}) cache->dim(1).set_stride(slot_elements(q.dim(0).extent()));
         in.reads_within_prefix = mode == PipelineMode::decode && !get_target().has_gpu_feature() &&
                                  formulation() == schedules::Softmax::three_pass;
         const schedules::Knobs tuned = attend_knobs();

@@ -292,6 +292,7 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
     a.use_sinks = in.use_sinks;
+    a.head_dim = in.head_dim;
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
 
     a.k_cache = Func("k_f32");

@@ -181,6 +181,7 @@ struct AttendScores {
     Halide::Func k_scale, v_scale;     // int8 cache: each slot's scale, (t, kvh, b)
     Halide::Expr use_mask, softcap;    // whether the mask is read; soft-cap, 0 for none
     Halide::Expr use_sinks;            // whether the sinks are read
+    Halide::Expr head_dim;
 };
 
 struct Attend : AttendScores {

@@ -66,12 +66,14 @@ struct KnobParams {
         return Halide::Float(32);
     }
 
-    // Elements per cache slot at the estimates' head_dim of 64: an int8 slot ends
-    // in its scale's bytes.
-    int estimated_slot_elements() const {
-        constexpr int head_dim = 64;
-        return cache_type == algo::CacheType::int8 ? head_dim + layout::kInt8CacheScaleBytes : head_dim;
+    // Elements per cache slot past its head_dim values: an int8 slot ends in its
+    // scale's bytes.
+    int slot_extra_elements() const {
+        return cache_type == algo::CacheType::int8 ? layout::kInt8CacheScaleBytes : 0;
     }
+    Halide::Expr slot_elements(const Halide::Expr &head_dim) const { return head_dim + slot_extra_elements(); }
+    // At the estimates' head_dim of 64.
+    int estimated_slot_elements() const { return 64 + slot_extra_elements(); }
 
     bool knobs_apply(const Halide::Target &target) const {
         const std::string isa = knob_isa;

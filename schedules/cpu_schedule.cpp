@@ -196,7 +196,12 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
     // Layers without sinks run the code they ran before sinks existed: an exp per
-    // row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms).
+    // row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms). The
+    // fixed head dims first, each with both branches; not where the pattern is
+    // recorded, whose speed matters less than the build time of another copy.
+    for (int head_dim : with_pattern ? std::vector<int>{} : blocking.fixed_head_dims) {
+        a.z.specialize(a.head_dim == head_dim).specialize(a.use_sinks == 0);
+    }
     a.z.specialize(a.use_sinks == 0);
 
     a.row_max.compute_at(block);

@@ -3,6 +3,8 @@
 // lay the loops out. None of them changes what is computed.
 #pragma once
 
+#include <vector>
+
 #include "schedule.h"
 
 namespace gqa::schedules::cpu {
@@ -54,6 +56,8 @@ struct AttendBlocking {
     int lanes, key_chunk, query_block;
     int value_vectors;  // P.V accumulator vectors per head and pass over a chunk's keys
     bool decode;
+    // Head dims with code of their own, where every cache row offset is a constant.
+    std::vector<int> fixed_head_dims = {};
 };
 void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking);
 

@@ -63,14 +63,21 @@ void schedule_rope(Func out, const Target &t, const Knobs &) {
 // 0.47 -> 0.60-0.72 ms). P.V keeps 64 head dims per pass in registers: 4 zmm chains
 // (Zen 4 issues one 512-bit FMA per cycle), 8 ymm with AVX2 (two FMA pipes of
 // 4-cycle latency; 4 chains left them half idle: core prefill at 512 on Zen 3, W1
-// 13.8 -> 12.8 ms, W2 26.6 -> 24.3 ms).
+// 13.8 -> 12.8 ms, W2 26.6 -> 24.3 ms). Decode has code of its own for head dims 64
+// and 128: with a variable row stride, the 8 K rows of a q.k step had 8 addresses,
+// half of them kept in vector registers and moved out (vpextrq) before each FMA;
+// with a constant one they are one base plus displacements (Zen 3, W1 core decode
+// at 2048 keys: 0.231-0.241 -> 0.198-0.206 ms). Not for SSE4.1, the fallback for
+// CPUs without AVX2, to spare the build a third copy.
 void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
     const bool avx2_prefill = lanes(t) == 8 && !knobs.decode;
     cpu::schedule_three_pass_attend(a, {.lanes = lanes(t),
                                         .key_chunk = or_default(knobs.key_chunk, avx2_prefill ? 64 : 4 * lanes(t)),
                                         .query_block = or_default(knobs.query_block, 16),
                                         .value_vectors = lanes(t) == 8 ? 8 : 4,
-                                        .decode = knobs.decode});
+                                        .decode = knobs.decode,
+                                        .fixed_head_dims = knobs.decode && lanes(t) >= 8 ? std::vector{64, 128}
+                                                                                         : std::vector<int>{}});
 }
 
 }  // namespace gqa::schedules::x86
