@@ -287,8 +287,9 @@ Expr widen(const Expr &element, HalfWidening half_widening) {
 // Those slots are never visible, so only the bounds of the reads change. A block or
 // split of the blocked formulations may reach beyond that prefix, and so may the
 // chunks of a query block's rows in the three-pass one (gqa-fuzz: window 1, 67
-// tokens without a cache read slot 191 of 128).
-void define_scores(const AttendInputs &in, AttendScores &a) {
+// tokens without a cache read slot 191 of 128). The three-pass formulation reads V
+// only at a row's visible slots, an RDom inside [0, kv_len) (values_within_prefix).
+void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_prefix) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
     a.use_sinks = in.use_sinks;
@@ -304,8 +305,9 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
 
     a.narrow_cache = in.cache_type != CacheType::f32;
     constexpr int P = layout::kKeySlotPadding;
-    const Expr slot = in.reads_within_prefix ? Expr(t) : min(t, (in.kv_len + P - 1) / P * P - 1);
-    auto read = [&](const Func &cache, Func &scale) -> Expr {
+    const Expr clamped_slot = min(t, (in.kv_len + P - 1) / P * P - 1);
+    auto read = [&](const Func &cache, Func &scale, bool within_prefix) -> Expr {
+        const Expr slot = within_prefix ? Expr(t) : clamped_slot;
         const Expr element = cache(d, slot, kvh, b);
         switch (in.cache_type) {
         case CacheType::f32: return element;
@@ -319,8 +321,8 @@ void define_scores(const AttendInputs &in, AttendScores &a) {
     };
     a.k_scale = Func("k_scale");
     a.v_scale = Func("v_scale");
-    a.k_cache(d, t, kvh, b) = read(in.k_cache, a.k_scale);
-    a.v_cache(d, t, kvh, b) = read(in.v_cache, a.v_scale);
+    a.k_cache(d, t, kvh, b) = read(in.k_cache, a.k_scale, in.reads_within_prefix);
+    a.v_cache(d, t, kvh, b) = read(in.v_cache, a.v_scale, in.reads_within_prefix || values_within_prefix);
 
     const Expr query_slot = in.kv_len - in.seq_len + i;
     a.row_begin(i) = max(0, query_slot - in.window + 1);
@@ -375,7 +377,7 @@ Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, HalfW
 
 Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
     Attend a;
-    define_scores(in, a);
+    define_scores(in, a, true);
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
 
     a.row_max = Func("row_max");
@@ -439,7 +441,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
 
 AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_block, int split_blocks) {
     AttendBlocked a;
-    define_scores(in, a);
+    define_scores(in, a, false);
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, kb = a.kb, sp = a.sp;
     const int B = key_block;
     a.key_block = B;
