@@ -44,7 +44,6 @@ public:
     }
 
     void generate() {
-        link_half_widening(*get_externs_map(), get_target());
         const bool autoscheduled = get_auto_schedule();
         algo::AttendInputs in{input_func(q, autoscheduled),
                               input_func(mask, autoscheduled),
@@ -63,7 +62,7 @@ public:
                               window,
                               input_func(sinks, autoscheduled),
                               use_sinks,
-                              schedules::half_widening(get_target()),
+                              link_half_widening(*get_externs_map(), get_target()),
                               cache_type};
         // Slots lie back to back (runtime/kv_cache.h), so a schedule that fixes the
         // head dim fixes every row offset too.

@@ -3,11 +3,13 @@
 #pragma once
 
 #include "Halide.h"
+#include "attention_algorithm.h"
 
 namespace gqa {
 
-// Adds the conversion to the module a generator builds for `target`, where its
-// pipelines widen fp16 with it (schedules::half_widening).
-void link_half_widening(Halide::GeneratorContext::ExternsMap &externs, const Halide::Target &target);
+// How a generator's pipelines for `target` widen fp16 (schedules::half_widening);
+// where that is the linked conversion, adds it to the module the generator builds,
+// so no pipeline can call it without it.
+algo::HalfWidening link_half_widening(Halide::GeneratorContext::ExternsMap &externs, const Halide::Target &target);
 
 }  // namespace gqa

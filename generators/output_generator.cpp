@@ -23,11 +23,10 @@ public:
     }
 
     void generate() {
-        link_half_widening(*get_externs_map(), get_target());
         const bool autoscheduled = get_auto_schedule();
         linear_ = algo::define_linear("output_proj", input_func(z, autoscheduled), input_func(*w_o_, autoscheduled),
                                       input_func(*w_scales_, autoscheduled), weight_type,
-                                      schedules::half_widening(get_target()), input_func(b_o, autoscheduled),
+                                      link_half_widening(*get_externs_map(), get_target()), input_func(b_o, autoscheduled),
                                       z.dim(0).extent(), z.dim(1).extent(), layout::kWeightPanel,
                                       schedules::gemm_token_group(get_target(), knobs(get_target())),
                                       schedules::scale_group_sums(get_target(), knobs(get_target()), weight_type));

@@ -37,7 +37,6 @@ public:
     }
 
     void generate() {
-        link_half_widening(*get_externs_map(), get_target());
         const bool autoscheduled = get_auto_schedule();
         algo::RopeInputs rope{input_func(rope_cos, autoscheduled), input_func(rope_sin, autoscheduled),
                               rope_cos.dim(1).extent(), input_func(positions, autoscheduled), rope_style, rotary_dim};
@@ -47,7 +46,7 @@ public:
         const int token_group = schedules::gemm_token_group(get_target(), knobs(get_target()));
         project_ = algo::define_project(input_func(x, autoscheduled), input_func(*w_qkv_, autoscheduled),
                                         input_func(*w_scales_, autoscheduled), weight_type,
-                                        schedules::half_widening(get_target()),
+                                        link_half_widening(*get_externs_map(), get_target()),
                                         input_func(b_qkv, autoscheduled), norm, rope, shape, layout::kWeightPanel,
                                         token_group,
                                         schedules::scale_group_sums(get_target(), knobs(get_target()), weight_type),

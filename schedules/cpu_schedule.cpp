@@ -199,8 +199,8 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     // row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms). The
     // fixed head dims first, each with both branches; not where the pattern is
     // recorded, whose speed matters less than the build time of another copy.
-    for (int head_dim : with_pattern ? std::vector<int>{} : blocking.fixed_head_dims) {
-        a.z.specialize(a.head_dim == head_dim).specialize(a.use_sinks == 0);
+    if (!with_pattern) {
+        for (int head_dim : blocking.fixed_head_dims) a.z.specialize(a.head_dim == head_dim).specialize(a.use_sinks == 0);
     }
     a.z.specialize(a.use_sinks == 0);
 
