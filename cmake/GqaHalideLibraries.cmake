@@ -80,7 +80,9 @@ if (NOT GQA_PIPELINES_FROM)  # that tree runs the generators
                          ${PROJECT_SOURCE_DIR}/schedules/arm/arm_schedule.cpp
                          ${PROJECT_SOURCE_DIR}/schedules/gpu/gpu_schedule.cpp
                          ${PROJECT_SOURCE_DIR}/schedules/x86/x86_schedule.cpp)
-    if (NOT CMAKE_CROSSCOMPILING)  # the cross half imports the host's generator executable
+    # Not where the executable is imported (from gqa_halide-halide_generators_ROOT):
+    # the cross half imports the host's, a tuning tree may import a built tree's.
+    if (TARGET gqa_generators)
         target_link_libraries(gqa_generators PRIVATE gqa_common)
         target_include_directories(gqa_generators PRIVATE ${CMAKE_CURRENT_BINARY_DIR})
     endif ()

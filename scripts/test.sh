@@ -8,19 +8,28 @@
 # build-sanitize/fuzz-artifacts/) and the demo under LeakSanitizer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's start, so the CI log shows where its time goes.
+stage() { echo "== test.sh: $1 at $SECONDS s"; }
+stage setup
 scripts/setup.sh
+stage build
 scripts/build.sh
+stage tests
 ctest --test-dir build --output-on-failure -j2
+stage "installed package"
 scripts/check_install.sh
+stage "sanitize build"
 cmake --preset sanitize
 cmake --build --preset sanitize
+stage "sanitize tests"
 ctest --preset sanitize
-echo "gqa-fuzz, 60 s:"
+stage "gqa-fuzz, 60 s"
 corpus=$(mktemp -d)
 trap 'rm -rf "$corpus"' EXIT
 mkdir -p build-sanitize/fuzz-artifacts
 build-sanitize/tests/gqa-fuzz -max_total_time=60 -timeout=30 -max_len=512 -print_final_stats=1 \
     -artifact_prefix=build-sanitize/fuzz-artifacts/ "$corpus" tests/fuzz_regressions 2>&1 | grep -v -e '^#' -e '^"'
-echo "gqa-demo under LeakSanitizer:"
+stage "gqa-demo under LeakSanitizer"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 build-sanitize/tools/gqa-demo > /dev/null
 echo "no leaks"
+stage done

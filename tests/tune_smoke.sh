@@ -2,15 +2,18 @@
 # The tuner end to end on a tiny budget: it must write a record, a rebuild must pass
 # the record's knobs to the generators, and that build must pass the conformance
 # vectors. The tree builds fp32 weights and caches only (GQA_WEIGHT_TYPES=f32,
-# GQA_CACHE_TYPES=f32): a layer or a cache of another type must be a clear error there. Usage: tune_smoke.sh <source dir> <scratch dir>
+# GQA_CACHE_TYPES=f32): a layer or a cache of another type must be a clear error
+# there. It runs the built tree's generator executable rather than compiling its own.
+# Usage: tune_smoke.sh <source dir> <scratch dir> <built tree>
 set -euo pipefail
 source_dir=$1
 scratch=$2
+built_tree=$3
 record=$scratch/tuned.cmake
 rm -f "$record"
 
 "$source_dir/tools/gqa-tune" --target x86 --shape small --mode both --budget 600s --max-candidates 2 \
-    --repetitions 2 --record "$record" --build-dir "$scratch/tree"
+    --repetitions 2 --record "$record" --build-dir "$scratch/tree" --generators-from "$built_tree"
 grep -q '^set(GQA_KNOB_ISA ' "$record" || { echo "tune_smoke: $record has no GQA_KNOB_ISA" >&2; exit 1; }
 grep -q '^set(GQA_KNOBS_project_prefill ' "$record" || { echo "tune_smoke: $record has no project knobs" >&2; exit 1; }
 
