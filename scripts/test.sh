@@ -29,7 +29,9 @@ trap 'rm -rf "$corpus"' EXIT
 mkdir -p build-sanitize/fuzz-artifacts
 build-sanitize/tests/gqa-fuzz -max_total_time=60 -timeout=30 -max_len=512 -print_final_stats=1 \
     -artifact_prefix=build-sanitize/fuzz-artifacts/ "$corpus" tests/fuzz_regressions 2>&1 | grep -v -e '^#' -e '^"'
+# A short run makes the same calls as the default one, without its 512-token prefill
+# on the reference backend's loops under ASan (75 s against 11 s).
 stage "gqa-demo under LeakSanitizer"
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 build-sanitize/tools/gqa-demo > /dev/null
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 build-sanitize/tools/gqa-demo --prefill 64 --decode 4 > /dev/null
 echo "no leaks"
 stage done
