@@ -33,6 +33,9 @@ public:
     Input<float> softcap{"softcap"};
     Input<int> use_sinks{"use_sinks"};
     Input<Buffer<float, 2>> sinks{"sinks"};      // (r, kv head): a logit per query head, read when use_sinks
+    // Keys per segment where decode runs in segments (schedules::segmented_decode), a
+    // positive multiple of layout::kKeySlotPadding; unread elsewhere.
+    Input<int> segment_keys{"segment_keys"};
     Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
 
     // Added here for their cache_type; they come after the inputs above.
@@ -73,7 +76,10 @@ public:
         if (formulation() == schedules::Softmax::three_pass) {
             Func pattern_func;
             if (pattern_) pattern_func = *pattern_;
-            attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr);
+            // The pattern is normalized over whole rows, so its pipeline has no segments.
+            const bool segmented = mode == PipelineMode::decode && !pattern_ && schedules::segmented_decode(get_target());
+            attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr,
+                                          segmented ? Expr(segment_keys) : Expr());
         } else {
             const int split_blocks =
                 formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), tuned) : 0;
@@ -95,6 +101,7 @@ public:
         scale.set_estimate(0.125f);
         softcap.set_estimate(0.f);
         use_sinks.set_estimate(0);
+        segment_keys.set_estimate(2048);
         sinks.set_estimates({{0, 4}, {0, 8}});
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});

@@ -289,6 +289,9 @@ Expr widen(const Expr &element, HalfWidening half_widening) {
 // chunks of a query block's rows in the three-pass one (gqa-fuzz: window 1, 67
 // tokens without a cache read slot 191 of 128). The three-pass formulation reads V
 // only at a row's visible slots, an RDom inside [0, kv_len) (values_within_prefix).
+// Reads without the clamp promise their bounds instead: at no cost in the code, that
+// keeps bounds inference inside the prefix where a loop's start varies with the task
+// (a segment's chunk loop, whose extent Halide adds to its latest start).
 void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_prefix) {
     a.use_mask = in.use_mask;
     a.softcap = in.softcap;
@@ -305,9 +308,9 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_p
 
     a.narrow_cache = in.cache_type != CacheType::f32;
     constexpr int P = layout::kKeySlotPadding;
-    const Expr clamped_slot = min(t, (in.kv_len + P - 1) / P * P - 1);
+    const Expr last_slot = (in.kv_len + P - 1) / P * P - 1;
     auto read = [&](const Func &cache, Func &scale, bool within_prefix) -> Expr {
-        const Expr slot = within_prefix ? Expr(t) : clamped_slot;
+        const Expr slot = within_prefix ? unsafe_promise_clamped(t, 0, last_slot) : min(t, last_slot);
         const Expr element = cache(d, slot, kvh, b);
         switch (in.cache_type) {
         case CacheType::f32: return element;
@@ -350,6 +353,36 @@ Expr sink_weight(const AttendInputs &in, const Expr &r, const Expr &kvh, const E
     return select(in.use_sinks == 0 || is_negative_infinity(sink), 0.f, exp_keeping_nan(sink - row_max));
 }
 
+// exp(from - to), 0 for an empty side (-inf), so -inf - -inf never meets exp.
+Expr rescale(const Expr &from, const Expr &to) {
+    return select(is_negative_infinity(from), 0.f, exp_keeping_nan(from - to));
+}
+
+// state(d, r, kvh, i, b, part): the Tuple (max, sum, acc) of each part of `span`
+// consecutive slots; a part's max and sum are the same at every d, d = 0 holds them.
+PartMerge merge_parts(const AttendInputs &in, const AttendScores &a, const Func &state, const Expr &span,
+                      Func z_out) {
+    Var d = a.d, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
+    PartMerge m;
+    m.parts = RDom(0, (in.kv_len + span - 1) / span, "parts");
+    m.parts.where(m.parts * span < a.row_end(i));
+    m.parts.where((m.parts + 1) * span > a.row_begin(i));
+    m.max = Func("merged_max");
+    m.sum = Func("merged_sum");
+    m.acc = Func("merged_acc");
+    const Expr part_max = state(0, r, kvh, i, b, m.parts)[0];
+    m.max(r, kvh, i, b) = sink_logit(in, r, kvh);
+    m.max(r, kvh, i, b) = max(m.max(r, kvh, i, b), part_max);
+    const Expr take = rescale(part_max, m.max(r, kvh, i, b));
+    m.sum(r, kvh, i, b) = sink_weight(in, r, kvh, m.max(r, kvh, i, b));
+    m.sum(r, kvh, i, b) += state(0, r, kvh, i, b, m.parts)[1] * take;
+    m.acc(d, r, kvh, i, b) = 0.f;
+    m.acc(d, r, kvh, i, b) += state(d, r, kvh, i, b, m.parts)[2] * take;
+    const Expr sum = m.sum(r, kvh, i, b);
+    z_out(d, r, kvh, i, b) = select(is_positive_zero(sum), 0.f, m.acc(d, r, kvh, i, b) / sum);
+    return m;
+}
+
 }  // namespace
 
 Expr widen_bfloat16(const Expr &bits) {
@@ -375,23 +408,34 @@ Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, HalfW
     return element;
 }
 
-Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out) {
+Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out, const Expr &segment_keys) {
     Attend a;
     define_scores(in, a, true);
-    Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
+    Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, s = a.s;
+    constexpr int P = layout::kKeySlotPadding;
+    const bool segmented = segment_keys.defined();
+    if (segmented && pattern_out) throw CompileError("define_attend: the pattern is normalized over whole rows");
+    const Expr S = segment_keys;
 
     a.row_max = Func("row_max");
     a.exp_score = Func("exp_score");
     a.row_sum = Func("row_sum");
-    a.inv_sum = Func("inv_sum");
     a.weighted = Func("weighted");
 
-    // The reductions walk the row's visible range: the predicates compare the key
-    // slot (or chunk) with expressions of the query, so Halide trims the loop bounds.
+    // A row's statistics, the segment last where there are segments.
+    auto row = [&](std::vector<Expr> args) {
+        if (segmented) args.push_back(s);
+        return args;
+    };
+    // The reductions walk the row's visible range (within the segment): the
+    // predicates compare the key slot (or chunk) with expressions of the query, so
+    // Halide trims the loop bounds.
+    // (One predicate a side: Halide trims the loops, and the bounds of what they
+    // read, by one bound per side, and reads of K past kv_len are not clamped.)
     auto visible_keys = [&](const char *name) {
         RDom keys(0, in.kv_len, name);
-        keys.where(keys >= a.row_begin(i));
-        keys.where(keys < a.row_end(i));
+        keys.where(keys >= (segmented ? max(a.row_begin(i), s * S) : a.row_begin(i)));
+        keys.where(keys < (segmented ? min(a.row_end(i), (s + 1) * S) : a.row_end(i)));
         return keys;
     };
     // The row's max and sum may also walk whole chunks of kKeySlotPadding slots
@@ -399,37 +443,48 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     // exp_score 0) and lie inside the padded cache. The inner dimension then has a
     // constant extent, which a schedule can vectorize without a tail.
     auto visible_chunks = [&](const char *name) {
-        constexpr int P = layout::kKeySlotPadding;
         RDom keys(0, P, 0, (in.kv_len + P - 1) / P, name);
-        keys.where(keys.y >= a.row_begin(i) / P);
-        keys.where(keys.y < (a.row_end(i) + P - 1) / P);
+        const Expr first = a.row_begin(i) / P, end = (a.row_end(i) + P - 1) / P;
+        keys.where(keys.y >= (segmented ? max(first, s * (S / P)) : first));
+        keys.where(keys.y < (segmented ? min(end, (s + 1) * (S / P)) : end));
         return keys;
     };
-    auto chunk_slot = [](const RDom &keys) { return keys.y * layout::kKeySlotPadding + keys.x; };
+    auto chunk_slot = [](const RDom &keys) { return keys.y * P + keys.x; };
+    // Segments leave the sink to the merge, which adds it once.
     a.keys_max = visible_chunks("keys_max");
-    a.row_max(r, kvh, i, b) = sink_logit(in, r, kvh);
-    a.row_max(r, kvh, i, b) = max(a.row_max(r, kvh, i, b), a.score(chunk_slot(a.keys_max), r, kvh, i, b));
+    a.row_max(row({r, kvh, i, b})) = segmented ? kNegInf : sink_logit(in, r, kvh);
+    a.row_max(row({r, kvh, i, b})) = max(a.row_max(row({r, kvh, i, b})), a.score(chunk_slot(a.keys_max), r, kvh, i, b));
 
     // A row that sees no key has row_max = -inf; its exp_score is 0 everywhere
     // because the select never takes the exp branch for it.
-    a.exp_score(t, r, kvh, i, b) =
+    a.exp_score(row({t, r, kvh, i, b})) =
         select(is_negative_infinity(a.score(t, r, kvh, i, b)), 0.f,
-               exp_keeping_nan(a.score(t, r, kvh, i, b) - a.row_max(r, kvh, i, b)));
+               exp_keeping_nan(a.score(t, r, kvh, i, b) - a.row_max(row({r, kvh, i, b}))));
 
     a.keys_sum = visible_chunks("keys_sum");
-    a.row_sum(r, kvh, i, b) = sink_weight(in, r, kvh, a.row_max(r, kvh, i, b));
-    a.row_sum(r, kvh, i, b) += a.exp_score(chunk_slot(a.keys_sum), r, kvh, i, b);
-    // Zero only for a row that sees no key: a NaN sum (a NaN key the row sees) must
-    // reach the output.
-    a.inv_sum(r, kvh, i, b) = select(is_positive_zero(a.row_sum(r, kvh, i, b)), 0.f, 1.f / a.row_sum(r, kvh, i, b));
+    a.row_sum(row({r, kvh, i, b})) = segmented ? Expr(0.f) : sink_weight(in, r, kvh, a.row_max(r, kvh, i, b));
+    a.row_sum(row({r, kvh, i, b})) += a.exp_score(row({chunk_slot(a.keys_sum), r, kvh, i, b}));
 
     // Keys the mask hides are skipped, not weighted by 0: 0 * NaN would carry a NaN
     // token to queries that may not see it.
     a.keys_values = visible_keys("keys_values");
     a.keys_values.where(mask_allows(in, a.keys_values, i, b));
-    a.weighted(d, r, kvh, i, b) = 0.f;
-    a.weighted(d, r, kvh, i, b) += a.exp_score(a.keys_values, r, kvh, i, b) * a.v_cache(d, a.keys_values, kvh, b);
+    a.weighted(row({d, r, kvh, i, b})) = 0.f;
+    a.weighted(row({d, r, kvh, i, b})) +=
+        a.exp_score(row({a.keys_values, r, kvh, i, b})) * a.v_cache(d, a.keys_values, kvh, b);
 
+    if (segmented) {
+        a.segment_state = Func("segment_state");
+        a.segment_state(d, r, kvh, i, b, s) =
+            Tuple(a.row_max(r, kvh, i, b, s), a.row_sum(r, kvh, i, b, s), a.weighted(d, r, kvh, i, b, s));
+        a.merge = merge_parts(in, a, a.segment_state, S, z_out);
+        a.z = z_out;
+        return a;
+    }
+    // Zero only for a row that sees no key: a NaN sum (a NaN key the row sees) must
+    // reach the output.
+    a.inv_sum = Func("inv_sum");
+    a.inv_sum(r, kvh, i, b) = select(is_positive_zero(a.row_sum(r, kvh, i, b)), 0.f, 1.f / a.row_sum(r, kvh, i, b));
     z_out(d, r, kvh, i, b) = a.weighted(d, r, kvh, i, b) * a.inv_sum(r, kvh, i, b);
     a.z = z_out;
     if (pattern_out) {
@@ -471,9 +526,6 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     a.block_acc(d, r, kvh, i, b, kb) = 0.f;
     a.block_acc(d, r, kvh, i, b, kb) += a.block_exp(key, r, kvh, i, b) * a.v_cache(d, key, kvh, b);
 
-    // exp(from - to), 0 for an empty side (-inf), so -inf - -inf never meets exp.
-    auto rescale = [](const Expr &from, const Expr &to) { return select(is_negative_infinity(from), 0.f, exp_keeping_nan(from - to)); };
-
     const Expr num_blocks = (in.kv_len + B - 1) / B;
     a.blocks = RDom(0, split_blocks > 0 ? Expr(split_blocks) : num_blocks, "blocks");
     const Expr block = split_blocks > 0 ? sp * split_blocks + a.blocks : Expr(a.blocks);
@@ -511,24 +563,7 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
         const Tuple final_state = a.state(d, r, kvh, i, b, 0);
         z_out(d, r, kvh, i, b) = select(is_positive_zero(final_state[1]), 0.f, final_state[2] / final_state[1]);
     } else {
-        const int span = split_blocks * B;  // keys per split
-        a.splits = RDom(0, (in.kv_len + span - 1) / span, "splits");
-        a.splits.where(a.splits * span < a.row_end(i));
-        a.splits.where((a.splits + 1) * span > a.row_begin(i));
-        a.merged_max = Func("merged_max");
-        a.merged_sum = Func("merged_sum");
-        a.merged_acc = Func("merged_acc");
-        // A split's max and sum are the same at every d; d = 0 holds them.
-        const Expr split_max = a.state(0, r, kvh, i, b, a.splits)[0];
-        a.merged_max(r, kvh, i, b) = sink_logit(in, r, kvh);
-        a.merged_max(r, kvh, i, b) = max(a.merged_max(r, kvh, i, b), split_max);
-        const Expr take = rescale(split_max, a.merged_max(r, kvh, i, b));
-        a.merged_sum(r, kvh, i, b) = sink_weight(in, r, kvh, a.merged_max(r, kvh, i, b));
-        a.merged_sum(r, kvh, i, b) += a.state(0, r, kvh, i, b, a.splits)[1] * take;
-        a.merged_acc(d, r, kvh, i, b) = 0.f;
-        a.merged_acc(d, r, kvh, i, b) += a.state(d, r, kvh, i, b, a.splits)[2] * take;
-        const Expr sum = a.merged_sum(r, kvh, i, b);
-        z_out(d, r, kvh, i, b) = select(is_positive_zero(sum), 0.f, a.merged_acc(d, r, kvh, i, b) / sum);
+        a.merge = merge_parts(in, a, a.state, split_blocks * B, z_out);
     }
     a.z = z_out;
     return a;

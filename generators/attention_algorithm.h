@@ -184,16 +184,34 @@ struct AttendScores {
     Halide::Expr head_dim;
 };
 
+// Per-row states Tuple(max, sum, acc) of consecutive parts of a row's keys (the
+// splits of split-K, the segments of segmented three-pass attention), merged by
+// log-sum-exp into z; a head's sink logit joins here, once.
+struct PartMerge {
+    Halide::RDom parts;          // the parts touching the row's visible keys
+    Halide::Func max, sum, acc;  // (r, kvh, i, b); acc also over d, first
+};
+
+// Three passes over a row's keys: its max, its exp and sum, its weighted values.
+// Segmented, the passes run per segment of segment_keys consecutive slots (a
+// run-time value, a positive multiple of layout::kKeySlotPadding): row_max,
+// exp_score, row_sum and weighted take the segment s as their last argument and
+// leave the sink out, segment_state holds each segment's Tuple(row_max, row_sum,
+// weighted), and merge combines them. Segments can be tasks of their own, for a
+// decode step with fewer (batch, kv head) rows than threads.
 struct Attend : AttendScores {
+    Halide::Var s{"s"};
     Halide::RDom keys_max, keys_sum;  // (slot in chunk, chunk) over the chunks a row's visible keys touch
     Halide::RDom keys_values;         // over the visible key slots of a row
-    Halide::Func row_max;    // (r, kvh, i, b)
-    Halide::Func exp_score;  // (t, r, kvh, i, b): exp(score - row_max), 0 where not visible
-    Halide::Func row_sum;    // (r, kvh, i, b)
-    Halide::Func inv_sum;    // 1 / row_sum, 0 for a row that sees no key
-    Halide::Func weighted;   // weighted(d, r, kvh, i, b) = sum_t exp_score * v
+    Halide::Func row_max;    // (r, kvh, i, b[, s])
+    Halide::Func exp_score;  // (t, r, kvh, i, b[, s]): exp(score - row_max), 0 where not visible
+    Halide::Func row_sum;    // (r, kvh, i, b[, s])
+    Halide::Func inv_sum;    // 1 / row_sum, 0 for a row that sees no key; unsegmented only
+    Halide::Func weighted;   // weighted(d, r, kvh, i, b[, s]) = sum_t exp_score * v
+    Halide::Func segment_state;  // (d, r, kvh, i, b, s), defined only when segmented
+    PartMerge merge;             // segmented only
     Halide::Func z;          // z(d, r, kvh, i, b): the output
-    Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for
+    Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for (unsegmented)
 };
 
 // Keys in blocks of key_block slots (block kb holds slots [kb*key_block, (kb+1)*key_block)).
@@ -214,9 +232,7 @@ struct AttendBlocked : AttendScores {
     Halide::Func block_sum;   // (r, kvh, i, b, kb)
     Halide::Func block_acc;   // (d, r, kvh, i, b, kb)
     Halide::Func state;       // (d, r, kvh, i, b, sp): Tuple (max, sum, acc) of split sp
-    // Split-K only: the splits touching the row, and their states merged.
-    Halide::RDom splits;
-    Halide::Func merged_max, merged_sum, merged_acc;  // (r, kvh, i, b); merged_acc also over d
+    PartMerge merge;          // split-K only: the splits' states merged
     Halide::Func z;           // z(d, r, kvh, i, b)
 };
 
@@ -253,8 +269,10 @@ struct AttendInputs {
     bool reads_within_prefix = false;
 };
 
-// pattern_out is null when the attention weights are not asked for.
-Attend define_attend(const AttendInputs &in, Halide::Func z_out, const Halide::Func *pattern_out);
+// pattern_out is null when the attention weights are not asked for; segment_keys
+// is undefined for whole rows, and must be with a pattern.
+Attend define_attend(const AttendInputs &in, Halide::Func z_out, const Halide::Func *pattern_out,
+                     const Halide::Expr &segment_keys);
 
 AttendBlocked define_attend_blocked(const AttendInputs &in, Halide::Func z_out, int key_block, int split_blocks);
 

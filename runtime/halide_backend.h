@@ -20,12 +20,12 @@ using StorePipeline = int (*)(halide_buffer_t *k_new, halide_buffer_t *v_new, in
                               halide_buffer_t *k, halide_buffer_t *v);
 using AttendPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
-                               halide_buffer_t *sinks,
-                               halide_buffer_t *k_cache, halide_buffer_t *v_cache, halide_buffer_t *z);
+                               halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *k_cache,
+                               halide_buffer_t *v_cache, halide_buffer_t *z);
 using AttendPatternPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                       int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
-                                      halide_buffer_t *sinks, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
-                                      halide_buffer_t *z, halide_buffer_t *pattern);
+                                      halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *k_cache,
+                                      halide_buffer_t *v_cache, halide_buffer_t *z, halide_buffer_t *pattern);
 using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *w_scales,
                                halide_buffer_t *out);
 using RopePipeline = int (*)(halide_buffer_t *x, halide_buffer_t *positions, halide_buffer_t *rope_cos,

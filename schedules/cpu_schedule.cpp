@@ -121,6 +121,18 @@ void schedule_rope(Func out, int lanes) {
     out.vectorize(args[0], lanes, TailStrategy::GuardWithIf).parallel(args[2]);
 }
 
+namespace {
+
+// Per row, its parts' states merged with d innermost.
+void schedule_part_merge(algo::PartMerge &m, Func z, Var d, Var r, int lanes) {
+    m.max.compute_at(z, r);
+    m.sum.compute_at(z, r);
+    m.acc.compute_at(z, r).vectorize(d, lanes, TailStrategy::GuardWithIf);
+    m.acc.update().reorder(d, m.parts.x).vectorize(d, lanes, TailStrategy::GuardWithIf);
+}
+
+}  // namespace
+
 void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking) {
     const int vec = blocking.lanes, key_chunk = blocking.key_chunk;
     const int query_block = blocking.decode ? 1 : blocking.query_block;
@@ -129,17 +141,26 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
                 std::to_string(layout::kKeySlotPadding));
     require(query_block >= 1, "query_block must be positive");
 
-    Var d = a.d, tk = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
+    Var d = a.d, tk = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, s = a.s;
     Var io("io"), ii("ii"), task("task"), to("to"), ti("ti");
     const bool with_pattern = a.pattern.defined();
+    const bool segmented = a.segment_state.defined();
 
-    a.z.split(i, io, ii, query_block, TailStrategy::GuardWithIf)
-        .reorder(d, r, ii, io, kvh, b)
-        .fuse(io, kvh, task)
-        .fuse(task, b, task)
-        .parallel(task)
-        .vectorize(d, vec, TailStrategy::GuardWithIf);
-    const LoopLevel block = with_pattern ? LoopLevel::root() : LoopLevel(a.z, task);
+    // The tasks' output: z, or with segments each segment's state, which z then merges.
+    Func rows = segmented ? a.segment_state : a.z;
+    rows.split(i, io, ii, query_block, TailStrategy::GuardWithIf);
+    if (segmented) {
+        rows.reorder(d, r, ii, io, s, kvh, b).fuse(io, s, task).fuse(task, kvh, task);
+    } else {
+        rows.reorder(d, r, ii, io, kvh, b).fuse(io, kvh, task);
+    }
+    rows.fuse(task, b, task).parallel(task).vectorize(d, vec, TailStrategy::GuardWithIf);
+    const LoopLevel block = with_pattern ? LoopLevel::root() : LoopLevel(rows, task);
+    if (segmented) {
+        rows.compute_root();
+        a.z.vectorize(d, vec, TailStrategy::GuardWithIf);
+        schedule_part_merge(a.merge, a.z, d, r, vec);
+    }
 
     // Scores over whole key chunks (the cache is padded for it).
     a.score.compute_at(block)
@@ -199,10 +220,14 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     // row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms). The
     // fixed head dims first, each with both branches; not where the pattern is
     // recorded, whose speed matters less than the build time of another copy.
+    // Segments leave the sinks to the merge.
     if (!with_pattern) {
-        for (int head_dim : blocking.fixed_head_dims) a.z.specialize(a.head_dim == head_dim).specialize(a.use_sinks == 0);
+        for (int head_dim : blocking.fixed_head_dims) {
+            Stage fixed = rows.specialize(a.head_dim == head_dim);
+            if (!segmented) fixed.specialize(a.use_sinks == 0);
+        }
     }
-    a.z.specialize(a.use_sinks == 0);
+    if (!segmented) a.z.specialize(a.use_sinks == 0);
 
     a.row_max.compute_at(block);
     a.row_max.update().atomic().vectorize(a.keys_max.x, vec);
@@ -215,7 +240,7 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     // (value_vectors of head dims) stay in registers across the chunk's keys, whose V rows
     // the g heads re-read from L1. Accumulating in memory instead (an FMA, a load and
     // a store per vector per key) cost W1's prefill core 19.7 ms against 14.7 now.
-    a.weighted.compute_at(a.z, ii).vectorize(d, vec, TailStrategy::GuardWithIf);
+    a.weighted.compute_at(rows, ii).vectorize(d, vec, TailStrategy::GuardWithIf);
     {
         RVar ko("ko"), ki("ki");
         Var dv("dv"), dl("dl"), dvo("dvo"), dvi("dvi");
@@ -262,10 +287,7 @@ void schedule_merged_attend(algo::AttendBlocked &a, int lanes) {
     a.qk.compute_at(step);
     a.qk.update().atomic().vectorize(a.dot.x, lanes, TailStrategy::GuardWithIf);
     if (a.split_blocks > 0) {
-        a.merged_max.compute_at(a.z, r);
-        a.merged_sum.compute_at(a.z, r);
-        a.merged_acc.compute_at(a.z, r).vectorize(d, lanes, TailStrategy::GuardWithIf);
-        a.merged_acc.update().reorder(d, a.splits.x).vectorize(d, lanes, TailStrategy::GuardWithIf);
+        schedule_part_merge(a.merge, a.z, d, r, lanes);
     }
 }
 

@@ -39,6 +39,12 @@ int split_blocks(const Target &target, const Knobs &knobs) {
     return family(target) == Family::gpu ? gpu::split_blocks(knobs) : cpu::split_blocks(knobs);
 }
 
+// Only x86 decode yet: arm's would be untimed (qemu), and GPU decode takes the
+// blocked formulations.
+bool segmented_decode(const Target &target) {
+    return family(target) == Family::x86;
+}
+
 // The GPU GEMM stages x tiles in shared memory itself.
 int gemm_token_group(const Target &target, const Knobs &knobs) {
     switch (family(target)) {

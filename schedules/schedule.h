@@ -35,6 +35,8 @@ Softmax attend_formulation(const Halide::Target &target, const Knobs &knobs, boo
 // Keys per block and blocks per split of the merged formulations.
 int key_block(const Halide::Target &target, const Knobs &knobs);
 int split_blocks(const Halide::Target &target, const Knobs &knobs);
+// Whether three-pass decode runs in segments (algo::Attend), sized at run time.
+bool segmented_decode(const Halide::Target &target);
 // Tokens per group of x rows in the GEMMs (algo::Linear's token_group): the
 // register tile's token count on CPUs at prefill, 1 (x read in place) otherwise.
 int gemm_token_group(const Halide::Target &target, const Knobs &knobs);

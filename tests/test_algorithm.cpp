@@ -1,7 +1,8 @@
 // The attention algorithm's formulations against each other, JIT-compiled for
 // this CPU: the blocked ones (flash-style online merge, split-K with log-sum-exp
-// merge) that the GPU runs must compute what the three-pass one computes, which
-// the suite checks against the reference on every CPU backend. Slots past kv_len
+// merge) that the GPU runs, and the three-pass one in segments that x86 decode
+// runs, must compute what the whole-row three-pass one computes, which the suite
+// checks against the reference on every CPU backend. Slots past kv_len
 // hold NaN, so a formulation that reads outside the visible range shows.
 #include <gtest/gtest.h>
 
@@ -50,20 +51,32 @@ const Case kCases[] = {
     {"mqa_masked_decode", 16, 8, 1, 1, 33, 1, true, 0, true},
     {"prefill_sinks_masked", 16, 4, 2, 21, 40, 2, true, 0, true, 0.f, true},
     {"decode_window_sinks", 8, 2, 2, 1, 70, 1, true, 9, false, 0.f, true},
+    // Several segments of 64 keys, the window leaving the first ones out.
+    {"decode_long_window_sinks", 8, 2, 2, 1, 300, 1, true, 150, false, 0.f, true},
+    {"decode_long_masked_softcap", 16, 4, 1, 1, 200, 2, true, 0, true, 20.f},
 };
 
-// Every blocked variant: key blocks of a few sizes, one split or several, and the
-// CPU default split (512 slots), which reaches past every case's cache.
-struct Blocking {
-    int key_block, split_blocks;
+// Every other variant: three passes in segments of one or two key chunks (the size a
+// run-time parameter, as in the x86 decode pipelines); blocked with key blocks of a few sizes, one
+// split or several, and the CPU default split (512 slots), which reaches past every
+// case's cache.
+struct Variant {
+    int segment_keys = 0;  // > 0: three-pass in segments
+    int key_block = 0, split_blocks = 0;  // else blocked
+
+    std::string name() const {
+        if (segment_keys > 0) return "three-pass, segments of " + std::to_string(segment_keys);
+        return "key_block " + std::to_string(key_block) + ", split_blocks " + std::to_string(split_blocks);
+    }
 };
-const Blocking kBlockings[] = {{4, 0}, {8, 0}, {16, 0}, {4, 2}, {8, 3}, {16, 1}, {64, 8}};
+const Variant kVariants[] = {{64}, {128}, {0, 4, 0}, {0, 8, 0}, {0, 16, 0}, {0, 4, 2}, {0, 8, 3}, {0, 16, 1}, {0, 64, 8}};
 
 // One formulation as a JIT pipeline over parameters, compiled once for every case.
 // Every stage at root: this checks what is computed, not how fast.
 class Pipeline {
 public:
-    explicit Pipeline(const Blocking *blocking) {
+    // The whole-row three-pass formulation where variant is null.
+    explicit Pipeline(const Variant *variant) {
         const algo::AttendInputs in{q_,
                                     mask_,
                                     k_,
@@ -81,14 +94,18 @@ public:
                                     window_,
                                     sinks_,
                                     use_sinks_};
-        if (!blocking) {
-            algo::Attend a = algo::define_attend(in, z_, nullptr);
+        if (!variant || variant->segment_keys > 0) {
+            segment_keys_.set(variant ? variant->segment_keys : 0);
+            algo::Attend a = algo::define_attend(in, z_, nullptr, variant ? Expr(segment_keys_) : Expr());
             for (Func f : {a.qk, a.row_max, a.exp_score, a.row_sum, a.weighted}) f.compute_root();
+            if (variant) {
+                for (Func f : {a.segment_state, a.merge.max, a.merge.sum, a.merge.acc}) f.compute_root();
+            }
         } else {
-            algo::AttendBlocked a = algo::define_attend_blocked(in, z_, blocking->key_block, blocking->split_blocks);
+            algo::AttendBlocked a = algo::define_attend_blocked(in, z_, variant->key_block, variant->split_blocks);
             for (Func f : {a.qk, a.block_max, a.block_exp, a.block_sum, a.block_acc, a.state}) f.compute_root();
-            if (blocking->split_blocks > 0) {
-                for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_root();
+            if (variant->split_blocks > 0) {
+                for (Func f : {a.merge.max, a.merge.sum, a.merge.acc}) f.compute_root();
             }
         }
         // Spelled out: `host` on Zen 4 selects AVX512-FP16 (docs/halide14.md §2.1).
@@ -111,7 +128,8 @@ public:
 private:
     ImageParam q_{Float(32), 5, "q"}, k_{Float(32), 4, "k"}, v_{Float(32), 4, "v"}, mask_{UInt(8), 3, "mask"},
         sinks_{Float(32), 2, "sinks"};
-    Param<int> kv_len_{"kv_len"}, use_mask_{"use_mask"}, causal_{"causal"}, window_{"window"}, use_sinks_{"use_sinks"};
+    Param<int> kv_len_{"kv_len"}, use_mask_{"use_mask"}, causal_{"causal"}, window_{"window"}, use_sinks_{"use_sinks"},
+        segment_keys_{"segment_keys"};
     Param<float> scale_{"scale"}, softcap_{"softcap"};
     Func z_{"z"};
 };
@@ -120,12 +138,12 @@ class Formulations : public testing::TestWithParam<Case> {
 protected:
     static void SetUpTestSuite() {
         three_pass_ = new Pipeline(nullptr);
-        for (const Blocking &blocking : kBlockings) blocked_.push_back(new Pipeline(&blocking));
+        for (const Variant &variant : kVariants) variants_.push_back(new Pipeline(&variant));
     }
     static void TearDownTestSuite() {
         delete three_pass_;
-        for (Pipeline *p : blocked_) delete p;
-        blocked_.clear();
+        for (Pipeline *p : variants_) delete p;
+        variants_.clear();
     }
 
     Formulations() {
@@ -156,15 +174,15 @@ protected:
     Buffer<float> run(Pipeline &pipeline) { return pipeline.run(GetParam(), q_, k_, v_, mask_, sinks_); }
 
     static Pipeline *three_pass_;
-    static std::vector<Pipeline *> blocked_;
+    static std::vector<Pipeline *> variants_;
     Buffer<float> q_, k_, v_, sinks_;
     Buffer<uint8_t> mask_;
 };
 
 Pipeline *Formulations::three_pass_ = nullptr;
-std::vector<Pipeline *> Formulations::blocked_;
+std::vector<Pipeline *> Formulations::variants_;
 
-TEST_P(Formulations, BlockedMatchThreePass) {
+TEST_P(Formulations, VariantsMatchThreePass) {
     const Buffer<float> want = run(*three_pass_);
     int empty = 0;
     want.for_each_element([&](const int *at) {
@@ -173,15 +191,14 @@ TEST_P(Formulations, BlockedMatchThreePass) {
     });
     if (GetParam().use_mask && GetParam().seq_len > 3) EXPECT_GT(empty, 0) << "query 3 should see no key";
 
-    for (size_t n = 0; n < blocked_.size(); ++n) {
-        const Buffer<float> got = run(*blocked_[n]);
+    for (size_t n = 0; n < variants_.size(); ++n) {
+        const Buffer<float> got = run(*variants_[n]);
         int mismatches = 0;
         got.for_each_element([&](const int *at) {
             const bool close = gqa_tools::tolerance_excess(got(at), want(at), kFormulationAtol) <= 0;
             mismatches += !close || (want(at) == 0.f && got(at) != 0.f);
         });
-        EXPECT_EQ(mismatches, 0) << "key_block " << kBlockings[n].key_block << ", split_blocks "
-                                 << kBlockings[n].split_blocks;
+        EXPECT_EQ(mismatches, 0) << kVariants[n].name();
     }
 }
 
@@ -204,12 +221,10 @@ TEST_P(Formulations, NanSlotReachesExactlyTheQueriesThatSeeIt) {
         const bool causal_ok = !c.causal || nan_slot <= query_slot;
         return in_window && causal_ok && (!c.use_mask || mask_(nan_slot, i, b) != 0);
     };
-    std::vector<Pipeline *> all = blocked_;
+    std::vector<Pipeline *> all = variants_;
     all.insert(all.begin(), three_pass_);
     for (size_t n = 0; n < all.size(); ++n) {
-        SCOPED_TRACE(n == 0 ? std::string("three-pass")
-                            : "key_block " + std::to_string(kBlockings[n - 1].key_block) + ", split_blocks " +
-                                  std::to_string(kBlockings[n - 1].split_blocks));
+        SCOPED_TRACE(n == 0 ? std::string("three-pass") : kVariants[n - 1].name());
         const Buffer<float> got = run(*all[n]);
         int seeing = 0, wrong = 0;
         got.for_each_element([&](int d, int r, int kvh, int i, int b) {

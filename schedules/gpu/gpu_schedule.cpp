@@ -250,7 +250,7 @@ void schedule_attend(algo::AttendBlocked &a, const Target &, const Knobs &knobs)
     split_rows(z);
     z.reorder(loops(rows, {io, kvh, b})).gpu_threads(dt, lane).gpu_blocks(io, kvh, b);
     if (a.split_blocks > 0) {
-        for (Func f : {a.merged_max, a.merged_sum, a.merged_acc}) f.compute_at(a.z, dt);
+        for (Func f : {a.merge.max, a.merge.sum, a.merge.acc}) f.compute_at(a.z, dt);
     }
 
     // Per key block, at block level inside the serial loop over blocks. Decode
