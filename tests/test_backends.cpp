@@ -281,7 +281,9 @@ struct LongDecodeCase {
 class LongCacheDecode : public testing::TestWithParam<std::tuple<gqa::Backend, LongDecodeCase>> {};
 
 TEST_P(LongCacheDecode, MatchesReference) {
-    const auto [backend, c] = GetParam();
+    // Not a structured binding: clang 14 cannot capture one in a lambda.
+    const gqa::Backend backend = std::get<0>(GetParam());
+    const LongDecodeCase &c = std::get<1>(GetParam());
     const int batch = c.mqa_batch1 ? 1 : 2;
     gqa::Config config = gqa_test::make_config(128, 8, c.mqa_batch1 ? 1 : 2, 64, c.cached + 1);
     config.window = c.window;
