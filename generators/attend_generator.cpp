@@ -85,6 +85,9 @@ public:
                 formulation() == schedules::Softmax::split ? schedules::split_blocks(get_target(), tuned) : 0;
             blocked_ = algo::define_attend_blocked(in, z, schedules::key_block(get_target(), tuned), split_blocks);
         }
+        // So that a schedule fixing the head dim also fixes z's row length, and with it
+        // the offsets of the P.V accumulators of several heads.
+        z.dim(0).set_extent(q.dim(0).extent());
     }
 
     void schedule() {

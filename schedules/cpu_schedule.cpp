@@ -235,26 +235,37 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     a.row_sum.compute_at(block);
     a.row_sum.update().atomic().vectorize(a.keys_sum.x, vec);
 
-    // Per query, all g rows of the group together: each V row feeds g accumulators.
-    // P.V per query, a chunk of keys at a time: for each head, its accumulators
-    // (value_vectors of head dims) stay in registers across the chunk's keys, whose V rows
-    // the g heads re-read from L1. Accumulating in memory instead (an FMA, a load and
-    // a store per vector per key) cost W1's prefill core 19.7 ms against 14.7 now.
-    a.weighted.compute_at(rows, ii).vectorize(d, vec, TailStrategy::GuardWithIf);
+    // P.V for the task's block of queries a chunk of keys at a time, so the chunk's V
+    // rows stay in L1 for all the block's rows (computed per query, each query re-read its
+    // V rows from L2 or L3: W1's prefill core at 4096 on Zen 3, 684-716 -> 633-663 ms).
+    // Each row's accumulators (value_vectors of head dims) stay in registers across
+    // the chunk's keys; accumulating in memory (an FMA, a load and a store per vector
+    // per key) cost W1's prefill core 19.7 ms against 14.7. With a fixed head dim,
+    // value_heads heads share each V load, their accumulators at constant offsets
+    // (with a run-time head dim LLVM kept them in memory).
+    a.weighted.compute_at(rows, task).vectorize(d, vec, TailStrategy::GuardWithIf);
     {
         RVar ko("ko"), ki("ki");
-        Var dv("dv"), dl("dl"), dvo("dvo"), dvi("dvi");
-        a.weighted.update()
-            .split(a.keys_values.x, ko, ki, key_chunk, TailStrategy::GuardWithIf)
-            .split(d, dv, dl, vec, TailStrategy::GuardWithIf)
-            .split(dv, dvo, dvi, blocking.value_vectors, TailStrategy::GuardWithIf)
-            .reorder(dl, dvi, ki, dvo, r, ko)
-            .vectorize(dl)
-            .unroll(dvi);
-        // Without a mask no key needs a test of its own.
-        a.weighted.update().specialize(a.use_mask == 0);
+        Var dv("dv"), dl("dl"), dvo("dvo"), dvi("dvi"), ro("ro"), ri("ri");
+        Stage values = a.weighted.update();
+        values.split(a.keys_values.x, ko, ki, key_chunk, TailStrategy::GuardWithIf);
+        auto tile = [&](Stage stage, int heads) {
+            stage.split(d, dv, dl, vec, TailStrategy::GuardWithIf)
+                .split(dv, dvo, dvi, blocking.value_vectors / heads, TailStrategy::GuardWithIf)
+                .split(r, ro, ri, heads, TailStrategy::GuardWithIf)
+                .reorder(dl, dvi, ri, ki, dvo, ro, i, ko)
+                .vectorize(dl)
+                .unroll(dvi)
+                .unroll(ri);
+            // Without a mask no key needs a test of its own.
+            stage.specialize(a.use_mask == 0);
+        };
+        if (blocking.value_heads > 1) {
+            for (int head_dim : blocking.fixed_head_dims) tile(values.specialize(a.head_dim == head_dim), blocking.value_heads);
+        }
+        tile(values, 1);
         if (a.narrow_cache) {
-            // Widened once per chunk for the g heads, not once per head (on the
+            // Widened once per chunk for the block's rows, not once per row (on the
             // stack, as the K rows).
             Func v_rows = a.v_cache.in(a.weighted);
             v_rows.compute_at(a.weighted, ko)

@@ -43,8 +43,8 @@ void schedule_rope(Halide::Func out, int lanes);
 // Three-pass attention per (batch, kv head, block of queries), blocks in parallel:
 //   scores of the block's g*query_block rows, one chunk of key_chunk keys at a
 //   time, so that chunk of K serves all g heads of the group; row max, exp, row
-//   sum; then z, a chunk of V rows at a time, loaded once and kept in L1 for the g
-//   heads, each head's accumulators in registers.
+//   sum; then z, a chunk of V rows at a time, loaded once and kept in L1 for the
+//   block's g*query_block rows, each row's accumulators in registers.
 // Prefill stages each K chunk transposed once for the g * query_block rows and
 // vectorizes q.k over keys, so no score needs a horizontal sum. Decode, with g
 // rows, sums over head dims along contiguous K rows and reduces each group of
@@ -54,7 +54,8 @@ void schedule_rope(Halide::Func out, int lanes);
 // With the pattern output the softmax stages serve two consumers and run at root.
 struct AttendBlocking {
     int lanes, key_chunk, query_block;
-    int value_vectors;  // P.V accumulator vectors per head and pass over a chunk's keys
+    int value_vectors;  // P.V accumulator vectors per pass over a chunk's keys
+    int value_heads;    // heads sharing those accumulators (and each V load) where the head dim is fixed
     bool decode;
     // Head dims with code of their own, where every cache row offset is a constant.
     std::vector<int> fixed_head_dims = {};

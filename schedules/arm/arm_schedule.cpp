@@ -55,6 +55,7 @@ void schedule_attend(algo::Attend &a, const Target &, const Knobs &knobs) {
                                         .key_chunk = or_default(knobs.key_chunk, 8 * kLanes),
                                         .query_block = or_default(knobs.query_block, 16),
                                         .value_vectors = 4,
+                                        .value_heads = 1,
                                         .decode = knobs.decode});
 }
 
