@@ -216,18 +216,19 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     // Branches without the mask load and without tanh (a select evaluates both sides).
     a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
-    // Layers without sinks run the code they ran before sinks existed: an exp per
-    // row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms). The
-    // fixed head dims first, each with both branches; not where the pattern is
-    // recorded, whose speed matters less than the build time of another copy.
-    // Segments leave the sinks to the merge.
+    // Decode layers without sinks run the code they ran before sinks existed: an exp
+    // per row, in the task's code, cost W1's decode core 10 % (0.247 -> 0.272 ms); a
+    // prefill row's keys make it noise, so prefill spares the build that copy. The
+    // fixed head dims first; not where the pattern is recorded, whose speed matters
+    // less than the build time of another copy. Segments leave the sinks to the merge.
+    const bool sinks_apart = blocking.decode && !segmented;
     if (!with_pattern) {
         for (int head_dim : blocking.fixed_head_dims) {
             Stage fixed = rows.specialize(a.head_dim == head_dim);
-            if (!segmented) fixed.specialize(a.use_sinks == 0);
+            if (sinks_apart) fixed.specialize(a.use_sinks == 0);
         }
     }
-    if (!segmented) a.z.specialize(a.use_sinks == 0);
+    if (sinks_apart) a.z.specialize(a.use_sinks == 0);
 
     a.row_max.compute_at(block);
     a.row_max.update().atomic().vectorize(a.keys_max.x, vec);
