@@ -307,6 +307,7 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_p
     a.row_end = Func("row_end");
 
     a.narrow_cache = in.cache_type != CacheType::f32;
+    a.cache_type = in.cache_type;
     constexpr int P = layout::kKeySlotPadding;
     const Expr last_slot = (in.kv_len + P - 1) / P * P - 1;
     auto read = [&](const Func &cache, Func &scale, bool within_prefix) -> Expr {

@@ -201,18 +201,21 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             .vectorize(kargs[1], vec);
         k_reader = k_transposed;
     }
-    if (a.narrow_cache) {
-        // Widened along the rows once per chunk (contiguous elements, whole
-        // vectors) for the g heads, which then read floats from L1: the transpose
-        // does not widen lane by lane, nor each head again. On the stack: sized by
-        // head_dim, a run-time value, Halide would allocate it on the heap per chunk.
+    // A narrow cache's K rows widened once per chunk (contiguous elements, whole
+    // vectors) for the block's rows, which then read floats from L1: the transpose
+    // does not widen lane by lane, nor each row again. On the stack: sized by
+    // head_dim, a run-time value, Halide would allocate it on the heap per chunk.
+    const bool stage_narrow_rows =
+        a.narrow_cache &&
+        !(blocking.decode && blocking.decode_widens_half_in_operand && a.cache_type == algo::CacheType::f16);
+    if (stage_narrow_rows) {
         Func k_rows = a.k_cache.in(k_reader);
         k_rows.compute_at(a.score, to)
             .store_in(MemoryType::Stack)
             .vectorize(k_rows.args()[0], vec, TailStrategy::GuardWithIf);
-        // An int8 slot's scale once per chunk, not once per element.
-        if (a.k_scale.defined()) a.k_scale.compute_at(a.score, to);
     }
+    // An int8 slot's scale once per chunk, not once per element.
+    if (a.k_scale.defined()) a.k_scale.compute_at(a.score, to);
     // Branches without the mask load and without tanh (a select evaluates both sides).
     a.score.specialize(a.softcap > 0.f);
     a.score.specialize(a.use_mask == 0);
@@ -265,15 +268,14 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             for (int head_dim : blocking.fixed_head_dims) tile(values.specialize(a.head_dim == head_dim), blocking.value_heads);
         }
         tile(values, 1);
-        if (a.narrow_cache) {
-            // Widened once per chunk for the block's rows, not once per row (on the
-            // stack, as the K rows).
+        if (stage_narrow_rows) {
+            // As the K rows.
             Func v_rows = a.v_cache.in(a.weighted);
             v_rows.compute_at(a.weighted, ko)
                 .store_in(MemoryType::Stack)
                 .vectorize(v_rows.args()[0], vec, TailStrategy::GuardWithIf);
-            if (a.v_scale.defined()) a.v_scale.compute_at(a.weighted, ko);
         }
+        if (a.v_scale.defined()) a.v_scale.compute_at(a.weighted, ko);
     }
 
     if (with_pattern) {

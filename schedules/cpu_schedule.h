@@ -57,6 +57,9 @@ struct AttendBlocking {
     int value_vectors;  // P.V accumulator vectors per pass over a chunk's keys
     int value_heads;    // heads sharing those accumulators (and each V load) where the head dim is fixed
     bool decode;
+    // Decode with an fp16 cache widens K and V in the FMA's operand, not through a
+    // scratch of widened rows (for a target that widens fp16 in one instruction).
+    bool decode_widens_half_in_operand = false;
     // Head dims with code of their own, where every cache row offset is a constant.
     std::vector<int> fixed_head_dims = {};
 };

@@ -71,7 +71,10 @@ void schedule_rope(Func out, const Target &t, const Knobs &) {
 // CPUs without AVX2, to spare the build a third copy. AVX2 prefill has them too,
 // where P.V runs 4 heads x 2 vectors per V load (6 loads per 8 FMAs, against 9):
 // core prefill on Zen 3, W1 512 10.6-11.6 -> 9.3-10.9 ms, W1 4096 633-663 -> 535-605
-// ms. (AVX-512 prefill keeps one head per pass: untimed, no Zen 4 at hand.)
+// ms. (AVX-512 prefill keeps one head per pass: untimed, no Zen 4 at hand.) With
+// F16C, fp16 decode widens in the FMA's operand (vcvtph2ps from memory): W1 core
+// decode at 8192 keys on Zen 3, 1.31-1.45 -> 0.98-1.09 ms; bf16 did not gain and
+// int8 (a scale per slot) lost 20-50 %, so they keep the widened rows.
 void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
     const bool avx2_prefill = lanes(t) == 8 && !knobs.decode;
     cpu::schedule_three_pass_attend(a, {.lanes = lanes(t),
@@ -80,6 +83,7 @@ void schedule_attend(algo::Attend &a, const Target &t, const Knobs &knobs) {
                                         .value_vectors = lanes(t) == 8 ? 8 : 4,
                                         .value_heads = avx2_prefill ? 4 : 1,
                                         .decode = knobs.decode,
+                                        .decode_widens_half_in_operand = t.has_feature(Target::F16C),
                                         .fixed_head_dims = (knobs.decode && lanes(t) >= 8) || avx2_prefill
                                                                ? std::vector{64, 128}
                                                                : std::vector<int>{}});
