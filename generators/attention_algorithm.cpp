@@ -306,7 +306,6 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_p
     a.row_begin = Func("row_begin");
     a.row_end = Func("row_end");
 
-    a.narrow_cache = in.cache_type != CacheType::f32;
     a.cache_type = in.cache_type;
     constexpr int P = layout::kKeySlotPadding;
     const Expr last_slot = (in.kv_len + P - 1) / P * P - 1;

@@ -177,8 +177,7 @@ struct AttendScores {
     Halide::Func score;                // scaled, soft-capped, -inf where not visible
     Halide::Func row_begin, row_end;   // (i)
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
-    bool narrow_cache = false;         // whether the cache holds another type (widened as read)
-    CacheType cache_type = CacheType::f32;
+    CacheType cache_type = CacheType::f32;  // other than f32: a narrow cache, widened as read
     Halide::Func k_scale, v_scale;     // int8 cache: each slot's scale, (t, kvh, b)
     Halide::Expr use_mask, softcap;    // whether the mask is read; soft-cap, 0 for none
     Halide::Expr use_sinks;            // whether the sinks are read

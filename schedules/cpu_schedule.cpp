@@ -206,7 +206,7 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
     // does not widen lane by lane, nor each row again. On the stack: sized by
     // head_dim, a run-time value, Halide would allocate it on the heap per chunk.
     const bool stage_narrow_rows =
-        a.narrow_cache &&
+        a.cache_type != algo::CacheType::f32 &&
         !(blocking.decode && blocking.decode_widens_half_in_operand && a.cache_type == algo::CacheType::f16);
     if (stage_narrow_rows) {
         Func k_rows = a.k_cache.in(k_reader);
