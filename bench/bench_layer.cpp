@@ -6,7 +6,9 @@
 // also long contexts: prefills of 4096 and 16384 tokens, the last 512 of each as a
 // chunk appended to a cache holding the rest, and decode at 32768; fp32, bf16
 // and int8 weights (the modes named _bf16w, _int8w), f32, f16, bf16 and int8 caches
-// (_f16, _bf16, _int8; in the layer before _cold, and the core alone). Counters:
+// (_f16, _bf16, _int8; in the layer before _cold, and the core alone); and on W1
+// serving: sequences of different lengths decoding together, paged, and sharing a
+// prompt (serving/). Counters:
 // GFLOP/s, GB/s of the bytes that must be read, and both as fractions of the
 // limits of the device that runs them: for the CPU backends this machine's FMA
 // peak and DRAM read bandwidth, measured at start (and as probe/ benchmarks, run
@@ -282,6 +284,125 @@ void layer_decode(benchmark::State &state, const Shape &s, int backend, int cont
     state.counters["layers"] = chain;
 }
 
+// Serving (README "Serving"): kServingRows sequences decode one token each per step,
+// together, through a chain of layers as the cold decodes above. Mixed: lengths
+// spread evenly from 128 to 4096 tokens, in three layouts: a paged cache of
+// kServingBlock-slot blocks; a paged cache of one block per sequence, so that each
+// sequence's slots lie together as in a contiguous cache; and the batch padded to
+// its longest row in the contiguous cache, as a server without ragged batches would
+// run it. Shared: the sequences are forks of one 2048-token prompt. GB/s and
+// bw_frac count the bytes the rows need: the weights once, each sequence's own keys
+// and values, a shared prompt's once. Each step's tokens are rolled back after it
+// (O(1)), so the lengths stay put; the padded cache is refilled every kDecodeSteps
+// steps instead (untimed).
+constexpr int kServingRows = 8, kServingShortest = 128, kServingLongest = 4096, kServingBlock = 32;
+constexpr int kServingPrompt = 2048;
+enum class ServingLayout { paged, block_per_sequence, padded, shared_prompt };
+
+std::vector<int> serving_lengths(ServingLayout layout) {
+    std::vector<int> lengths;
+    for (int r = 0; r < kServingRows; ++r) {
+        lengths.push_back(layout == ServingLayout::shared_prompt
+                              ? kServingPrompt
+                              : kServingShortest + r * (kServingLongest - kServingShortest) / (kServingRows - 1));
+    }
+    return lengths;
+}
+
+int round_up_to(int n, int multiple) {
+    return (n + multiple - 1) / multiple * multiple;
+}
+
+// Sequences of a paged layer at `lengths`, random keys and values; with a shared
+// prompt, one sequence and its forks.
+std::vector<int> fill_sequences(gqa::Attention &layer, const std::vector<int> &lengths, bool shared) {
+    const gqa::Config &c = layer.config();
+    std::vector<int> ids;
+    for (int length : lengths) {
+        if (shared && !ids.empty()) {
+            ids.push_back(layer.fork_sequence(ids.front()));
+            continue;
+        }
+        const std::vector<float> k = random_values(size_t(c.num_kv_heads) * length * c.head_dim, 1.f, 41);
+        const std::vector<int64_t> shape{c.num_kv_heads, length, c.head_dim};
+        ids.push_back(layer.add_sequence());
+        layer.append_sequence_cache(ids.back(), {k.data(), shape}, {k.data(), shape});
+    }
+    return ids;
+}
+
+void serving_decode(benchmark::State &state, const Shape &s, int backend, ServingLayout layout) {
+    const gqa::Config &c = s.config;
+    const std::vector<int> lengths = serving_lengths(layout);
+    const bool shared = layout == ServingLayout::shared_prompt;
+    size_t needed = shared ? cache_bytes(c, kServingPrompt) : 0;
+    double flops = 0;
+    for (int length : lengths) {
+        if (!shared) needed += cache_bytes(c, length);
+        flops += gqa_tools::layer_flops(c, 1, length);
+    }
+    const int padded_slots = kServingLongest + kDecodeSteps;
+    const size_t held = layout == ServingLayout::padded ? kServingRows * cache_bytes(c, padded_slots) : needed;
+    const size_t per_layer = weight_bytes(s) + held;
+    const int chain = int(std::max<size_t>(2, (3 * limits_of(backend).last_level_cache_bytes + per_layer - 1) / per_layer));
+    std::vector<LayerWeights> weights;
+    std::vector<std::unique_ptr<gqa::Attention>> layers;
+    std::vector<std::vector<int>> ids;
+    const std::vector<int64_t> padded_shape{kServingRows, c.num_kv_heads, kServingLongest, c.head_dim};
+    const std::vector<float> padded_k =
+        layout == ServingLayout::padded
+            ? random_values(size_t(gqa::TensorView<float>{nullptr, padded_shape}.numel()), 1.f, 42)
+            : std::vector<float>();
+    auto refill_padded = [&](gqa::Attention &layer) {
+        layer.reset();
+        layer.append_cache({padded_k.data(), padded_shape}, {padded_k.data(), padded_shape});
+    };
+    for (int l = 0; l < chain; ++l) {
+        weights.emplace_back(s, 200 + 10 * l);
+        layers.push_back(std::make_unique<gqa::Attention>(c, weights.back().view(c), gqa::Backend(backend)));
+        gqa::Attention &layer = *layers.back();
+        if (layout == ServingLayout::padded) {
+            layer.setup_cache(kServingRows, padded_slots);
+            refill_padded(layer);
+            continue;
+        }
+        if (layout == ServingLayout::block_per_sequence) {
+            layer.setup_paged_cache(kServingRows, round_up_to(kServingLongest + 1, gqa::layout::kCacheGranule));
+        } else {
+            int blocks = 0;
+            for (int length : lengths) blocks += length / kServingBlock + 2;
+            layer.setup_paged_cache(blocks, kServingBlock);
+        }
+        ids.push_back(fill_sequences(layer, lengths, shared));
+    }
+    const int d = c.embed_dim;
+    const std::vector<float> x = random_values(size_t(kServingRows) * d, 1.f, 43);
+    std::vector<float> out(x.size());
+    std::vector<gqa::SequenceTokens> rows(kServingRows);
+    int64_t step = 0;
+    for (auto _ : state) {
+        const int l = int(step % chain);
+        gqa::Attention &layer = *layers[l];
+        if (layout == ServingLayout::padded) {
+            if (step > 0 && l == 0 && (step / chain) % kDecodeSteps == 0) {
+                state.PauseTiming();
+                for (auto &each : layers) refill_padded(*each);
+                state.ResumeTiming();
+            }
+            layer.forward({x.data(), {kServingRows, 1, d}}, out);
+        } else {
+            for (int r = 0; r < kServingRows; ++r) rows[r] = {ids[l][r], 1};
+            layer.forward_sequences(rows, {x.data(), {kServingRows, d}}, out);
+            for (int r = 0; r < kServingRows; ++r) layer.truncate_sequence(ids[l][r], lengths[r]);
+        }
+        benchmark::DoNotOptimize(out.data());
+        ++step;
+    }
+    report(state, backend, flops, double(weight_bytes(s) + needed) + 2.0 * x.size() * sizeof(float));
+    state.counters["layers"] = chain;
+    state.counters["held_MB"] = double(held) * 1e-6;
+}
+
 // A compiled backend's kernels (runtime/backend_registry.h), for the parts measured
 // below the layer; null for the reference. `rope` must outlive them.
 std::unique_ptr<gqa::detail::Kernels> make_kernels(const Shape &s, const LayerWeights &weights,
@@ -313,7 +434,7 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
         std::vector<float> q(size_t(kPrefillTokens) * q_width), z(q.size(), 0.5f);
         gqa::detail::KvCache scratch;
         scratch.reserve_scratch({d, c.num_heads, c.num_kv_heads, hd}, 1, kPrefillTokens);
-        std::vector<int32_t> positions(kPrefillTokens);
+        std::vector<int32_t> positions(kPrefillTokens), rows(kPrefillTokens, 0);
         for (int i = 0; i < kPrefillTokens; ++i) positions[i] = i;
         for (auto _ : state) {
             kernels->project({.x = x.data(),
@@ -322,7 +443,8 @@ void projections(benchmark::State &state, const Shape &s, int backend) {
                               .positions = positions.data(),
                               .q = q.data(),
                               .kv = &scratch,
-                              .write_slot = 0});
+                              .dest_slots = positions.data(),
+                              .dest_rows = rows.data()});
             kernels->output({.z = z.data(), .batch = 1, .seq_len = kPrefillTokens, .out = out.data()});
             benchmark::DoNotOptimize(out.data());
         }
@@ -355,11 +477,18 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         gqa::detail::KvCache cache;
         cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, type, 1, kv_len);
         cache.write_slots(k.data(), v.data(), 0, kv_len);
+        constexpr int P = gqa::layout::kKeySlotPadding, G = gqa::layout::kCacheGranule;
+        const std::vector<int32_t> granules((kv_len + P - 1) / P * (P / G), 0);  // contiguous
         const gqa::detail::AttendCall call{.q = q.data(),
                                            .batch = 1,
                                            .seq_len = queries,
                                            .kv = &cache,
                                            .kv_len = kv_len,
+                                           .kv_lens = &kv_len,
+                                           .granules = granules.data(),
+                                           .granule_count = int(granules.size()),
+                                           .granule_row_stride = 0,
+                                           .pooled = false,
                                            .mask = nullptr,
                                            .mask_len = 0,
                                            .causal = true,
@@ -426,6 +555,14 @@ void add_long_contexts(const Shape &s, int backend, const std::string &tail) {
     }
     const std::string decode = "decode" + std::to_string(kLongDecode);
     add("layer/" + decode + "_hot" + tail, layer_decode, s, backend, kLongDecode, false, f32);
+    if (std::string(s.name) == "W1") {
+        const std::string mixed = "serving/decode_mixed" + std::to_string(kServingRows);
+        add(mixed + "_paged" + tail, serving_decode, s, backend, ServingLayout::paged);
+        add(mixed + "_block_per_sequence" + tail, serving_decode, s, backend, ServingLayout::block_per_sequence);
+        add(mixed + "_padded" + tail, serving_decode, s, backend, ServingLayout::padded);
+        add("serving/prefix_shared" + std::to_string(kServingRows) + tail, serving_decode, s, backend,
+            ServingLayout::shared_prompt);
+    }
     for (gqa::CacheType cache : {f32, gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
         add("layer/" + decode + cache_suffix(cache) + "_cold" + tail, layer_decode, s, backend, kLongDecode, true, cache);
         add("core/" + decode + cache_suffix(cache) + tail, core, s, backend, 1, kLongDecode, cache);

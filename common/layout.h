@@ -20,6 +20,17 @@ inline constexpr int kWeightGroup = 32;
 // runtime pads every cache's capacity to a multiple of it so the reads stay inside.
 inline constexpr int kKeySlotPadding = 64;
 
+// The attention pipelines find a row's key slots through a table, a granule of this
+// many consecutive slots at a time: key slot t of row b lies in cache slot
+// t + table(t / kCacheGranule, b), each entry the offset of its granule. A contiguous
+// cache is a table of zeros; a paged one (runtime/paged_cache.h) lays blocks of a
+// multiple of this many slots anywhere in its pool. An offset rather than a slot
+// keeps the neighbouring keys of one granule at constant distances, as the x86
+// decode's addressing wants them. It divides kKeySlotPadding, and a decode step's
+// keys (one vector's worth) share one entry.
+inline constexpr int kCacheGranule = 16;
+static_assert(kKeySlotPadding % kCacheGranule == 0);
+
 // An int8 KV cache slot holds the head_dim values q of one (token, kv head), then
 // the fp32 scale s they share, as this many bytes (little-endian); a value reads as
 // q * s. Kept beside its values, as llama.cpp's q8_0 blocks do, so the cache stays

@@ -36,6 +36,11 @@ public:
     // Keys per segment where decode runs in segments (schedules::segmented_decode), a
     // positive multiple of layout::kKeySlotPadding; unread elsewhere.
     Input<int> segment_keys{"segment_keys"};
+    // Valid key slots per batch row (kv_len is the largest), read by GPU decode
+    // only: elsewhere every row holds kv_len. And where each granule of a row's key
+    // slots lies in the cache: (granule, batch), see layout::kCacheGranule.
+    Input<Buffer<int32_t, 1>> kv_lens{"kv_lens"};
+    Input<Buffer<int32_t, 2>> granule_offsets{"granule_offsets"};
     Output<Buffer<float, 5>> z{"z"};  // (d, r, kv head, query, batch)
 
     // Added here for their cache_type; they come after the inputs above.
@@ -67,6 +72,20 @@ public:
                               use_sinks,
                               link_half_widening(*get_externs_map(), get_target()),
                               cache_type};
+        // Rows of different lengths meet in a GPU decode only. A CPU decode with the
+        // loop bounds read from memory lost its P.V accumulators to memory (W1 core
+        // decode at 8192 keys 1.05 -> 1.27 ms, SPR AVX-512), so the CPU runtime
+        // calls it per length instead; on pocl the GPU prefill read the lengths
+        // wrong, in every row.
+        if (mode == PipelineMode::decode && get_target().has_gpu_feature()) {
+            in.row_kv_len = input_func(kv_lens, autoscheduled);
+        } else {
+            Var row("row");
+            in.row_kv_len(row) = kv_len;
+        }
+        in.granule_offset = input_func(granule_offsets, autoscheduled);
+        in.granules = granule_offsets.dim(0).extent();
+        in.cache_slots = k_cache_->dim(1).extent();
         // Slots lie back to back (runtime/kv_cache.h), so a schedule that fixes the
         // head dim fixes every row offset too.
         for (Input<Buffer<>> *cache : {k_cache_, v_cache_}) cache->dim(1).set_stride(slot_elements(q.dim(0).extent()));
@@ -105,6 +124,8 @@ public:
         softcap.set_estimate(0.f);
         use_sinks.set_estimate(0);
         segment_keys.set_estimate(2048);
+        kv_lens.set_estimates({{0, 1}});
+        granule_offsets.set_estimates({{0, 2048 / layout::kCacheGranule}, {0, 1}});
         sinks.set_estimates({{0, 4}, {0, 8}});
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
         if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});

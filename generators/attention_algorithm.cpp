@@ -181,25 +181,31 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &pac
     return p;
 }
 
-Store define_store(const Func &k_new, const Func &v_new, const Expr &seq_len, const Expr &write_slot,
-                   const Expr &head_dim, Func k_out, Func v_out, CacheType cache_type, const Type &storage) {
+Store define_store(const Func &k_new, const Func &v_new, const Expr &tokens, const Func &dest_slot,
+                   const Func &dest_row, const Expr &head_dim, Func k_out, Func v_out, CacheType cache_type,
+                   const Type &storage) {
     Store s;
     Var d = s.d, t = s.t, kvh = s.kvh, b = s.b;
-    s.new_tokens = RDom(0, seq_len, "new_tokens");
-    const Expr token = b * seq_len + s.new_tokens, slot = write_slot + s.new_tokens;
+    s.new_tokens = RDom(0, tokens, "new_tokens");
+    const Expr token = s.new_tokens;
     k_out(d, t, kvh, b) = undef(storage);
     v_out(d, t, kvh, b) = undef(storage);
+    // The runtime's destinations lie in the cache (k and v have one shape); the
+    // promises give bounds inference the region a data-dependent write reaches.
+    const OutputImageParam cache = k_out.output_buffer();
+    const Expr slot = unsafe_promise_clamped(dest_slot(token), 0, cache.dim(1).extent() - 1);
+    const Expr row = unsafe_promise_clamped(dest_row(token), 0, cache.dim(3).extent() - 1);
     s.quantized = cache_type == CacheType::int8;
     if (s.quantized) {
         s.k_amax_bits = Func("k_amax_bits");
         s.v_amax_bits = Func("v_amax_bits");
         s.k_scale = slot_scale("k_scale", k_new, head_dim, s.k_amax_bits);
         s.v_scale = slot_scale("v_scale", v_new, head_dim, s.v_amax_bits);
-        k_out(d, slot, kvh, b) = quantized_element(k_new, s.k_scale, head_dim, d, kvh, token);
-        v_out(d, slot, kvh, b) = quantized_element(v_new, s.v_scale, head_dim, d, kvh, token);
+        k_out(d, slot, kvh, row) = quantized_element(k_new, s.k_scale, head_dim, d, kvh, token);
+        v_out(d, slot, kvh, row) = quantized_element(v_new, s.v_scale, head_dim, d, kvh, token);
     } else {
-        k_out(d, slot, kvh, b) = to_cache_element(cache_type, storage, k_new(d, kvh, token));
-        v_out(d, slot, kvh, b) = to_cache_element(cache_type, storage, v_new(d, kvh, token));
+        k_out(d, slot, kvh, row) = to_cache_element(cache_type, storage, k_new(d, kvh, token));
+        v_out(d, slot, kvh, row) = to_cache_element(cache_type, storage, v_new(d, kvh, token));
     }
     s.k = k_out;
     s.v = v_out;
@@ -265,7 +271,7 @@ Expr exp_keeping_nan(const Expr &x) {
 }
 
 // The clamp keeps the mask read inside [0, kv_len) for the padded slots, which the
-// row range already hides.
+// row range already hides (kv_len: the mask's extent, the longest row's).
 Expr mask_allows(const AttendInputs &in, const Expr &t, const Expr &i, const Expr &b) {
     return in.use_mask == 0 || in.mask(min(t, in.kv_len - 1), i, b) != 0;
 }
@@ -307,10 +313,14 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_p
     a.row_end = Func("row_end");
 
     a.cache_type = in.cache_type;
-    constexpr int P = layout::kKeySlotPadding;
-    const Expr last_slot = (in.kv_len + P - 1) / P * P - 1;
+    constexpr int P = layout::kKeySlotPadding, G = layout::kCacheGranule;
+    const Expr last_slot = (in.row_kv_len(b) + P - 1) / P * P - 1;
     auto read = [&](const Func &cache, Func &scale, bool within_prefix) -> Expr {
-        const Expr slot = within_prefix ? unsafe_promise_clamped(t, 0, last_slot) : min(t, last_slot);
+        const Expr key = within_prefix ? unsafe_promise_clamped(t, 0, last_slot) : min(t, last_slot);
+        // The runtime's table covers every row's padded prefix and points inside the
+        // cache; the promises give bounds inference what data-dependent reads reach.
+        const Expr granule = unsafe_promise_clamped(key / G, 0, in.granules - 1);
+        const Expr slot = unsafe_promise_clamped(key + in.granule_offset(granule, b), 0, in.cache_slots - 1);
         const Expr element = cache(d, slot, kvh, b);
         switch (in.cache_type) {
         case CacheType::f32: return element;
@@ -327,15 +337,15 @@ void define_scores(const AttendInputs &in, AttendScores &a, bool values_within_p
     a.k_cache(d, t, kvh, b) = read(in.k_cache, a.k_scale, in.reads_within_prefix);
     a.v_cache(d, t, kvh, b) = read(in.v_cache, a.v_scale, in.reads_within_prefix || values_within_prefix);
 
-    const Expr query_slot = in.kv_len - in.seq_len + i;
-    a.row_begin(i) = max(0, query_slot - in.window + 1);
-    a.row_end(i) = select(in.causal != 0, min(query_slot + 1, in.kv_len), in.kv_len);
+    const Expr row_kv_len = in.row_kv_len(b), query_slot = row_kv_len - in.seq_len + i;
+    a.row_begin(i, b) = max(0, query_slot - in.window + 1);
+    a.row_end(i, b) = select(in.causal != 0, min(query_slot + 1, row_kv_len), row_kv_len);
 
     a.dot = RDom(0, in.head_dim, "dot");
     a.qk(t, r, kvh, i, b) = 0.f;
     a.qk(t, r, kvh, i, b) += in.q(a.dot, r, kvh, i, b) * a.k_cache(a.dot, t, kvh, b);
 
-    const Expr visible = t >= a.row_begin(i) && t < a.row_end(i) && mask_allows(in, t, i, b);
+    const Expr visible = t >= a.row_begin(i, b) && t < a.row_end(i, b) && mask_allows(in, t, i, b);
     const Expr scaled = a.qk(t, r, kvh, i, b) * in.scale;
     const Expr capped = select(in.softcap > 0.f, in.softcap * tanh(scaled / in.softcap), scaled);
     a.score(t, r, kvh, i, b) = select(visible, capped, kNegInf);
@@ -365,8 +375,8 @@ PartMerge merge_parts(const AttendInputs &in, const AttendScores &a, const Func 
     Var d = a.d, r = a.r, kvh = a.kvh, i = a.i, b = a.b;
     PartMerge m;
     m.parts = RDom(0, (in.kv_len + span - 1) / span, "parts");
-    m.parts.where(m.parts * span < a.row_end(i));
-    m.parts.where((m.parts + 1) * span > a.row_begin(i));
+    m.parts.where(m.parts * span < a.row_end(i, b));
+    m.parts.where((m.parts + 1) * span > a.row_begin(i, b));
     m.max = Func("merged_max");
     m.sum = Func("merged_sum");
     m.acc = Func("merged_acc");
@@ -434,8 +444,8 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     // read, by one bound per side, and reads of K past kv_len are not clamped.)
     auto visible_keys = [&](const char *name) {
         RDom keys(0, in.kv_len, name);
-        keys.where(keys >= (segmented ? max(a.row_begin(i), s * S) : a.row_begin(i)));
-        keys.where(keys < (segmented ? min(a.row_end(i), (s + 1) * S) : a.row_end(i)));
+        keys.where(keys >= (segmented ? max(a.row_begin(i, b), s * S) : a.row_begin(i, b)));
+        keys.where(keys < (segmented ? min(a.row_end(i, b), (s + 1) * S) : a.row_end(i, b)));
         return keys;
     };
     // The row's max and sum may also walk whole chunks of kKeySlotPadding slots
@@ -444,7 +454,7 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     // constant extent, which a schedule can vectorize without a tail.
     auto visible_chunks = [&](const char *name) {
         RDom keys(0, P, 0, (in.kv_len + P - 1) / P, name);
-        const Expr first = a.row_begin(i) / P, end = (a.row_end(i) + P - 1) / P;
+        const Expr first = a.row_begin(i, b) / P, end = (a.row_end(i, b) + P - 1) / P;
         keys.where(keys.y >= (segmented ? max(first, s * (S / P)) : first));
         keys.where(keys.y < (segmented ? min(end, (s + 1) * (S / P)) : end));
         return keys;
@@ -512,8 +522,8 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     // by Halide, from these predicates.
     a.block_keys = RDom(0, B, "block_keys");
     const Expr key = kb * B + a.block_keys;
-    a.block_keys.where(key >= a.row_begin(i));
-    a.block_keys.where(key < a.row_end(i));
+    a.block_keys.where(key >= a.row_begin(i, b));
+    a.block_keys.where(key < a.row_end(i, b));
     a.block_keys.where(mask_allows(in, key, i, b));  // as keys_values in define_attend
 
     a.block_max(r, kvh, i, b, kb) = kNegInf;
@@ -540,8 +550,8 @@ AttendBlocked define_attend_blocked(const AttendInputs &in, Func z_out, int key_
     // so pocl never showed it). The cost: a windowed decode also stages the keys
     // of the blocks before its window.
     if (split_blocks == 0) {
-        a.blocks.where(block >= a.row_begin(i) / B);
-        a.blocks.where(block * B < a.row_end(i));
+        a.blocks.where(block >= a.row_begin(i, b) / B);
+        a.blocks.where(block * B < a.row_end(i, b));
     }
     // Without splits the one state starts from the sink; with splits it enters
     // at the merge, once, whichever splits the row's window leaves out.

@@ -138,9 +138,11 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
                        int token_group, bool scale_group_sums, Halide::Func q_out, Halide::Func k_out,
                        Halide::Func v_out);
 
-// A call's keys and values (d, kvh, token), token = b * seq_len + i, into cache
-// slots write_slot + i, in place: the outputs k and v are the whole cache, of which
-// a call writes only its own slots (their pure definitions are undefined). A device
+// A call's keys and values (d, kvh, token) into the cache, in place: token m goes to
+// slot dest_slot(m) of row dest_row(m) (the runtime's choice: a contiguous cache's
+// next slots of the token's batch row, or a paged cache's block in its pool). The
+// outputs k and v are the whole cache, of which a call writes only its own slots
+// (their pure definitions are undefined). A device
 // backend then hands over the cache's own device buffer rather than a crop of it,
 // which OpenCL could only make at aligned offsets. They hold cache_type elements,
 // rounded to nearest even (fp16 as float16 or its bits, see narrow_half), or for
@@ -148,7 +150,7 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
 // s is 0; s NaN and q = 0 when some x_d is not finite, so the NaN rule holds).
 struct Store {
     Halide::Var d{"d"}, t{"t"}, kvh{"kvh"}, b{"b"};
-    Halide::RDom new_tokens;  // the call's tokens i of a batch row
+    Halide::RDom new_tokens;  // the call's tokens m
     Halide::Func k, v;        // (d, slot, kvh, b)
     // int8 only: the scale of each new token's k and v, (kvh, token), from the
     // largest magnitude's bits (k_amax_bits, v_amax_bits).
@@ -156,14 +158,18 @@ struct Store {
     bool quantized = false;
 };
 
-Store define_store(const Halide::Func &k_new, const Halide::Func &v_new, const Halide::Expr &seq_len,
-                   const Halide::Expr &write_slot, const Halide::Expr &head_dim, Halide::Func k_out,
-                   Halide::Func v_out, CacheType cache_type, const Halide::Type &storage);
+// tokens: the extent of k_new's token dimension. k_out and v_out are the outputs of
+// the pipeline, of one shape, which every destination lies in.
+Store define_store(const Halide::Func &k_new, const Halide::Func &v_new, const Halide::Expr &tokens,
+                   const Halide::Func &dest_slot, const Halide::Func &dest_row, const Halide::Expr &head_dim,
+                   Halide::Func k_out, Halide::Func v_out, CacheType cache_type, const Halide::Type &storage);
 
-// Grouped scores, masked softmax and weighted values for the queries of one call
-// against the valid cache prefix [0, kv_len). Query i of the call sits in cache
-// slot kv_len - seq_len + i; it may see key slot t when
-//   row_begin(i) <= t < row_end(i)   (causal / sliding window / all), and mask(t, i, b) != 0.
+// Grouped scores, masked softmax and weighted values for the queries of one call,
+// each batch row b against its own valid key slots [0, row_kv_len(b)). Query i of
+// row b sits in key slot row_kv_len(b) - seq_len + i; it may see key slot t when
+//   row_begin(i, b) <= t < row_end(i, b)   (causal / sliding window / all), and mask(t, i, b) != 0.
+// Key slot t of row b is read from the cache through the granule table (see
+// layout::kCacheGranule).
 // Query head r of kv head kvh is head kvh * group + r. Two formulations compute it:
 // define_attend (three passes over each row's scores) and define_attend_blocked
 // (per-block statistics merged by log-sum-exp); they differ only in rounding. A
@@ -175,7 +181,7 @@ struct AttendScores {
     Halide::RDom dot;                  // over head dims
     Halide::Func qk;                   // qk(t, r, kvh, i, b): q . k
     Halide::Func score;                // scaled, soft-capped, -inf where not visible
-    Halide::Func row_begin, row_end;   // (i)
+    Halide::Func row_begin, row_end;   // (i, b)
     Halide::Func k_cache, v_cache;     // the cache read as fp32, for schedules that stage it
     CacheType cache_type = CacheType::f32;  // other than f32: a narrow cache, widened as read
     Halide::Func k_scale, v_scale;     // int8 cache: each slot's scale, (t, kvh, b)
@@ -249,8 +255,9 @@ Halide::Expr narrow_half(const Halide::Expr &value);
 struct AttendInputs {
     Halide::Func q, mask;
     Halide::Func k_cache, v_cache;  // of cache_type's storage; widened to fp32 as read
-    // kv_len is the number of valid key slots; k_cache/v_cache may extend past it
-    // (up to kv_len rounded up to layout::kKeySlotPadding) and those slots are ignored.
+    // kv_len is the largest row_kv_len, which bounds the loops over keys. A row's key
+    // slots past its row_kv_len, up to it rounded up to layout::kKeySlotPadding, are
+    // read (their table entries and cache slots exist) and ignored.
     Halide::Expr head_dim, group, num_kv_heads, seq_len, kv_len, batch;
     Halide::Expr use_mask; // 0: mask is not read
     Halide::Expr scale;    // multiplies q . k
@@ -267,6 +274,12 @@ struct AttendInputs {
     // Every key read lies in the padded valid prefix (a schedule that reads only
     // whole key chunks of the visible keys of one query row), so reads need no clamp.
     bool reads_within_prefix = false;
+    // row_kv_len(b): the valid key slots of row b. granule_offset(j, b): key slots
+    // [j, j + 1) * kCacheGranule of row b lie at that offset in the cache's row b, for
+    // j below `granules`, which covers every row's padded prefix. cache_slots: the
+    // extent of the cache's slot dimension, which every granule lies in.
+    Halide::Func row_kv_len, granule_offset;
+    Halide::Expr granules, cache_slots;
 };
 
 // pattern_out is null when the attention weights are not asked for; segment_keys

@@ -8,6 +8,7 @@
 #include "aligned_vector.h"
 #include "backend_registry.h"
 #include "layout.h"
+#include "paged_cache.h"
 #include "test_hooks.h"
 #include "validation.h"
 #include "weights.h"
@@ -44,6 +45,7 @@ struct Attention::State {
     double scale = 0;
 
     KvCache cache;  // allocated() once set up
+    PagedCache paged;  // or this one, allocated() once set up
     int cache_size = 0;
     std::vector<int32_t> last_position;  // per batch row, of the latest token forward wrote; -1: none
 
@@ -52,6 +54,11 @@ struct Attention::State {
     AlignedVector<float> q, z, pattern, z_spare, pattern_spare;
     KvCache scratch;  // k and v of a call without a cache
     std::vector<int32_t> positions;
+    // Where the call's tokens go (slot, batch row) and each row's valid key slots.
+    std::vector<int32_t> dest_slots, dest_rows, kv_lens;
+    // The granule table of a contiguous cache: every key where its slot says.
+    std::vector<int32_t> contiguous_granules;
+    std::vector<int32_t> sequence_granules;  // a serving call's, per row
     bool record_pattern = false;
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
     bool has_pattern = false;
@@ -61,6 +68,12 @@ struct Attention::State {
     // replaced from there. If the device cannot even return its copy, that copy
     // keeps the failed call's values past size(); every later call overwrites a
     // slot before it reads it.
+    PagedCache &paged_cache() {
+        if (!paged.allocated()) fail("no paged KV cache: call setup_paged_cache first");
+        return paged;
+    }
+    std::vector<float> sequence_as_float(int id, bool values);
+
     void discard_slots(int first, int count) noexcept {
         try {
             cache.pull(*kernels);
@@ -122,8 +135,146 @@ void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     const size_t elements = require_kv_store_size("the KV cache's k and v", s.dims, type, batch_size, max_seq_len);
     allocate("the KV cache", 2 * elements, KvCache::element_bytes(type),
              [&] { s.cache.allocate(s.dims, type, batch_size, max_seq_len); });
+    s.paged.release();
     s.cache_size = 0;
     s.last_position.assign(batch_size, -1);
+}
+
+void Attention::setup_paged_cache(int num_blocks, int block_size, CacheType type) {
+    require_positive("paged cache num_blocks", num_blocks);
+    if (block_size < layout::kCacheGranule || block_size % layout::kCacheGranule != 0) {
+        fail("paged cache block_size is ", block_size, "; expected a positive multiple of ", layout::kCacheGranule);
+    }
+    const std::string_view type_name = cache_type_name(type);  // checks the value
+    State &s = *state_;
+    if (!s.kernels->supports_cache(type)) {
+        fail(backend_name(s.backend), " was built without pipelines for ", type_name,
+             " caches (CMake GQA_CACHE_TYPES)");
+    }
+    const size_t elements = require_kv_store_size("the paged KV cache's pool", s.dims, type, 1,
+                                                  int64_t(num_blocks) * block_size);
+    allocate("the paged KV cache", 2 * elements, KvCache::element_bytes(type),
+             [&] { s.paged.allocate(s.dims, type, num_blocks, block_size, s.config.window); });
+    s.cache.release();
+    s.cache_size = 0;
+    s.last_position.clear();
+}
+
+bool Attention::has_paged_cache() const {
+    return state_->paged.allocated();
+}
+
+int Attention::paged_block_size() const {
+    return state_->paged.block_size();
+}
+
+int Attention::paged_blocks() const {
+    return state_->paged.num_blocks();
+}
+
+int Attention::free_paged_blocks() const {
+    return state_->paged.free_blocks();
+}
+
+int Attention::add_sequence() {
+    PagedCache &paged = state_->paged_cache();
+    int id = 0;
+    allocate("a sequence", 1, sizeof(PagedCache::Sequence), [&] { id = paged.add_sequence(); });
+    return id;
+}
+
+int Attention::fork_sequence(int sequence) {
+    PagedCache &paged = state_->paged_cache();
+    const PagedCache::Sequence &from = paged.sequence(sequence);
+    int id = 0;
+    allocate("a sequence", from.blocks.size() + from.positions.size(), sizeof(int32_t),
+             [&] { id = paged.fork(sequence); });
+    return id;
+}
+
+void Attention::truncate_sequence(int sequence, int length) {
+    state_->paged_cache().truncate(sequence, length);
+}
+
+void Attention::remove_sequence(int sequence) {
+    state_->paged_cache().remove(sequence);
+}
+
+int Attention::min_sequence_length(int sequence) const {
+    return state_->paged_cache().min_length(sequence);
+}
+
+int Attention::sequence_length(int sequence) const {
+    return state_->paged_cache().sequence(sequence).length();
+}
+
+std::vector<int> Attention::sequences() const {
+    return state_->paged_cache().sequence_ids();
+}
+
+std::vector<float> Attention::State::sequence_as_float(int id, bool values) {
+    const PagedCache::Sequence &sequence = paged_cache().sequence(id);
+    KvCache &pool = paged.pool();
+    pool.pull(*kernels);
+    const int length = sequence.length(), hd = dims.head_dim, bs = paged.block_size();
+    std::vector<float> out(size_t(dims.num_kv_heads) * length * hd, 0.f);
+    for (int head = 0; head < dims.num_kv_heads; ++head) {
+        for (int slot = 0; slot < length; ++slot) {
+            const int32_t block = sequence.blocks[slot / bs];
+            if (block < 0) continue;
+            const size_t at = pool.slot_index(0, head, paged.pool_slot(sequence.blocks, slot));
+            float *row = out.data() + (size_t(head) * length + slot) * hd;
+            for (int e = 0; e < hd; ++e) row[e] = pool.load(values ? pool.v() : pool.k(), at, e);
+        }
+    }
+    return out;
+}
+
+void Attention::append_sequence_cache(int sequence, const TensorView<float> &k, const TensorView<float> &v) {
+    State &s = *state_;
+    PagedCache &paged = s.paged_cache();
+    const PagedCache::Sequence &target = paged.sequence(sequence);
+    const int64_t n_kv = s.dims.num_kv_heads, hd = s.dims.head_dim;
+    for (const auto &[name, t] : {std::pair{"k", &k}, std::pair{"v", &v}}) {
+        const auto &shape = t->shape;
+        if (!t->data || shape.size() != 3 || shape[0] != n_kv || shape[1] < 1 || shape[2] != hd) {
+            fail(name, " has shape ", shape_string(shape), "; expected [", n_kv, ", n, ", hd, "]");
+        }
+    }
+    if (k.shape[1] != v.shape[1]) fail("k holds ", k.shape[1], " slots but v holds ", v.shape[1]);
+    const int32_t last = target.positions.empty() ? -1 : target.positions.back();
+    if (target.length() + k.shape[1] > s.config.max_seq_len || last + k.shape[1] >= s.config.max_seq_len) {
+        fail("sequence ", sequence, " holds ", target.length(), " tokens (the last at position ", last, "); ",
+             k.shape[1], " more pass max_seq_len (", s.config.max_seq_len, ")");
+    }
+    const int n = int(k.shape[1]), length = target.length();
+    allocate("the appended positions", n, sizeof(int32_t), [&] { s.positions.resize(n); });
+    for (int i = 0; i < n; ++i) s.positions[i] = last + 1 + i;
+    PagedCache::Step step;
+    allocate("the sequence's block table", 1, sizeof(PagedCache::Row),
+             [&] { step = paged.reserve({{sequence, n}}, *s.kernels); });
+    KvCache &pool = paged.pool();
+    try {
+        pool.pull(*s.kernels);  // the slots before the new ones must survive the upload that follows
+    } catch (...) {
+        paged.cancel(step);
+        throw;
+    }
+    for (int head = 0; head < n_kv; ++head) {
+        for (int i = 0; i < n; ++i) {
+            const size_t at = (size_t(head) * n + i) * hd;
+            pool.write_slot(0, head, paged.pool_slot(step.tables[0], length + i), k.data + at, v.data + at);
+        }
+    }
+    paged.commit(step, s.positions);
+}
+
+std::vector<float> Attention::sequence_k_as_float(int sequence) const {
+    return state_->sequence_as_float(sequence, false);
+}
+
+std::vector<float> Attention::sequence_v_as_float(int sequence) const {
+    return state_->sequence_as_float(sequence, true);
 }
 
 bool Attention::has_cache() const {
@@ -133,12 +284,14 @@ bool Attention::has_cache() const {
 void Attention::remove_cache() {
     State &s = *state_;
     s.cache.release();
+    s.paged.release();
     s.cache_size = 0;
     s.last_position.clear();
 }
 
 void Attention::reset() {
     State &s = *state_;
+    for (int id : s.paged.sequence_ids()) s.paged.remove(id);
     s.cache.zero();
     s.cache_size = 0;
     std::fill(s.last_position.begin(), s.last_position.end(), -1);
@@ -175,6 +328,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                         const std::optional<TensorView<int32_t>> &input_pos) {
     State &s = *state_;
     const Config &c = s.config;
+    if (s.paged.allocated()) fail("the layer's KV cache is paged: run its sequences with forward_sequences");
     if (x.shape.size() != 3 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] != c.embed_dim) {
         fail("x has shape ", shape_string(x.shape), "; expected [batch >= 1, seq_len >= 1, ", c.embed_dim, "]");
     }
@@ -232,6 +386,19 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     KvCache &kv = cached ? s.cache : s.scratch;
     if (s.record_pattern) grow(s.pattern_spare, tokens * d.num_heads * kv_len, "the attention pattern");
+    const int granules = (kv_len + layout::kKeySlotPadding - 1) / layout::kKeySlotPadding *
+                         (layout::kKeySlotPadding / layout::kCacheGranule);
+    allocate("the call's destinations and granule table", 2 * tokens + batch + granules, sizeof(int32_t), [&] {
+        s.dest_slots.resize(tokens), s.dest_rows.resize(tokens), s.kv_lens.resize(batch);
+        if (s.contiguous_granules.size() < size_t(granules)) s.contiguous_granules.resize(granules, 0);
+    });
+    for (int b = 0; b < batch; ++b) {
+        for (int i = 0; i < seq_len; ++i) {
+            s.dest_slots[size_t(b) * seq_len + i] = first_slot + i;
+            s.dest_rows[size_t(b) * seq_len + i] = b;
+        }
+    }
+    std::fill(s.kv_lens.begin(), s.kv_lens.end(), kv_len);
 
     const ForwardStage failing = std::exchange(injected_failure, ForwardStage::none);
     auto after = [failing](ForwardStage stage, const char *name) {
@@ -244,7 +411,8 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                             .positions = s.positions.data(),
                             .q = s.q.data(),
                             .kv = &kv,
-                            .write_slot = first_slot,
+                            .dest_slots = s.dest_slots.data(),
+                            .dest_rows = s.dest_rows.data(),
                             .qk_norm = qk_norm_code(c.qk_norm),
                             .qk_norm_eps = float(c.qk_norm_eps)});
         after(ForwardStage::project, "project");
@@ -254,6 +422,11 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                            .seq_len = seq_len,
                            .kv = &kv,
                            .kv_len = kv_len,
+                           .kv_lens = s.kv_lens.data(),
+                           .granules = s.contiguous_granules.data(),
+                           .granule_count = granules,
+                           .granule_row_stride = 0,
+                           .pooled = false,
                            .mask = mask ? mask->data : nullptr,
                            .mask_len = mask ? int(mask->shape[2]) : 0,
                            .causal = !mask && (c.is_causal || c.window.has_value()),
@@ -282,6 +455,151 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     s.last_batch = batch;
     s.last_seq_len = seq_len;
     s.last_kv_len = kv_len;
+}
+
+void Attention::forward_sequences(std::span<const SequenceTokens> rows, const TensorView<float> &x,
+                                  std::span<float> out, const std::optional<TensorView<int32_t>> &input_pos) {
+    State &s = *state_;
+    const Config &c = s.config;
+    PagedCache &paged = s.paged_cache();
+    if (rows.empty()) fail("forward_sequences needs at least one row");
+    if (s.record_pattern) fail("forward_sequences records no attention pattern: call set_record_pattern(false)");
+    int64_t total = 0;
+    for (size_t r = 0; r < rows.size(); ++r) {
+        const SequenceTokens &row = rows[r];
+        const PagedCache::Sequence &sequence = paged.sequence(row.sequence);  // checks the id
+        for (size_t earlier = 0; earlier < r; ++earlier) {
+            if (rows[earlier].sequence == row.sequence) fail("sequence ", row.sequence, " appears twice in one forward");
+        }
+        if (row.tokens < 1) fail("sequence ", row.sequence, " is given ", row.tokens, " tokens; expected >= 1");
+        if (int64_t(sequence.length()) + row.tokens > c.max_seq_len) {
+            fail("sequence ", row.sequence, " holds ", sequence.length(), " tokens; ", row.tokens,
+                 " more pass max_seq_len (", c.max_seq_len, ")");
+        }
+        total += row.tokens;
+    }
+    if (x.shape.size() != 2 || x.shape[0] != total || x.shape[1] != c.embed_dim) {
+        fail("x has shape ", shape_string(x.shape), "; expected [", total, ", ", c.embed_dim,
+             "] (the rows' tokens, one row after the other)");
+    }
+    if (!x.data) fail("x has no data");
+    require_array_size("x", {total, c.embed_dim}, "tokens x embed_dim");
+    require_array_size("q", {total, c.num_heads, c.head_dim}, "tokens x num_heads x head_dim");
+    const int tokens = int(total);
+    if (out.size() != size_t(tokens) * c.embed_dim) {
+        fail("out holds ", out.size(), " floats; expected ", size_t(tokens) * c.embed_dim, " ([", tokens, ", ",
+             c.embed_dim, "])");
+    }
+    if (input_pos && (input_pos->shape != std::vector<int64_t>{total} || !input_pos->data)) {
+        fail("input_pos has shape ", shape_string(input_pos->shape), "; expected [", total, "]");
+    }
+    // Positions: given or the slots, each below max_seq_len and after its sequence's last.
+    allocate("the call's positions", tokens, sizeof(int32_t), [&] { s.positions.resize(tokens); });
+    {
+        int token = 0;
+        for (const SequenceTokens &row : rows) {
+            const PagedCache::Sequence &sequence = paged.sequence(row.sequence);
+            int32_t last = sequence.positions.empty() ? -1 : sequence.positions.back();
+            for (int i = 0; i < row.tokens; ++i, ++token) {
+                const int32_t position = input_pos ? input_pos->data[token] : sequence.length() + i;
+                if (position < 0 || position >= c.max_seq_len) {
+                    fail("input_pos[", token, "] is ", position, "; expected in [0, max_seq_len ", c.max_seq_len, ")");
+                }
+                if (position <= last) {
+                    fail("input_pos[", token, "] is ", position, " but sequence ", row.sequence,
+                         "'s previous token is at position ", last, "; positions must increase");
+                }
+                s.positions[token] = last = position;
+            }
+        }
+    }
+
+    const LayerDims &d = s.dims;
+    grow(s.q, size_t(tokens) * d.q_width(), "q");
+    grow(s.z_spare, size_t(tokens) * d.q_width(), "z");  // z() stays the last forward()'s
+    std::vector<PagedCache::Row> step_rows;
+    PagedCache::Step step;
+    allocate("the call's block tables", rows.size(), sizeof(PagedCache::Row), [&] {
+        for (const SequenceTokens &row : rows) step_rows.push_back({row.sequence, row.tokens});
+        step = paged.reserve(step_rows, *s.kernels);
+    });
+    KvCache &pool = paged.pool();
+    const ForwardStage failing = std::exchange(injected_failure, ForwardStage::none);
+    auto after = [failing](ForwardStage stage, const char *name) {
+        if (failing == stage) fail("injected failure after ", name);
+    };
+    try {
+        allocate("the call's destinations", 2 * size_t(tokens) + rows.size(), sizeof(int32_t), [&] {
+            s.dest_slots.resize(tokens), s.dest_rows.assign(tokens, 0), s.kv_lens.resize(rows.size());
+        });
+        for (size_t r = 0, token = 0; r < rows.size(); ++r) {
+            const int length = paged.sequence(rows[r].sequence).length();
+            for (int i = 0; i < rows[r].tokens; ++i) s.dest_slots[token++] = paged.pool_slot(step.tables[r], length + i);
+            s.kv_lens[r] = length + rows[r].tokens;
+        }
+        // The three stages per run of neighbouring rows with as many new tokens (and,
+        // to prefill, as long a cache): their q and z are one [rows, n, n_h, hd]
+        // block. Each run's arrays start a device backend's (a device handle is no
+        // address to offset), so its stages run before the next run's.
+        for (size_t first = 0, token = 0; first < rows.size();) {
+            size_t end = first + 1;
+            while (end < rows.size() && rows[end].tokens == rows[first].tokens &&
+                   (rows[first].tokens == 1 || s.kv_lens[end] == s.kv_lens[first])) {
+                ++end;
+            }
+            const int run = int(end - first), n = rows[first].tokens, run_tokens = run * n;
+            const int kv_len = *std::max_element(s.kv_lens.begin() + first, s.kv_lens.begin() + end);
+            const int granules = (kv_len + layout::kKeySlotPadding - 1) / layout::kKeySlotPadding *
+                                 (layout::kKeySlotPadding / layout::kCacheGranule);
+            allocate("the call's granule tables", size_t(run) * granules, sizeof(int32_t),
+                     [&] { s.sequence_granules.resize(size_t(run) * granules); });
+            for (int r = 0; r < run; ++r) {
+                paged.granule_table(step.tables[first + r], granules, s.sequence_granules.data() + size_t(r) * granules);
+            }
+            s.kernels->project({.x = x.data + token * c.embed_dim,
+                                .batch = 1,
+                                .seq_len = run_tokens,
+                                .positions = s.positions.data() + token,
+                                .q = s.q.data(),
+                                .kv = &pool,
+                                .dest_slots = s.dest_slots.data() + token,
+                                .dest_rows = s.dest_rows.data() + token,
+                                .qk_norm = qk_norm_code(c.qk_norm),
+                                .qk_norm_eps = float(c.qk_norm_eps)});
+            after(ForwardStage::project, "project");
+            s.kernels->attend({.q = s.q.data(),
+                               .batch = run,
+                               .seq_len = n,
+                               .kv = &pool,
+                               .kv_len = kv_len,
+                               .kv_lens = s.kv_lens.data() + first,
+                               .granules = s.sequence_granules.data(),
+                               .granule_count = granules,
+                               .granule_row_stride = granules,
+                               .pooled = true,
+                               .mask = nullptr,
+                               .mask_len = 0,
+                               .causal = c.is_causal || c.window.has_value(),
+                               .window = c.window.value_or(0),
+                               .scale = float(s.scale),
+                               .softcap = float(c.softcap),
+                               .z = s.z_spare.data(),
+                               .pattern = nullptr});
+            after(ForwardStage::attend, "attend");
+            s.kernels->output({.z = s.z_spare.data(), .batch = 1, .seq_len = run_tokens, .out = out.data() + token * c.embed_dim});
+            after(ForwardStage::output, "output");
+            token += run_tokens;
+            first = end;
+        }
+    } catch (...) {
+        // The device's copy holds every slot the host's does, and perhaps some of
+        // the call's past the sequences' ends, which no query sees.
+        pool.written_on_device();
+        paged.cancel(step);
+        throw;
+    }
+    pool.written_on_device();
+    paged.commit(step, s.positions);
 }
 
 std::vector<float> Attention::forward(const TensorView<float> &x, const std::optional<TensorView<uint8_t>> &mask,

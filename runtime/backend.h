@@ -32,26 +32,36 @@ struct RopeTables {
 };
 RopeTables make_rope_tables(const Config &config);
 
-// x [b*s, d] -> q [b*s, n_h, hd] rotated; k, v rotated/plain into slots
-// [write_slot, write_slot + s) of `kv`.
+// x [b*s, d] -> q [b*s, n_h, hd] rotated; token m's k (rotated) and v into slot
+// dest_slots[m] of row dest_rows[m] of `kv`.
 struct ProjectCall {
     const float *x;
     int batch, seq_len;
     const int32_t *positions;  // [b*s], each in [0, rope.positions)
     float *q;
-    KvCache *kv;  // the layer's cache, or scratch standing in for one
-    int write_slot;
+    KvCache *kv;  // the layer's cache (or a paged cache's pool), or scratch standing in for one
+    const int32_t *dest_slots, *dest_rows;  // [b*s]
     int qk_norm;  // layout::kQkNorm*: q and k normalised before RoPE, with the weights' q_norm / k_norm
     float qk_norm_eps;
 };
 
-// q [b, s, n_h, hd] against slots [0, kv_len) -> z [b, s, n_h, hd] (+ pattern
-// [b, n_h, s, kv_len] when non-null). Query i is in slot kv_len - s + i.
+// q [b, s, n_h, hd], row b against its key slots [0, kv_lens[b]) -> z [b, s, n_h, hd]
+// (+ pattern [b, n_h, s, kv_len] when non-null). Query i of row b is in key slot
+// kv_lens[b] - s + i. Key slot t of row b lies in cache slot
+//   t + granules[b * granule_row_stride + t / kCacheGranule]
+// of the cache's row b, or of its only row where `pooled` (a paged cache's pool).
+// Each row's granule_count entries cover kv_len rounded up to kKeySlotPadding, and
+// those slots lie inside the cache.
 struct AttendCall {
     const float *q;
     int batch, seq_len;
     const KvCache *kv;
-    int kv_len;
+    int kv_len;              // the largest kv_lens[b]
+    const int32_t *kv_lens;  // [b]; where seq_len > 1 (prefill), every row's is kv_len
+    const int32_t *granules;
+    int granule_count;
+    int64_t granule_row_stride;  // 0: one table for every row (a contiguous cache's zeros)
+    bool pooled;
     const uint8_t *mask;     // [b, s, mask_len] or null
     int mask_len;
     bool causal;

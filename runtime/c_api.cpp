@@ -327,4 +327,80 @@ gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t b
     });
 }
 
+gqa_status gqa_attention_setup_paged_cache(gqa_attention *layer, int32_t num_blocks, int32_t block_size,
+                                           gqa_cache_type type) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        using gqa::CacheType;
+        layer->layer.setup_paged_cache(num_blocks, block_size,
+                                       from_c_enum(type, {CacheType::f32, CacheType::f16, CacheType::bf16,
+                                                          CacheType::int8},
+                                                   "cache type", "gqa_cache_type"));
+    });
+}
+
+int32_t gqa_attention_free_blocks(const gqa_attention *layer) {
+    return layer && layer->layer.has_paged_cache() ? layer->layer.free_paged_blocks() : -1;
+}
+
+gqa_status gqa_attention_add_sequence(gqa_attention *layer, int32_t *sequence) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(sequence, "sequence");
+        *sequence = layer->layer.add_sequence();
+    });
+}
+
+gqa_status gqa_attention_fork_sequence(gqa_attention *layer, int32_t from, int32_t *sequence) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(sequence, "sequence");
+        *sequence = layer->layer.fork_sequence(from);
+    });
+}
+
+gqa_status gqa_attention_truncate_sequence(gqa_attention *layer, int32_t sequence, int32_t length) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        layer->layer.truncate_sequence(sequence, length);
+    });
+}
+
+gqa_status gqa_attention_remove_sequence(gqa_attention *layer, int32_t sequence) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        layer->layer.remove_sequence(sequence);
+    });
+}
+
+gqa_status gqa_attention_sequence_length(const gqa_attention *layer, int32_t sequence, int32_t *length) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(length, "length");
+        *length = layer->layer.sequence_length(sequence);
+    });
+}
+
+gqa_status gqa_attention_forward_sequences(gqa_attention *layer, const int32_t *sequences, const int32_t *tokens,
+                                           int32_t rows, const float *x, float *out, size_t out_count,
+                                           const int32_t *input_pos) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(out, "out");
+        if (rows < 1) invalid("rows is " + std::to_string(rows) + "; expected >= 1");
+        require_pointer(sequences, "sequences");
+        require_pointer(tokens, "tokens");
+        std::vector<gqa::SequenceTokens> batch(rows);
+        int64_t total = 0;
+        for (int32_t r = 0; r < rows; ++r) {
+            batch[r] = {sequences[r], tokens[r]};
+            total += tokens[r];
+        }
+        std::optional<gqa::TensorView<int32_t>> positions;
+        if (input_pos) positions = gqa::TensorView<int32_t>{input_pos, {total}};
+        layer->layer.forward_sequences(batch, {x, {total, layer->layer.config().embed_dim}}, {out, out_count},
+                                       positions);
+    });
+}
+
 }  // extern "C"

@@ -301,8 +301,9 @@ public:
         if (k_new_.size() < new_values) k_new_.resize(new_values), v_new_.resize(new_values);
         View k_new(k_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
         View v_new(v_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
+        View dest_slots(c.dest_slots, kI32, {{tokens, 1}}), dest_rows(c.dest_rows, kI32, {{tokens, 1}});
         // The whole cache: the store writes this call's slots in place.
-        View k = slots_view(*c.kv, c.kv->k(), c.kv->capacity()), v = slots_view(*c.kv, c.kv->v(), c.kv->capacity());
+        View k = whole_cache_view(*c.kv, c.kv->k()), v = whole_cache_view(*c.kv, c.kv->v());
         if (device_) {
             place_constant(w, qkv_weights_), place_constant(scales, qkv_scales_), place_constant(bias, qkv_bias_);
             place_constant(norm_weight, qk_norm_weight_array_);
@@ -310,6 +311,7 @@ public:
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
             place(k_new, k_new_array_, Sync::device_only), place(v_new, v_new_array_, Sync::device_only);
+            place(dest_slots, dest_slots_, Sync::upload), place(dest_rows, dest_rows_, Sync::upload);
             KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
         }
@@ -321,20 +323,44 @@ public:
                                                         scales.get(), q.get(), k_new.get(), v_new.get()),
             "gqa_project");
         const ModePipelines<StorePipeline> &store = pipelines(*c.kv).store;
-        run((decode ? store.decode : store.prefill)(k_new.get(), v_new.get(), c.seq_len, c.write_slot, k.get(),
-                                                    v.get()),
+        run((decode ? store.decode : store.prefill)(k_new.get(), v_new.get(), dest_slots.get(), dest_rows.get(),
+                                                    k.get(), v.get()),
             "gqa_store");
     }
 
     void attend(const AttendCall &c) override {
+        // Only a GPU decode reads each row's length (attend_generator.cpp): on the
+        // CPU, rows of different lengths go in separate calls.
+        const bool uniform = std::all_of(c.kv_lens, c.kv_lens + c.batch, [&](int32_t n) { return n == c.kv_len; });
+        if (device_ || uniform) return attend_rows(c);
+        const int64_t q_row = int64_t(c.seq_len) * dims_.q_width();
+        for (int first = 0; first < c.batch;) {
+            int end = first + 1;
+            while (end < c.batch && c.kv_lens[end] == c.kv_lens[first]) ++end;
+            AttendCall rows = c;
+            rows.q = c.q + first * q_row, rows.z = c.z + first * q_row;
+            rows.batch = end - first, rows.kv_len = c.kv_lens[first], rows.kv_lens = c.kv_lens + first;
+            rows.granules = c.granules + first * c.granule_row_stride;
+            attend_rows(rows);
+            first = end;
+        }
+    }
+
+    void attend_rows(const AttendCall &c) {
         const int hd = dims_.head_dim, g = dims_.group(), n_kv = dims_.num_kv_heads;
         const int64_t row = int64_t(dims_.num_heads) * hd;
         View q(c.q, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
         View z(c.z, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
         // The pipelines read whole chunks of key slots; the cache's padding covers them.
-        const int slots = round_up(c.kv_len, layout::kKeySlotPadding);
+        // A pool's slots are every row's.
+        const int slots = c.pooled ? c.kv->capacity() : round_up(c.kv_len, layout::kKeySlotPadding);
+        const int rows = c.pooled ? c.batch : c.kv->batch();
+        const int64_t row_stride = c.pooled ? 0 : c.kv->row_stride();
         const CachePipelines &cache = pipelines(*c.kv);
-        View k = slots_view(*c.kv, c.kv->k(), slots), v = slots_view(*c.kv, c.kv->v(), slots);
+        View k = slots_view(*c.kv, c.kv->k(), slots, rows, row_stride);
+        View v = slots_view(*c.kv, c.kv->v(), slots, rows, row_stride);
+        View kv_lens(c.kv_lens, kI32, {{c.batch, 1}});
+        View granules(c.granules, kI32, {{c.granule_count, 1}, {c.batch, c.granule_row_stride}});
         if (!c.mask && int(no_mask_.size()) < c.kv_len) no_mask_.assign(c.kv_len, 1);
         View mask = c.mask ? View(c.mask, kU8, {{c.kv_len, 1}, {c.seq_len, c.mask_len}, {c.batch, int64_t(c.mask_len) * c.seq_len}})
                            : View(no_mask_.data(), kU8, {{c.kv_len, 1}, {c.seq_len, 0}, {c.batch, 0}});
@@ -346,6 +372,7 @@ public:
             place_constant(sinks, sinks_array_);
             place(q, q_, Sync::device_only), place(z, z_[pending_], Sync::device_only);
             place(mask, mask_, Sync::upload);
+            place(kv_lens, kv_lens_, Sync::upload), place(granules, granules_, Sync::upload);
             KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
             pending_z_ = {c.z, z.bytes()};
@@ -359,13 +386,14 @@ public:
                 pending_pattern_ = {c.pattern, pattern.bytes()};
             }
             run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
-                                     use_sinks_, sinks.get(), segment_keys, k.get(), v.get(), z.get(), pattern.get()),
+                                     use_sinks_, sinks.get(), segment_keys, kv_lens.get(), granules.get(), k.get(),
+                                     v.get(), z.get(), pattern.get()),
                 "gqa_attend_pattern");
             return;
         }
         auto *pipeline = c.seq_len == 1 ? cache.attend.decode : cache.attend.prefill;
         run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, use_sinks_,
-                     sinks.get(), segment_keys, k.get(), v.get(), z.get()),
+                     sinks.get(), segment_keys, kv_lens.get(), granules.get(), k.get(), v.get(), z.get()),
             "gqa_attend");
     }
 
@@ -431,9 +459,9 @@ private:
         return platform_.pipelines.cache[int(kv.type())];
     }
 
-    // Slots [0, slots) of every kv head and batch row of one of the cache's arrays,
+    // Slots [0, slots) of every kv head of `rows` rows of one of the cache's arrays,
     // as the pipelines see them: (slot element, slot, kv head, row).
-    View slots_view(const KvCache &kv, const void *array, int slots) const {
+    View slots_view(const KvCache &kv, const void *array, int slots, int rows, int64_t row_stride) const {
         halide_type_t element = kF32;
         switch (kv.type()) {
         case CacheType::f32: break;
@@ -443,7 +471,11 @@ private:
         }
         return View(array, element,
                     {{kv.slot_stride(), 1}, {slots, kv.slot_stride()}, {kv.num_kv_heads(), kv.head_stride()},
-                     {kv.batch(), kv.row_stride()}});
+                     {rows, row_stride}});
+    }
+
+    View whole_cache_view(const KvCache &kv, const void *array) const {
+        return slots_view(kv, array, kv.capacity(), kv.batch(), kv.row_stride());
     }
 
     void run(int status, const char *pipeline) const {
@@ -514,6 +546,7 @@ private:
     DeviceArray rope_cos_, rope_sin_, sinks_array_;
     DeviceArray qk_norm_weight_array_;
     DeviceArray x_, positions_, mask_, q_, k_new_array_, v_new_array_, out_array_;
+    DeviceArray dest_slots_, dest_rows_, kv_lens_, granules_;
     // z and the pattern: a forward writes pair `pending_`; the other holds the last
     // committed forward's (Kernels::commit).
     DeviceArray z_[2], pattern_[2];

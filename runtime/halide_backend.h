@@ -16,15 +16,17 @@ using ProjectPipeline = int (*)(halide_buffer_t *x, halide_buffer_t *bias, halid
                                 int32_t rope_style, int32_t rotary_dim, int32_t qk_norm, float qk_norm_eps,
                                 int32_t head_dim, int32_t num_heads, int32_t num_kv_heads, halide_buffer_t *w,
                                 halide_buffer_t *w_scales, halide_buffer_t *q, halide_buffer_t *k, halide_buffer_t *v);
-using StorePipeline = int (*)(halide_buffer_t *k_new, halide_buffer_t *v_new, int32_t seq_len, int32_t write_slot,
-                              halide_buffer_t *k, halide_buffer_t *v);
+using StorePipeline = int (*)(halide_buffer_t *k_new, halide_buffer_t *v_new, halide_buffer_t *dest_slots,
+                              halide_buffer_t *dest_rows, halide_buffer_t *k, halide_buffer_t *v);
 using AttendPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
-                               halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *k_cache,
-                               halide_buffer_t *v_cache, halide_buffer_t *z);
+                               halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *kv_lens,
+                               halide_buffer_t *granule_offsets, halide_buffer_t *k_cache, halide_buffer_t *v_cache,
+                               halide_buffer_t *z);
 using AttendPatternPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask, int32_t kv_len, int32_t use_mask,
                                       int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
-                                      halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *k_cache,
+                                      halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *kv_lens,
+                                      halide_buffer_t *granule_offsets, halide_buffer_t *k_cache,
                                       halide_buffer_t *v_cache, halide_buffer_t *z, halide_buffer_t *pattern);
 using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *w_scales,
                                halide_buffer_t *out);

@@ -198,6 +198,25 @@ void KvCache::write_slots(const float *k, const float *v, int first, int n) {
     host_written();
 }
 
+void KvCache::write_slot(int row, int head, int slot, const float *k, const float *v) {
+    store(k_.data(), slot_index(row, head, slot), k);
+    store(v_.data(), slot_index(row, head, slot), v);
+    host_written();
+}
+
+void KvCache::copy_slots(int from, int to, int n) {
+    const size_t bytes = size_t(n) * slot_stride() * element_bytes();
+    for (int row = 0; row < batch_; ++row) {
+        for (int head = 0; head < num_kv_heads_; ++head) {
+            const size_t source = slot_index(row, head, from) * element_bytes();
+            const size_t target = slot_index(row, head, to) * element_bytes();
+            std::copy_n(k_.begin() + source, bytes, k_.begin() + target);
+            std::copy_n(v_.begin() + source, bytes, v_.begin() + target);
+        }
+    }
+    host_written();
+}
+
 void KvCache::pull(Kernels &kernels) {
     if (!newer_on_device_) return;
     kernels.copy_to_host(HostArray::kv_cache);

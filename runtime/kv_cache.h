@@ -98,6 +98,11 @@ public:
     void zero_slots(int first, int count);
     // k and v [batch, n_kv, n, hd] into slots [first, first + n), rounded to the type.
     void write_slots(const float *k, const float *v, int first, int n);
+    // One slot's k and v (hd values each) of kv head `head` in row `row`, rounded to the type.
+    void write_slot(int row, int head, int slot, const float *k, const float *v);
+    // Slots [from, from + n) of every kv head and row, k and v, copied as stored to
+    // slots [to, to + n).
+    void copy_slots(int from, int to, int n);
 
     // Where the valid copy lives. A device backend mirrors the cache and uploads
     // the host's copy whenever version() differs from the one it holds; 0 marks

@@ -70,7 +70,7 @@ public:
                 for (int h = 0; h < dims_.num_kv_heads; ++h) {
                     rotate(rope_, &k[h * hd], pos);
                     for (int e = 0; e < hd; ++e) k_slot[e] = float(k[h * hd + e]), v_slot[e] = float(v[h * hd + e]);
-                    const size_t slot = c.kv->slot_index(b, h, c.write_slot + s);
+                    const size_t slot = c.kv->slot_index(c.dest_rows[token], h, c.dest_slots[token]);
                     c.kv->store(c.kv->k(), slot, k_slot.data());
                     c.kv->store(c.kv->v(), slot, v_slot.data());
                 }
@@ -82,20 +82,27 @@ public:
         const int hd = dims_.head_dim, g = dims_.group();
         std::vector<double> scores(c.kv_len), z(hd);
         std::vector<bool> visible(c.kv_len);
+        constexpr int G = layout::kCacheGranule;
         for (int b = 0; b < c.batch; ++b) {
+            const int kv_len = c.kv_lens[b];
+            // Where key slot t of this row lies in the cache.
+            auto slot_of = [&](int kvh, int t) {
+                return c.kv->slot_index(c.pooled ? 0 : b, kvh, t + c.granules[b * c.granule_row_stride + t / G]);
+            };
             for (int i = 0; i < c.seq_len; ++i) {
-                const int query_slot = c.kv_len - c.seq_len + i;
+                const int query_slot = kv_len - c.seq_len + i;
                 for (int h = 0; h < dims_.num_heads; ++h) {
                     const int kvh = h / g;
                     const float *q = c.q + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     double max_score = -std::numeric_limits<double>::infinity();
                     bool sees_any = false;
                     for (int t = 0; t < c.kv_len; ++t) {
-                        visible[t] = (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
+                        visible[t] = t < kv_len &&
+                                     (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
                                      (!c.causal || t <= query_slot) && (c.window <= 0 || t > query_slot - c.window);
                         if (!visible[t]) continue;
                         sees_any = true;
-                        const size_t k = c.kv->slot_index(b, kvh, t);
+                        const size_t k = slot_of(kvh, t);
                         double dot = 0;
                         for (int e = 0; e < hd; ++e) dot += double(q[e]) * c.kv->load(c.kv->k(), k, e);
                         double score = dot * c.scale;
@@ -124,7 +131,7 @@ public:
                             c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
                         }
                         if (!visible[t]) continue;
-                        const size_t v = c.kv->slot_index(b, kvh, t);
+                        const size_t v = slot_of(kvh, t);
                         for (int e = 0; e < hd; ++e) z[e] += p * c.kv->load(c.kv->v(), v, e);
                     }
                     float *z_out = c.z + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;

@@ -100,9 +100,10 @@ void schedule_project_epilogue(algo::Project &p, int lanes, bool decode) {
 void schedule_store(algo::Store &s, int lanes, bool decode) {
     const RVar token = s.new_tokens.x;
     for (Func f : {s.k, s.v}) {
-        // An update's RVars start innermost; head dims go inside, in vectors.
+        // An update's RVars start innermost; head dims go inside, in vectors. Tokens
+        // may run in parallel: the runtime gives each its own slot.
         f.update().reorder(s.d, token).vectorize(s.d, lanes, TailStrategy::GuardWithIf);
-        if (!decode) f.update().parallel(token);
+        if (!decode) f.update().allow_race_conditions().parallel(token);
     }
     if (s.quantized) {
         // Each token's scales just before its slot is written.
@@ -201,14 +202,18 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             .vectorize(kargs[1], vec);
         k_reader = k_transposed;
     }
-    // A narrow cache's K rows widened once per chunk (contiguous elements, whole
-    // vectors) for the block's rows, which then read floats from L1: the transpose
-    // does not widen lane by lane, nor each row again. On the stack: sized by
-    // head_dim, a run-time value, Halide would allocate it on the heap per chunk.
-    const bool stage_narrow_rows =
-        a.cache_type != algo::CacheType::f32 &&
-        !(blocking.decode && blocking.decode_widens_half_in_operand && a.cache_type == algo::CacheType::f16);
-    if (stage_narrow_rows) {
+    // A prefill's K rows copied (a narrow cache's widened) once per chunk, each row
+    // found through the granule table once, for the block's rows, which then read
+    // floats from L1 at constant distances: the transpose neither finds nor widens
+    // rows lane by lane (finding them so cost W1's core prefill at 512 keys 45 %,
+    // SPR AVX-512), nor does P.V per key. Decode reads an f32 (or with F16C, fp16)
+    // row in the FMA's operand, 16 keys sharing one table entry. On the stack: sized
+    // by head_dim, a run-time value, Halide would allocate it on the heap per chunk.
+    const bool stage_rows =
+        !blocking.decode ||
+        (a.cache_type != algo::CacheType::f32 &&
+         !(blocking.decode_widens_half_in_operand && a.cache_type == algo::CacheType::f16));
+    if (stage_rows) {
         Func k_rows = a.k_cache.in(k_reader);
         k_rows.compute_at(a.score, to)
             .store_in(MemoryType::Stack)
@@ -268,7 +273,7 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
             for (int head_dim : blocking.fixed_head_dims) tile(values.specialize(a.head_dim == head_dim), blocking.value_heads);
         }
         tile(values, 1);
-        if (stage_narrow_rows) {
+        if (stage_rows) {
             // As the K rows.
             Func v_rows = a.v_cache.in(a.weighted);
             v_rows.compute_at(a.weighted, ko)

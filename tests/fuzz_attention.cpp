@@ -5,6 +5,9 @@
 //
 // Compared after each call: whether it threw (and the message), out, z, and the
 // whole KV cache with its size; a call that threw must leave the cache as it was.
+// Some layers serve sequences from a paged cache instead: joins, steps of several
+// sequences (decode and prefill rows, an unknown id now and then), forks,
+// rollbacks and leaves, compared by output, error and every sequence's contents.
 // Tolerances: tools/tolerance.h; with an fp16 cache, its bounds against the
 // reference's own fp16 run (the fuzzer makes no exact run).
 //
@@ -42,12 +45,25 @@ struct Call {
     std::vector<int64_t> input_pos_shape;
 };
 
+// One operation on a paged cache's sequences. `sequence` picks one of the live
+// ones (modulo their count; a step's rows are live ones too, or an unknown id).
+struct ServingOp {
+    enum Kind { join, step, fork, truncate, leave } kind;
+    int sequence = 0, length = 0;
+    std::vector<gqa::SequenceTokens> rows;  // step: sequence picks, token counts
+    Tensor x;
+    std::optional<std::vector<int32_t>> input_pos;
+};
+
 struct Scenario {
     gqa::Config config;
     Tensor wq, wk, wv, wo, bq, bk, bv, bo, sinks, q_norm, k_norm;
     std::optional<gqa::CacheType> cache;
     int cache_batch = 0, cache_len = 0;
     std::vector<Call> calls;
+    // A paged cache (block_size > 0) runs `serving` instead of `calls`.
+    int block_size = 0, num_blocks = 0;
+    std::vector<ServingOp> serving;
     std::string description;
 
     gqa::Weights weights() const {
@@ -173,6 +189,40 @@ Scenario draw(FuzzedDataProvider &in) {
         s.calls.push_back(std::move(call));
     }
 
+    // Some layers with a cache serve sequences from a paged one instead, with
+    // operations of their own drawn from the same bytes.
+    std::mt19937 serving_rng(seed + 2);
+    if (s.cache && std::bernoulli_distribution(0.3)(serving_rng)) {
+        s.calls.clear();
+        s.block_size = std::uniform_int_distribution<int>(1, 2)(serving_rng) * 16;
+        s.num_blocks = std::uniform_int_distribution<int>(1, 12)(serving_rng);
+        const int ops = std::uniform_int_distribution<int>(1, 12)(serving_rng);
+        for (int n = 0; n < ops; ++n) {
+            ServingOp op{ServingOp::Kind(std::uniform_int_distribution<int>(0, 4)(serving_rng))};
+            op.sequence = std::uniform_int_distribution<int>(0, 7)(serving_rng);
+            op.length = std::uniform_int_distribution<int>(0, 40)(serving_rng);
+            if (n == 0) op.kind = ServingOp::join;
+            if (op.kind == ServingOp::step) {
+                const int rows = std::uniform_int_distribution<int>(1, 3)(serving_rng);
+                int tokens = 0;
+                for (int r = 0; r < rows; ++r) {
+                    const int count = std::uniform_int_distribution<int>(0, 3)(serving_rng) == 0
+                                          ? std::uniform_int_distribution<int>(2, 40)(serving_rng)
+                                          : 1;
+                    op.rows.push_back({std::uniform_int_distribution<int>(0, 8)(serving_rng), count});
+                    tokens += count;
+                }
+                op.x = normal_tensor({tokens, d}, 1.0, serving_rng);
+                if (std::bernoulli_distribution(0.3)(serving_rng)) {
+                    op.input_pos.emplace();
+                    int32_t p = -1;
+                    for (int t = 0; t < tokens; ++t) op.input_pos->push_back(p += std::uniform_int_distribution<int>(1, 3)(serving_rng));
+                }
+            }
+            s.serving.push_back(std::move(op));
+        }
+    }
+
     std::ostringstream text;
     text << "d=" << c.embed_dim << " heads=" << c.num_heads << " kv_heads=" << c.num_kv_heads
          << " head_dim=" << c.head_dim << " max_seq_len=" << c.max_seq_len << " rope=" << int(c.rope_style)
@@ -183,6 +233,13 @@ Scenario draw(FuzzedDataProvider &in) {
          << " weights=" << gqa::weight_type_name(c.weight_type.value_or(gqa::WeightType::f32)) << " cache="
          << (s.cache ? std::string(gqa::cache_type_name(*s.cache)) : "none") << " cache_batch=" << s.cache_batch
          << " cache_len=" << s.cache_len << "\n";
+    if (s.block_size > 0) text << "  paged: " << s.num_blocks << " blocks of " << s.block_size << "\n";
+    for (const ServingOp &op : s.serving) {
+        static const char *const kinds[] = {"join", "step", "fork", "truncate", "leave"};
+        text << "  " << kinds[op.kind] << " " << op.sequence << " " << op.length;
+        for (const gqa::SequenceTokens &row : op.rows) text << " (" << row.sequence << ", " << row.tokens << ")";
+        text << (op.input_pos ? " input_pos" : "") << "\n";
+    }
     for (const Call &call : s.calls) {
         text << "  call x " << gqa::shape_string(call.x.shape) << " mask "
              << (call.mask ? gqa::shape_string(call.mask_shape) : "none") << " input_pos "
@@ -264,10 +321,76 @@ Outcome run_call(gqa::Attention &layer, const Call &call) {
     return outcome;
 }
 
+// What a serving operation leaves: its error, its output, and every live
+// sequence's length and keys and values. A refused operation must change none.
+struct ServingState {
+    std::vector<int> ids, lengths;
+    std::vector<float> k, v;
+    int free_blocks = 0;
+    bool operator==(const ServingState &) const = default;
+};
+
+ServingState serving_state(const gqa::Attention &layer) {
+    ServingState state;
+    state.ids = layer.sequences();
+    state.free_blocks = layer.free_paged_blocks();
+    for (int id : state.ids) {
+        state.lengths.push_back(layer.sequence_length(id));
+        for (bool keys : {true, false}) {
+            const std::vector<float> values = keys ? layer.sequence_k_as_float(id) : layer.sequence_v_as_float(id);
+            (keys ? state.k : state.v).insert((keys ? state.k : state.v).end(), values.begin(), values.end());
+        }
+    }
+    return state;
+}
+
+struct ServingOutcome {
+    std::optional<std::string> error;
+    std::vector<float> out;
+    ServingState state;
+};
+
+ServingOutcome run_op(gqa::Attention &layer, const ServingOp &op) {
+    ServingOutcome outcome;
+    const ServingState before = serving_state(layer);
+    // Live sequences by position (the same on every backend: ids are handed out alike).
+    auto live = [&](int pick) { return before.ids.empty() ? pick : before.ids[size_t(pick) % before.ids.size()]; };
+    try {
+        switch (op.kind) {
+        case ServingOp::join: layer.add_sequence(); break;
+        case ServingOp::fork: layer.fork_sequence(live(op.sequence)); break;
+        case ServingOp::truncate: layer.truncate_sequence(live(op.sequence), op.length); break;
+        case ServingOp::leave: layer.remove_sequence(live(op.sequence)); break;
+        case ServingOp::step: {
+            std::vector<gqa::SequenceTokens> rows = op.rows;
+            for (gqa::SequenceTokens &row : rows) row.sequence = row.sequence == 8 ? 99 : live(row.sequence);
+            outcome.out.resize(op.x.values.size());
+            std::optional<gqa::TensorView<int32_t>> positions;
+            if (op.input_pos) positions = gqa::TensorView<int32_t>{op.input_pos->data(), {int64_t(op.input_pos->size())}};
+            layer.forward_sequences(rows, op.x.view(), outcome.out, positions);
+            break;
+        }
+        }
+    } catch (const gqa::Error &error) {
+        outcome.error = error.what();
+        outcome.out.clear();
+    }
+    outcome.state = serving_state(layer);
+    if (outcome.error && !(outcome.state == before)) {
+        std::fprintf(stderr, "gqa-fuzz: a refused serving call (%s) changed the paged cache\n", outcome.error->c_str());
+        std::abort();
+    }
+    return outcome;
+}
+
 std::optional<gqa::Attention> make_layer(const Scenario &s, gqa::Backend backend, std::optional<std::string> &error) {
     try {
         gqa::Attention layer(s.config, s.weights(), backend);
-        if (s.cache) layer.setup_cache(s.cache_batch, s.cache_len, *s.cache);
+        if (s.block_size > 0) {
+            layer.setup_paged_cache(s.num_blocks, s.block_size, *s.cache);
+        } else if (s.cache) {
+            layer.setup_cache(s.cache_batch, s.cache_len, *s.cache);
+        }
         return layer;
     } catch (const gqa::Error &e) {
         error = e.what();
@@ -288,8 +411,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     std::optional<std::string> reference_error;
     std::optional<gqa::Attention> reference = make_layer(s, gqa::Backend::reference, reference_error);
     std::vector<Outcome> want;
+    std::vector<ServingOutcome> want_serving;
     if (reference) {
         for (const Call &call : s.calls) want.push_back(run_call(*reference, call));
+        for (const ServingOp &op : s.serving) want_serving.push_back(run_op(*reference, op));
     }
 
     for (gqa::Backend backend : gqa::available_backends()) {
@@ -311,6 +436,21 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             compare_cache(s, backend, at + "k_cache", got.k, want[n].k);
             compare_cache(s, backend, at + "v_cache", got.v, want[n].v);
             if (got.size != want[n].size) mismatch(s, backend, at + "cache size");
+        }
+        for (size_t n = 0; n < s.serving.size(); ++n) {
+            const ServingOutcome got = run_op(*layer, s.serving[n]);
+            const ServingOutcome &expected = want_serving[n];
+            const std::string at = "operation " + std::to_string(n) + " ";
+            if (got.error != expected.error) {
+                mismatch(s, backend, at + "error: " + got.error.value_or("none") + " vs " + expected.error.value_or("none"));
+            }
+            compare(s, backend, at + "out", got.out, expected.out, tolerance);
+            if (got.state.ids != expected.state.ids || got.state.lengths != expected.state.lengths ||
+                got.state.free_blocks != expected.state.free_blocks) {
+                mismatch(s, backend, at + "sequences or free blocks");
+            }
+            compare_cache(s, backend, at + "sequence keys", got.state.k, expected.state.k);
+            compare_cache(s, backend, at + "sequence values", got.state.v, expected.state.v);
         }
     }
     return 0;

@@ -77,7 +77,7 @@ class Pipeline {
 public:
     // The whole-row three-pass formulation where variant is null.
     explicit Pipeline(const Variant *variant) {
-        const algo::AttendInputs in{q_,
+        algo::AttendInputs in{q_,
                                     mask_,
                                     k_,
                                     v_,
@@ -94,6 +94,12 @@ public:
                                     window_,
                                     sinks_,
                                     use_sinks_};
+        // A contiguous cache: every row kv_len long, every key at its slot.
+        Var b("b"), j("j");
+        in.row_kv_len(b) = Expr(kv_len_);
+        in.granule_offset(j, b) = 0;
+        in.granules = k_.dim(1).extent() / gqa::layout::kCacheGranule;
+        in.cache_slots = k_.dim(1).extent();
         if (!variant || variant->segment_keys > 0) {
             segment_keys_.set(variant ? variant->segment_keys : 0);
             algo::Attend a = algo::define_attend(in, z_, nullptr, variant ? Expr(segment_keys_) : Expr());

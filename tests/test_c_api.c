@@ -279,6 +279,58 @@ static void failures_are_reported(void) {
     CHECK(gqa_attention_forward(NULL, prompt, 1, 1, out, D, NULL, 0, NULL, 0) == GQA_STATUS_INVALID, "forward(NULL)");
 }
 
+/* Two sequences served through a paged cache give what the batch of two gives
+ * through the contiguous one, on every backend; a fork and a rollback replay a
+ * step exactly. */
+static void sequences_serve_like_a_batch(void) {
+    enum { OUT = 2 * (PROMPT + STEPS) * D };
+    static float want[OUT], got[OUT], again[2 * D];
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
+    config.max_seq_len = MAX_SEQ;
+    const gqa_weights weights = {.wq = wq, .wk = wk, .wv = wv, .wo = wo, .bo = bo};
+    CHECK(run(GQA_BACKEND_REFERENCE, GQA_CACHE_F32, 0, want) == GQA_STATUS_OK, "reference: %s", gqa_last_error());
+    for (int b = GQA_BACKEND_REFERENCE; b <= GQA_BACKEND_OPENCL; ++b) {
+        if (!gqa_backend_available((gqa_backend)b)) continue;
+        gqa_attention *layer = NULL;
+        CHECK(gqa_attention_create(&config, &weights, (gqa_backend)b, &layer) == GQA_STATUS_OK, "%s", gqa_last_error());
+        if (!layer) continue;
+        CHECK(gqa_attention_setup_paged_cache(layer, 6, 16, GQA_CACHE_F32) == GQA_STATUS_OK, "%s", gqa_last_error());
+        int32_t ids[2], fork = -1, length = 0;
+        CHECK(gqa_attention_add_sequence(layer, &ids[0]) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(gqa_attention_add_sequence(layer, &ids[1]) == GQA_STATUS_OK, "%s", gqa_last_error());
+        const int32_t prompt_tokens[2] = {PROMPT, PROMPT}, one[2] = {1, 1};
+        CHECK(gqa_attention_forward_sequences(layer, ids, prompt_tokens, 2, prompt, got, 2 * PROMPT * D, NULL) ==
+                  GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(gqa_attention_fork_sequence(layer, ids[0], &fork) == GQA_STATUS_OK, "%s", gqa_last_error());
+        for (int step = 0; step < STEPS; ++step) {
+            float *out = got + 2 * (PROMPT + step) * D;
+            CHECK(gqa_attention_forward_sequences(layer, ids, one, 2, steps[step], out, 2 * D, NULL) == GQA_STATUS_OK,
+                  "%s", gqa_last_error());
+        }
+        /* Row 0's first step again, through the fork and through a rollback of row 1's. */
+        CHECK(gqa_attention_forward_sequences(layer, &fork, one, 1, steps[0], again, D, NULL) == GQA_STATUS_OK, "%s",
+              gqa_last_error());
+        CHECK(gqa_attention_truncate_sequence(layer, ids[1], PROMPT) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(gqa_attention_sequence_length(layer, ids[1], &length) == GQA_STATUS_OK && length == PROMPT, "length %d",
+              length);
+        CHECK(gqa_attention_forward_sequences(layer, &ids[1], one, 1, steps[0] + D, again + D, D, NULL) ==
+                  GQA_STATUS_OK, "%s", gqa_last_error());
+        const double tolerance = GQA_ATOL;
+        CHECK(max_abs_diff(got, want, OUT) <= tolerance, "%s: max |diff| %g", gqa_backend_name((gqa_backend)b),
+              max_abs_diff(got, want, OUT));
+        CHECK(max_abs_diff(again, want + 2 * PROMPT * D, 2 * D) <= tolerance, "%s: fork and rollback differ",
+              gqa_backend_name((gqa_backend)b));
+        const int32_t unknown = 99;
+        CHECK(gqa_attention_forward_sequences(layer, &unknown, one, 1, steps[0], again, D, NULL) == GQA_STATUS_INVALID &&
+                  strstr(gqa_last_error(), "no sequence 99") != NULL, "unknown sequence: %s", gqa_last_error());
+        CHECK(gqa_attention_remove_sequence(layer, fork) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(gqa_attention_free_blocks(layer) == 6 - 2, "free blocks %d", gqa_attention_free_blocks(layer));
+        gqa_attention_free(layer);
+    }
+    CHECK(gqa_attention_free_blocks(NULL) == -1, "free blocks of NULL");
+}
+
 int main(void) {
     fill(wq, sizeof wq / sizeof *wq, 0.3f, 1);
     fill(wk, sizeof wk / sizeof *wk, 0.3f, 2);
@@ -295,6 +347,7 @@ int main(void) {
     bf16_weights_reach_the_layer();
     failures_are_reported();
     cache_reads_back_and_appends();
+    sequences_serve_like_a_batch();
     if (failures) fprintf(stderr, "%d checks failed\n", failures);
     return failures ? 1 : 0;
 }

@@ -27,7 +27,7 @@ namespace {
 using Halide::Runtime::Buffer;
 using AttendDecode = int (*)(halide_buffer_t *, halide_buffer_t *, int32_t, int32_t, int32_t, int32_t, float, float,
                              int32_t, halide_buffer_t *, int32_t, halide_buffer_t *, halide_buffer_t *,
-                             halide_buffer_t *);
+                             halide_buffer_t *, halide_buffer_t *, halide_buffer_t *);
 
 struct Formulation {
     const char *name;
@@ -58,7 +58,8 @@ Buffer<float> normal_buffer(std::vector<int> extents, uint32_t seed) {
 // z of one decode step (one query at slot kv_len - 1) for head dim 64, groups of
 // 4 heads, 2 kv heads, 2 batch rows, called as the runtime calls it: the cache
 // padded to whole chunks of slots (their contents masked out), no window as one
-// wider than the cache; the x86 pipeline in segments of 128 keys.
+// wider than the cache; the x86 pipeline in segments of 128 keys. The granules of
+// each row lie in the cache in reverse order, as a paged cache's may.
 std::vector<float> decode_z(AttendDecode pipeline, const Case &c) {
     constexpr int hd = 64, group = 4, kv_heads = 2, batch = 2;
     const int slots = (c.kv_len + gqa::layout::kKeySlotPadding - 1) / gqa::layout::kKeySlotPadding *
@@ -71,8 +72,15 @@ std::vector<float> decode_z(AttendDecode pipeline, const Case &c) {
     Buffer<float> z(hd, group, kv_heads, 1, batch);
     for (Buffer<float> *input : {&q, &k, &v, &sinks}) input->set_host_dirty();
     mask.set_host_dirty();
+    const int granules = slots / gqa::layout::kCacheGranule;
+    Buffer<int32_t> kv_lens(batch), granule_offsets(granules, batch);
+    kv_lens.fill(c.kv_len);
+    granule_offsets.for_each_element(
+        [&](int j, int b) { granule_offsets(j, b) = (granules - 1 - 2 * j) * gqa::layout::kCacheGranule; });
+    kv_lens.set_host_dirty(), granule_offsets.set_host_dirty();
     const int window = c.window.value_or(c.kv_len + 1);
-    const int status = pipeline(q, mask, c.kv_len, 0, 1, window, 0.125f, 0.f, 0, sinks, 128, k, v, z);
+    const int status =
+        pipeline(q, mask, c.kv_len, 0, 1, window, 0.125f, 0.f, 0, sinks, 128, kv_lens, granule_offsets, k, v, z);
     EXPECT_EQ(status, 0) << "pipeline status";
     z.copy_to_host();
     return std::vector<float>(z.data(), z.data() + z.number_of_elements());

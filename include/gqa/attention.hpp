@@ -230,6 +230,13 @@ struct Weights {
     TensorView<float> q_norm, k_norm;
 };
 
+// One row of a serving batch (Attention::forward_sequences): `tokens` new tokens of
+// the paged cache's sequence `sequence`.
+struct SequenceTokens {
+    int sequence = 0;
+    int tokens = 0;
+};
+
 class Attention {
 public:
     Attention(const Config &config, const Weights &weights, Backend backend = Backend::best);
@@ -256,6 +263,58 @@ public:
     void append_cache(const TensorView<float> &k, const TensorView<float> &v);
     // Tokens written to the cache so far.
     int size() const;
+
+    // Serving (README "Serving"): a paged KV cache that sequences of different
+    // lengths draw blocks from, each sequence its own positions. A pool of
+    // num_blocks blocks of block_size slots (a positive multiple of 16), zero-filled,
+    // with no sequences; it replaces any cache, as setup_cache replaces it. The same
+    // cache types as setup_cache. In a layer with a sliding window a sequence lets go
+    // of the blocks no later query can see but one (kept so that it can always roll
+    // back block_size tokens after a forward), so its memory stays within the window plus two blocks
+    // (and the new tokens of a call).
+    void setup_paged_cache(int num_blocks, int block_size = 32, CacheType type = CacheType::f32);
+    bool has_paged_cache() const;
+    int paged_block_size() const;   // 0 without a paged cache
+    int paged_blocks() const;       // the pool's blocks; 0 without
+    int free_paged_blocks() const;  // those no sequence holds
+    // A new, empty sequence; ids are never reused.
+    int add_sequence();
+    // A new sequence holding the same tokens as `sequence` (a shared prompt), sharing
+    // its blocks: a shared block is copied when either sequence first writes into it.
+    int fork_sequence(int sequence);
+    // Keeps the first `length` tokens (rolls back rejected draft tokens), letting go
+    // of the blocks past them; the next token goes to slot `length` and its position
+    // must follow that of token length - 1. In a windowed layer the tokens a later
+    // query would see must still be held: length >= min_sequence_length.
+    void truncate_sequence(int sequence, int length);
+    // The fewest tokens truncate_sequence can keep: 0, or in a windowed layer the
+    // window's worth past the first slot still held. Right after a forward it is at
+    // most length - block_size unless an earlier rollback already went further.
+    int min_sequence_length(int sequence) const;
+    // Forgets the sequence, letting go of its blocks.
+    void remove_sequence(int sequence);
+    int sequence_length(int sequence) const;
+    std::vector<int> sequences() const;  // the ids, ascending
+    // As append_cache for a sequence: k and v [n_kv, n, hd] each (rotated, as
+    // forward_sequences stores them) become its next n tokens, at the positions after
+    // its last (e.g. to restore a saved prefix).
+    void append_sequence_cache(int sequence, const TensorView<float> &k, const TensorView<float> &v);
+    // A sequence's keys or values as the attention reads them, [n_kv, length, hd]
+    // fp32; slots a windowed layer let go of read as 0.
+    std::vector<float> sequence_k_as_float(int sequence) const;
+    std::vector<float> sequence_v_as_float(int sequence) const;
+
+    // One serving step: each row's new tokens join the end of its sequence, and
+    // attend to that sequence alone (causal by slot, the sliding window if set; or
+    // all of it if !is_causal), as forward() on a cache holding only that sequence
+    // would. x [tokens, d] holds the rows' tokens one row after the other, out the
+    // same; each row runs at the cost of its own tokens and cache. A sequence not
+    // listed is left as it is; a sequence may appear once.
+    // input_pos [tokens]: RoPE positions, increasing within each sequence across
+    // calls and < max_seq_len; without it, the slots. The NaN rule holds per sequence.
+    // No hook is recorded: pattern() and z() stay those of the last forward().
+    void forward_sequences(std::span<const SequenceTokens> rows, const TensorView<float> &x, std::span<float> out,
+                           const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
 
     // out = attention(x) for x [b, s, d]; out [b, s, d] (b*s*d floats).
     //

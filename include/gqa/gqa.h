@@ -168,6 +168,29 @@ gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t b
                                  size_t out_count, const uint8_t *mask, int32_t mask_len, const int32_t *input_pos,
                                  int32_t input_pos_rows);
 
+/* Serving (as gqa::Attention's paged cache, README "Serving"): a pool of num_blocks
+ * blocks of block_size slots (a positive multiple of 16) that sequences draw from;
+ * replaces any cache. */
+gqa_status gqa_attention_setup_paged_cache(gqa_attention *layer, int32_t num_blocks, int32_t block_size,
+                                           gqa_cache_type type);
+/* Blocks of the pool no sequence holds; -1 for a NULL layer or one without a paged cache. */
+int32_t gqa_attention_free_blocks(const gqa_attention *layer);
+/* A new empty sequence, or a fork of `from` sharing its blocks: its id in *sequence. */
+gqa_status gqa_attention_add_sequence(gqa_attention *layer, int32_t *sequence);
+gqa_status gqa_attention_fork_sequence(gqa_attention *layer, int32_t from, int32_t *sequence);
+/* Keeps the first `length` tokens (at least gqa::Attention::min_sequence_length). */
+gqa_status gqa_attention_truncate_sequence(gqa_attention *layer, int32_t sequence, int32_t length);
+gqa_status gqa_attention_remove_sequence(gqa_attention *layer, int32_t sequence);
+/* The tokens a sequence holds in *length. */
+gqa_status gqa_attention_sequence_length(const gqa_attention *layer, int32_t sequence, int32_t *length);
+/* One serving step: rows sequences[r] gain tokens[r] new tokens each (r < rows); x
+ * [total, d] holds them one row after the other, out the same (out_count floats).
+ * input_pos: NULL (the slots), or [total] RoPE positions. As
+ * gqa::Attention::forward_sequences. */
+gqa_status gqa_attention_forward_sequences(gqa_attention *layer, const int32_t *sequences, const int32_t *tokens,
+                                           int32_t rows, const float *x, float *out, size_t out_count,
+                                           const int32_t *input_pos);
+
 #ifdef __cplusplus
 }
 #endif
