@@ -403,6 +403,43 @@ void serving_decode(benchmark::State &state, const Shape &s, int backend, Servin
     state.counters["held_MB"] = double(held) * 1e-6;
 }
 
+// A chunk of kPrefillTokens appended to a sequence of `cached` tokens, through a
+// paged cache of kServingBlock-slot blocks (rolled back after each chunk) or the
+// contiguous one (refilled before each, untimed): the cost of paging a prefill.
+void serving_chunk(benchmark::State &state, const Shape &s, int backend, int cached, bool paged) {
+    const gqa::Config &c = s.config;
+    const LayerWeights weights(s, 7);
+    gqa::Attention layer(c, weights.view(c), gqa::Backend(backend));
+    const std::vector<float> k = random_values(size_t(c.num_kv_heads) * cached * c.head_dim, 1.f, 11);
+    int sequence = 0;
+    if (paged) {
+        layer.setup_paged_cache((cached + kPrefillTokens) / kServingBlock + 2, kServingBlock);
+        sequence = fill_sequences(layer, {cached}, false).front();
+    } else {
+        layer.setup_cache(1, cached + kPrefillTokens);
+    }
+    const std::vector<int64_t> shape{1, c.num_kv_heads, cached, c.head_dim};
+    const int d = c.embed_dim;
+    const std::vector<float> x = random_values(size_t(kPrefillTokens) * d, 1.f, 9);
+    std::vector<float> out(x.size());
+    const std::vector<gqa::SequenceTokens> rows{{sequence, kPrefillTokens}};
+    for (auto _ : state) {
+        if (paged) {
+            layer.forward_sequences(rows, {x.data(), {kPrefillTokens, d}}, out);
+            layer.truncate_sequence(sequence, cached);
+        } else {
+            state.PauseTiming();
+            layer.reset();
+            layer.append_cache({k.data(), shape}, {k.data(), shape});
+            state.ResumeTiming();
+            layer.forward({x.data(), {1, kPrefillTokens, d}}, out);
+        }
+        benchmark::DoNotOptimize(out.data());
+    }
+    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(c, cached + kPrefillTokens);
+    report(state, backend, gqa_tools::layer_flops(c, kPrefillTokens, cached + (kPrefillTokens + 1) / 2.0), bytes);
+}
+
 // A compiled backend's kernels (runtime/backend_registry.h), for the parts measured
 // below the layer; null for the reference. `rope` must outlive them.
 std::unique_ptr<gqa::detail::Kernels> make_kernels(const Shape &s, const LayerWeights &weights,
@@ -562,6 +599,10 @@ void add_long_contexts(const Shape &s, int backend, const std::string &tail) {
         add(mixed + "_padded" + tail, serving_decode, s, backend, ServingLayout::padded);
         add("serving/prefix_shared" + std::to_string(kServingRows) + tail, serving_decode, s, backend,
             ServingLayout::shared_prompt);
+        const int cached = kLongPrefills[0] - kPrefillTokens;
+        const std::string chunk = "serving/chunk" + std::to_string(kPrefillTokens) + "_at" + std::to_string(cached);
+        add(chunk + "_paged" + tail, serving_chunk, s, backend, cached, true);
+        add(chunk + "_contiguous" + tail, serving_chunk, s, backend, cached, false);
     }
     for (gqa::CacheType cache : {f32, gqa::CacheType::f16, gqa::CacheType::bf16, gqa::CacheType::int8}) {
         add("layer/" + decode + cache_suffix(cache) + "_cold" + tail, layer_decode, s, backend, kLongDecode, true, cache);

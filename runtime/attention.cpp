@@ -556,9 +556,10 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
             for (int r = 0; r < run; ++r) {
                 paged.granule_table(step.tables[first + r], granules, s.sequence_granules.data() + size_t(r) * granules);
             }
+            // [run, n]: a run of decode rows takes the decode pipelines, as a batch does.
             s.kernels->project({.x = x.data + token * c.embed_dim,
-                                .batch = 1,
-                                .seq_len = run_tokens,
+                                .batch = run,
+                                .seq_len = n,
                                 .positions = s.positions.data() + token,
                                 .q = s.q.data(),
                                 .kv = &pool,
@@ -586,7 +587,8 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
                                .z = s.z_spare.data(),
                                .pattern = nullptr});
             after(ForwardStage::attend, "attend");
-            s.kernels->output({.z = s.z_spare.data(), .batch = 1, .seq_len = run_tokens, .out = out.data() + token * c.embed_dim});
+            s.kernels->output(
+                {.z = s.z_spare.data(), .batch = run, .seq_len = n, .out = out.data() + token * c.embed_dim});
             after(ForwardStage::output, "output");
             token += run_tokens;
             first = end;
