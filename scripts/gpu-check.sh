@@ -26,8 +26,9 @@ programs=(tests/gqa-tests tests/gqa-c-api-test tools/gqa-conformance tools/gqa-d
 vector_sets=(conformance conformance-hf)
 # Prefill and cold decode with fp32 weights and cache, and decode with the smallest
 # types beside them; of the long contexts W1's prefill of 4096, its last chunk of 512,
-# and cold decode at 32768: every cuda mode took over 400 s on an H200 (about 13 s each).
-bench_filter='^(layer|core|proj)/(prefill512(_bf16w)?|decode(2048|8192)(_cold|_bf16w_bf16_cold|_int8w_int8_cold)?)/cuda/W[12]/|^(layer|core)/(prefill4096|chunk512_at3584|decode32768(_cold)?)/cuda/W1/'
+# and cold decode at 32768; serving's mixed batch, paged and padded: every cuda mode
+# took over 400 s on an H200 (about 13 s each).
+bench_filter='^(layer|core|proj)/(prefill512(_bf16w)?|decode(2048|8192)(_cold|_bf16w_bf16_cold|_int8w_int8_cold)?)/cuda/W[12]/|^(layer|core)/(prefill4096|chunk512_at3584|decode32768(_cold)?)/cuda/W1/|^serving/decode_mixed8_(paged|padded)/cuda/W1/'
 
 build() {
     set -e
