@@ -68,6 +68,15 @@ struct Attention::State {
     // replaced from there. If the device cannot even return its copy, that copy
     // keeps the failed call's values past size(); every later call overwrites a
     // slot before it reads it.
+    // A known cache type with pipelines in this build.
+    void require_cache_pipelines(CacheType type) const {
+        const std::string_view type_name = cache_type_name(type);  // checks the value
+        if (!kernels->supports_cache(type)) {
+            fail(backend_name(backend), " was built without pipelines for ", type_name,
+                 " caches (CMake GQA_CACHE_TYPES)");
+        }
+    }
+
     PagedCache &paged_cache() {
         if (!paged.allocated()) fail("no paged KV cache: call setup_paged_cache first");
         return paged;
@@ -126,12 +135,8 @@ Attention &Attention::operator=(Attention &&other) noexcept {
 void Attention::setup_cache(int batch_size, int max_seq_len, CacheType type) {
     require_positive("cache batch_size", batch_size);
     require_positive("cache max_seq_len", max_seq_len);
-    const std::string_view type_name = cache_type_name(type);  // checks the value
     State &s = *state_;
-    if (!s.kernels->supports_cache(type)) {
-        fail(backend_name(s.backend), " was built without pipelines for ", type_name,
-             " caches (CMake GQA_CACHE_TYPES)");
-    }
+    s.require_cache_pipelines(type);
     const size_t elements = require_kv_store_size("the KV cache's k and v", s.dims, type, batch_size, max_seq_len);
     allocate("the KV cache", 2 * elements, KvCache::element_bytes(type),
              [&] { s.cache.allocate(s.dims, type, batch_size, max_seq_len); });
@@ -145,12 +150,8 @@ void Attention::setup_paged_cache(int num_blocks, int block_size, CacheType type
     if (block_size < layout::kCacheGranule || block_size % layout::kCacheGranule != 0) {
         fail("paged cache block_size is ", block_size, "; expected a positive multiple of ", layout::kCacheGranule);
     }
-    const std::string_view type_name = cache_type_name(type);  // checks the value
     State &s = *state_;
-    if (!s.kernels->supports_cache(type)) {
-        fail(backend_name(s.backend), " was built without pipelines for ", type_name,
-             " caches (CMake GQA_CACHE_TYPES)");
-    }
+    s.require_cache_pipelines(type);
     const size_t elements = require_kv_store_size("the paged KV cache's pool", s.dims, type, 1,
                                                   int64_t(num_blocks) * block_size);
     allocate("the paged KV cache", 2 * elements, KvCache::element_bytes(type),

@@ -254,7 +254,7 @@ public:
     int cache_batch() const;        // 0 without a cache
     int cache_max_seq_len() const;  // 0 without a cache
     void remove_cache();
-    // Zeroes the caches and sets size() to 0.
+    // Zeroes the caches and sets size() to 0; a paged cache forgets its sequences.
     void reset();
     // torchtune KVCache.update: writes k and v, [b, n_kv, n, hd] each (already
     // rotated, as forward stores them), at slots [size(), size() + n) and advances
