@@ -514,8 +514,7 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
         gqa::detail::KvCache cache;
         cache.allocate({c.embed_dim, c.num_heads, n_kv, hd}, type, 1, kv_len);
         cache.write_slots(k.data(), v.data(), 0, kv_len);
-        constexpr int P = gqa::layout::kKeySlotPadding, G = gqa::layout::kCacheGranule;
-        const std::vector<int32_t> granules((kv_len + P - 1) / P * (P / G), 0);  // contiguous
+        const std::vector<int32_t> granules(gqa::detail::granule_table_length(kv_len), 0);  // contiguous
         const gqa::detail::AttendCall call{.q = q.data(),
                                            .batch = 1,
                                            .seq_len = queries,

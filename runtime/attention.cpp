@@ -63,11 +63,6 @@ struct Attention::State {
     int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
     bool has_pattern = false;
 
-    // Undoes what a failed forward wrote to the cache: its slots [first, first +
-    // count), past size(), are zero again on the host, and a device copy is
-    // replaced from there. If the device cannot even return its copy, that copy
-    // keeps the failed call's values past size(); every later call overwrites a
-    // slot before it reads it.
     // A known cache type with pipelines in this build.
     void require_cache_pipelines(CacheType type) const {
         const std::string_view type_name = cache_type_name(type);  // checks the value
@@ -83,6 +78,11 @@ struct Attention::State {
     }
     std::vector<float> sequence_as_float(int id, bool values);
 
+    // Undoes what a failed forward wrote to the cache: its slots [first, first +
+    // count), past size(), are zero again on the host, and a device copy is
+    // replaced from there. If the device cannot even return its copy, that copy
+    // keeps the failed call's values past size(); every later call overwrites a
+    // slot before it reads it.
     void discard_slots(int first, int count) noexcept {
         try {
             cache.pull(*kernels);
@@ -387,8 +387,7 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     }
     KvCache &kv = cached ? s.cache : s.scratch;
     if (s.record_pattern) grow(s.pattern_spare, tokens * d.num_heads * kv_len, "the attention pattern");
-    const int granules = (kv_len + layout::kKeySlotPadding - 1) / layout::kKeySlotPadding *
-                         (layout::kKeySlotPadding / layout::kCacheGranule);
+    const int granules = granule_table_length(kv_len);
     allocate("the call's destinations and granule table", 2 * tokens + batch + granules, sizeof(int32_t), [&] {
         s.dest_slots.resize(tokens), s.dest_rows.resize(tokens), s.kv_lens.resize(batch);
         if (s.contiguous_granules.size() < size_t(granules)) s.contiguous_granules.resize(granules, 0);
@@ -550,8 +549,7 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
             }
             const int run = int(end - first), n = rows[first].tokens, run_tokens = run * n;
             const int kv_len = *std::max_element(s.kv_lens.begin() + first, s.kv_lens.begin() + end);
-            const int granules = (kv_len + layout::kKeySlotPadding - 1) / layout::kKeySlotPadding *
-                                 (layout::kKeySlotPadding / layout::kCacheGranule);
+            const int granules = granule_table_length(kv_len);
             allocate("the call's granule tables", size_t(run) * granules, sizeof(int32_t),
                      [&] { s.sequence_granules.resize(size_t(run) * granules); });
             for (int r = 0; r < run; ++r) {

@@ -13,6 +13,7 @@
 
 #include "aligned_vector.h"
 #include "gqa/attention.hpp"
+#include "layout.h"
 
 namespace gqa::detail {
 
@@ -31,6 +32,13 @@ inline std::optional<int64_t> product_within(std::initializer_list<int64_t> fact
 
 // Every gqa::CacheType, in its order.
 inline constexpr CacheType kCacheTypes[] = {CacheType::f32, CacheType::f16, CacheType::bf16, CacheType::int8};
+
+// Entries of a granule table (layout::kCacheGranule) covering key slots [0, kv_len)
+// rounded up to whole chunks of layout::kKeySlotPadding, which the attend pipelines read.
+inline int granule_table_length(int kv_len) {
+    constexpr int P = layout::kKeySlotPadding;
+    return (kv_len + P - 1) / P * (P / layout::kCacheGranule);
+}
 
 struct LayerDims {
     int embed_dim, num_heads, num_kv_heads, head_dim;
