@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "gqa/hf.hpp"
+#include "head_slices.h"
 #include "safetensors_file.h"
 #include "validation.h"
 
@@ -21,6 +22,7 @@ namespace {
 
 using detail::fail;
 using detail::SafetensorsFile;
+using detail::TensorBlock;
 using nlohmann::json;
 
 // The model types this version computes, with what sets their attention apart
@@ -221,11 +223,11 @@ public:
         }
         return names;
     }
-    std::vector<float> read(const std::string &name, const std::vector<int64_t> &shape) {
-        return file_of(name).read(name, shape);
+    std::vector<float> read(const std::string &name, const std::vector<int64_t> &shape, const TensorBlock &block = {}) {
+        return file_of(name).read(name, shape, block);
     }
-    WeightData read_weight(const std::string &name, const std::vector<int64_t> &shape) {
-        return file_of(name).read_weight(name, shape);
+    WeightData read_weight(const std::string &name, const std::vector<int64_t> &shape, const TensorBlock &block = {}) {
+        return file_of(name).read_weight(name, shape, block);
     }
 
 private:
@@ -244,9 +246,8 @@ private:
     std::map<std::string, std::unique_ptr<SafetensorsFile>> files_;
 };
 
-}  // namespace
-
-HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) {
+// The layer, or with ranks > 0 shard `rank` of it, whose slices alone are read.
+HfLayerShard load_layer(const std::string &directory, int layer, int max_seq_len, int rank, int ranks) {
     const std::filesystem::path dir(directory);
     const ConfigFile file(dir / "config.json");
     HfLayer out;
@@ -312,6 +313,10 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         out.features.push_back("logit soft-cap " + std::to_string(c.softcap));
     }
     detail::validate_config(c);
+    HfLayerShard sharded;
+    sharded.full_config = c;
+    sharded.shard = ranks > 0 ? head_shard(c, rank, ranks) : detail::whole_layer(c);
+    const HeadShard &shard = sharded.shard;
 
     // The layer's tensors: each must be one this loader reads, so that a feature it
     // does not compute (a norm, sinks) cannot be dropped silently.
@@ -331,36 +336,37 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
         }
     }
     const int64_t q = int64_t(c.num_heads) * c.head_dim, kv = int64_t(c.num_kv_heads) * c.head_dim, d = c.embed_dim;
+    const detail::HeadSlices h = detail::head_slices(c, shard);
     LoadedWeights &w = out.weights;
-    w.q_shape = {q, d}, w.kv_shape = {kv, d}, w.o_shape = {d, q};
-    // A 1-d tensor the checkpoint may leave out (a bias, the sinks): empty when absent.
-    auto optional_tensor = [&](const std::string &name, int64_t size) {
-        return checkpoint.has(prefix + name) ? checkpoint.read(prefix + name, {size}) : std::vector<float>{};
+    w.q_shape = {h.q_count, d}, w.kv_shape = {h.kv_count, d}, w.o_shape = {d, h.q_count};
+    // A 1-d tensor the checkpoint may leave out (a bias, the sinks), elements
+    // [first, first + count): empty when absent.
+    auto optional_tensor = [&](const std::string &name, int64_t size, int64_t first, int64_t count) {
+        return checkpoint.has(prefix + name) ? checkpoint.read(prefix + name, {size}, {0, 1, first, count})
+                                             : std::vector<float>{};
     };
     if (fused) {
-        // Rows q, then k, then v (Phi-3/4).
-        const WeightData qkv = checkpoint.read_weight(prefix + "qkv_proj.weight", {q + 2 * kv, d});
-        w.wq = qkv.slice(0, size_t(q * d));
-        w.wk = qkv.slice(size_t(q * d), size_t(kv * d));
-        w.wv = qkv.slice(size_t((q + kv) * d), size_t(kv * d));
-        const std::vector<float> b = optional_tensor("qkv_proj.bias", q + 2 * kv);
-        if (!b.empty()) {
-            w.bq.assign(b.begin(), b.begin() + q);
-            w.bk.assign(b.begin() + q, b.begin() + q + kv);
-            w.bv.assign(b.begin() + q + kv, b.end());
-        }
+        // Rows q, then k, then v (Phi-3/4): the shard's rows of each.
+        const std::string name = prefix + "qkv_proj.weight";
+        const std::vector<int64_t> shape{q + 2 * kv, d};
+        w.wq = checkpoint.read_weight(name, shape, {h.q_first, h.q_count});
+        w.wk = checkpoint.read_weight(name, shape, {q + h.kv_first, h.kv_count});
+        w.wv = checkpoint.read_weight(name, shape, {q + kv + h.kv_first, h.kv_count});
+        w.bq = optional_tensor("qkv_proj.bias", q + 2 * kv, h.q_first, h.q_count);
+        w.bk = optional_tensor("qkv_proj.bias", q + 2 * kv, q + h.kv_first, h.kv_count);
+        w.bv = optional_tensor("qkv_proj.bias", q + 2 * kv, q + kv + h.kv_first, h.kv_count);
         out.features.push_back("fused qkv_proj");
     } else {
-        w.wq = checkpoint.read_weight(prefix + "q_proj.weight", w.q_shape);
-        w.wk = checkpoint.read_weight(prefix + "k_proj.weight", w.kv_shape);
-        w.wv = checkpoint.read_weight(prefix + "v_proj.weight", w.kv_shape);
-        w.bq = optional_tensor("q_proj.bias", q);
-        w.bk = optional_tensor("k_proj.bias", kv);
-        w.bv = optional_tensor("v_proj.bias", kv);
+        w.wq = checkpoint.read_weight(prefix + "q_proj.weight", {q, d}, {h.q_first, h.q_count});
+        w.wk = checkpoint.read_weight(prefix + "k_proj.weight", {kv, d}, {h.kv_first, h.kv_count});
+        w.wv = checkpoint.read_weight(prefix + "v_proj.weight", {kv, d}, {h.kv_first, h.kv_count});
+        w.bq = optional_tensor("q_proj.bias", q, h.q_first, h.q_count);
+        w.bk = optional_tensor("k_proj.bias", kv, h.kv_first, h.kv_count);
+        w.bv = optional_tensor("v_proj.bias", kv, h.kv_first, h.kv_count);
     }
-    w.wo = checkpoint.read_weight(prefix + "o_proj.weight", w.o_shape);
-    w.bo = optional_tensor("o_proj.bias", d);
-    w.sinks = optional_tensor("sinks", c.num_heads);
+    w.wo = checkpoint.read_weight(prefix + "o_proj.weight", {d, q}, {0, d, h.q_first, h.q_count});
+    if (shard.adds_output_bias) w.bo = optional_tensor("o_proj.bias", d, 0, d);
+    w.sinks = optional_tensor("sinks", c.num_heads, shard.q_begin, shard.q_end - shard.q_begin);
     if (c.qk_norm != QkNorm::none) {
         w.q_norm = checkpoint.read(prefix + "q_norm.weight", {detail::qk_norm_size(c, false)});
         w.k_norm = checkpoint.read(prefix + "k_norm.weight", {detail::qk_norm_size(c, true)});
@@ -372,8 +378,21 @@ HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) 
     }
     if (!w.sinks.empty()) out.features.push_back("attention sinks");
     if (!w.bq.empty()) out.features.push_back("q/k/v biases");
-    if (!w.bo.empty()) out.features.push_back("o_proj bias");
-    return out;
+    if (checkpoint.has(prefix + "o_proj.bias")) out.features.push_back("o_proj bias");
+    if (ranks > 0) c = shard_config(c, shard);
+    sharded.layer = std::move(out);
+    return sharded;
+}
+
+}  // namespace
+
+HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len) {
+    return load_layer(directory, layer, max_seq_len, 0, 0).layer;
+}
+
+HfLayerShard load_hf_layer_shard(const std::string &directory, int layer, int rank, int ranks, int max_seq_len) {
+    if (ranks < 1) fail("ranks is ", ranks, "; expected >= 1");
+    return load_layer(directory, layer, max_seq_len, rank, ranks);
 }
 
 }  // namespace gqa

@@ -5,10 +5,12 @@
 // SafetensorsFile.
 #include "gqa/safetensors.hpp"
 
+#include "head_slices.h"
 #include "safetensors_file.h"
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -47,7 +49,8 @@ SafetensorsFile::SafetensorsFile(const std::string &path) : path_(path), in_(pat
     data_size_ = file_size - data_begin_;
 }
 
-WeightData SafetensorsFile::read_weight(const std::string &name, const std::vector<int64_t> &expected) {
+WeightData SafetensorsFile::read_weight(const std::string &name, const std::vector<int64_t> &expected,
+                                        const TensorBlock &block) {
     if (!has(name)) fail("has no tensor '" + name + "'" + names_hint());
     const nlohmann::json &entry = header_.at(name);
     std::string dtype;
@@ -73,26 +76,43 @@ WeightData SafetensorsFile::read_weight(const std::string &name, const std::vect
              std::to_string(count * element_size) + " bytes (" + dtype + " " + shape_string(shape) +
              ") inside the " + std::to_string(data_size_) + " data bytes");
     }
-    in_.clear();
-    in_.seekg(std::streamoff(data_begin_ + offsets[0]));
-    const auto read_into = [&](void *to, size_t size) {
-        if (!in_.read(static_cast<char *>(to), std::streamsize(size))) fail("tensor '" + name + "' cannot be read");
-    };
+    const int64_t row_length = shape.empty() ? 1 : shape.back(), row_count = int64_t(count) / std::max<int64_t>(row_length, 1);
+    const int64_t rows = block.rows < 0 ? row_count - block.first_row : block.rows;
+    const int64_t columns = block.columns < 0 ? row_length - block.first_column : block.columns;
+    if (block.first_row < 0 || block.first_column < 0 || block.first_row + rows > row_count ||
+        block.first_column + columns > row_length) {
+        fail("tensor '" + name + "' " + shape_string(shape) + " has no block of rows [" +
+             std::to_string(block.first_row) + ", +" + std::to_string(rows) + ") by columns [" +
+             std::to_string(block.first_column) + ", +" + std::to_string(columns) + ")");
+    }
     // Little-endian, as stored.
     WeightData data;
+    const size_t block_count = size_t(rows * columns);
+    char *to = nullptr;
     if (dtype == "F32") {
-        data.values.resize(count);
-        read_into(data.values.data(), count * 4);
+        data.values.resize(block_count);
+        to = reinterpret_cast<char *>(data.values.data());
     } else {
         data.type = dtype == "F16" ? WeightType::f16 : WeightType::bf16;
-        data.bits.resize(count);
-        read_into(data.bits.data(), count * 2);
+        data.bits.resize(block_count);
+        to = reinterpret_cast<char *>(data.bits.data());
+    }
+    // Whole rows are one read; a block of columns one read per row.
+    const bool whole_rows = columns == row_length;
+    const int64_t reads = whole_rows ? 1 : rows, elements_per_read = whole_rows ? rows * columns : columns;
+    for (int64_t n = 0; n < reads; ++n) {
+        const uint64_t first = uint64_t((block.first_row + n) * row_length + block.first_column);
+        in_.clear();
+        in_.seekg(std::streamoff(data_begin_ + offsets[0] + first * element_size));
+        const auto bytes = std::streamsize(uint64_t(elements_per_read) * element_size);
+        if (!in_.read(to + n * bytes, bytes)) fail("tensor '" + name + "' cannot be read");
     }
     return data;
 }
 
-std::vector<float> SafetensorsFile::read(const std::string &name, const std::vector<int64_t> &expected) {
-    WeightData data = read_weight(name, expected);
+std::vector<float> SafetensorsFile::read(const std::string &name, const std::vector<int64_t> &expected,
+                                         const TensorBlock &block) {
+    WeightData data = read_weight(name, expected, block);
     return data.type == WeightType::f32 ? std::move(data.values) : data.to_float();
 }
 
@@ -158,28 +178,43 @@ Weights LoadedWeights::view() const {
             optional(sinks),      optional(q_norm),     optional(k_norm)};
 }
 
-LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,
-                               const ProjectionNames &names) {
-    for (const auto &[value, name] : {std::pair{config.embed_dim, "embed_dim"}, std::pair{config.num_heads, "num_heads"},
-                                      std::pair{config.num_kv_heads, "num_kv_heads"},
-                                      std::pair{config.head_dim, "head_dim"}}) {
+namespace detail {
+
+LoadedWeights load_safetensors_heads(const std::string &path, const std::string &prefix, const Config &full,
+                                     const HeadShard &shard, const ProjectionNames &names) {
+    for (const auto &[value, name] : {std::pair{full.embed_dim, "embed_dim"}, std::pair{full.num_heads, "num_heads"},
+                                      std::pair{full.num_kv_heads, "num_kv_heads"},
+                                      std::pair{full.head_dim, "head_dim"}}) {
         if (value <= 0) throw Error(std::string(name) + " is " + std::to_string(value) + "; expected > 0");
     }
-    const int64_t q = int64_t(config.num_heads) * config.head_dim, kv = int64_t(config.num_kv_heads) * config.head_dim,
-                  d = config.embed_dim;
+    const int64_t q = int64_t(full.num_heads) * full.head_dim, kv = int64_t(full.num_kv_heads) * full.head_dim,
+                  d = full.embed_dim;
+    const HeadSlices h = head_slices(full, shard);
+    const TensorBlock q_rows{h.q_first, h.q_count}, kv_rows{h.kv_first, h.kv_count};
     SafetensorsFile file(path);
     LoadedWeights w;
-    w.q_shape = {q, d}, w.kv_shape = {kv, d}, w.o_shape = {d, q};
-    w.wq = file.read_weight(prefix + names.q + ".weight", w.q_shape);
-    w.wk = file.read_weight(prefix + names.k + ".weight", w.kv_shape);
-    w.wv = file.read_weight(prefix + names.v + ".weight", w.kv_shape);
-    w.wo = file.read_weight(prefix + names.o + ".weight", w.o_shape);
-    const auto bias = [&](const std::string &name, int64_t size) {
-        const std::string full = prefix + name + ".bias";
-        return file.has(full) ? file.read(full, {size}) : std::vector<float>{};
+    w.q_shape = {h.q_count, d}, w.kv_shape = {h.kv_count, d}, w.o_shape = {d, h.q_count};
+    w.wq = file.read_weight(prefix + names.q + ".weight", {q, d}, q_rows);
+    w.wk = file.read_weight(prefix + names.k + ".weight", {kv, d}, kv_rows);
+    w.wv = file.read_weight(prefix + names.v + ".weight", {kv, d}, kv_rows);
+    w.wo = file.read_weight(prefix + names.o + ".weight", {d, q}, {0, d, h.q_first, h.q_count});
+    // A bias is one row: the shard's range of its columns.
+    const auto bias = [&](const std::string &name, int64_t size, int64_t first, int64_t count) {
+        const std::string tensor = prefix + name + ".bias";
+        return file.has(tensor) ? file.read(tensor, {size}, {0, 1, first, count}) : std::vector<float>{};
     };
-    w.bq = bias(names.q, q), w.bk = bias(names.k, kv), w.bv = bias(names.v, kv), w.bo = bias(names.o, d);
+    w.bq = bias(names.q, q, h.q_first, h.q_count);
+    w.bk = bias(names.k, kv, h.kv_first, h.kv_count);
+    w.bv = bias(names.v, kv, h.kv_first, h.kv_count);
+    if (shard.adds_output_bias) w.bo = bias(names.o, d, 0, d);
     return w;
+}
+
+}  // namespace detail
+
+LoadedWeights load_safetensors(const std::string &path, const std::string &prefix, const Config &config,
+                               const ProjectionNames &names) {
+    return detail::load_safetensors_heads(path, prefix, config, detail::whole_layer(config), names);
 }
 
 }  // namespace gqa

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "head_slices.h"
 #include "validation.h"
 
 namespace gqa {
@@ -49,6 +50,20 @@ std::vector<float> copy_range(const TensorView<float> &v, int64_t first, int64_t
 }
 
 }  // namespace
+
+namespace detail {
+
+HeadSlices head_slices(const Config &full, const HeadShard &shard) {
+    const int64_t hd = full.head_dim;
+    return {shard.q_begin * hd, (shard.q_end - shard.q_begin) * hd, shard.kv_begin * hd,
+            (shard.kv_end - shard.kv_begin) * hd};
+}
+
+HeadShard whole_layer(const Config &full) {
+    return {0, full.num_kv_heads, 0, full.num_heads, true};
+}
+
+}  // namespace detail
 
 HeadShard head_shard(const Config &full, int rank, int ranks) {
     detail::validate_config(full);
@@ -112,23 +127,28 @@ LoadedWeights shard_weights(const Config &full, const Weights &weights, const He
         }
     }
     detail::validate_weights(full, weights);
-    const int64_t hd = full.head_dim, d = full.embed_dim;
-    const int64_t q_first = shard.q_begin * hd, q_count = int64_t(config.num_heads) * hd;
-    const int64_t kv_first = shard.kv_begin * hd, kv_count = int64_t(config.num_kv_heads) * hd;
+    const int64_t d = full.embed_dim;
+    const detail::HeadSlices h = detail::head_slices(full, shard);
     LoadedWeights w;
-    w.q_shape = {q_count, d}, w.kv_shape = {kv_count, d}, w.o_shape = {d, q_count};
-    w.wq = copy_block(weights.wq, q_first, q_count, 0, d);
-    w.wk = copy_block(weights.wk, kv_first, kv_count, 0, d);
-    w.wv = copy_block(weights.wv, kv_first, kv_count, 0, d);
-    w.wo = copy_block(weights.wo, 0, d, q_first, q_count);
-    w.bq = copy_range(weights.bq, q_first, q_count);
-    w.bk = copy_range(weights.bk, kv_first, kv_count);
-    w.bv = copy_range(weights.bv, kv_first, kv_count);
+    w.q_shape = {h.q_count, d}, w.kv_shape = {h.kv_count, d}, w.o_shape = {d, h.q_count};
+    w.wq = copy_block(weights.wq, h.q_first, h.q_count, 0, d);
+    w.wk = copy_block(weights.wk, h.kv_first, h.kv_count, 0, d);
+    w.wv = copy_block(weights.wv, h.kv_first, h.kv_count, 0, d);
+    w.wo = copy_block(weights.wo, 0, d, h.q_first, h.q_count);
+    w.bq = copy_range(weights.bq, h.q_first, h.q_count);
+    w.bk = copy_range(weights.bk, h.kv_first, h.kv_count);
+    w.bv = copy_range(weights.bv, h.kv_first, h.kv_count);
     if (shard.adds_output_bias) w.bo = copy_range(weights.bo, 0, d);
     w.sinks = copy_range(weights.sinks, shard.q_begin, config.num_heads);
     w.q_norm = copy_range(weights.q_norm, 0, weights.q_norm.numel());
     w.k_norm = copy_range(weights.k_norm, 0, weights.k_norm.numel());
     return w;
+}
+
+LoadedWeights load_safetensors_shard(const std::string &path, const std::string &prefix, const Config &full,
+                                     const HeadShard &shard, const ProjectionNames &names) {
+    shard_config(full, shard);  // refuses a shard the layer cannot have
+    return detail::load_safetensors_heads(path, prefix, full, shard, names);
 }
 
 }  // namespace gqa

@@ -3,11 +3,14 @@
 // steps with a KV cache, at shard counts that split the kv heads evenly and
 // unevenly, that replicate them (MQA, and more ranks than kv heads), with biases,
 // sinks, per-head q/k norms, windows and soft-cap, narrow caches and 16-bit weights.
-// And the shards a layout cannot have are gqa::Errors.
+// The checkpoint loaders read a shard's slices that equal those cut from the whole
+// layer. And the shards a layout cannot have are gqa::Errors.
+#include <filesystem>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "gqa/hf.hpp"
 #include "gqa/tensor_parallel.hpp"
 #include "test_util.h"
 
@@ -140,6 +143,71 @@ TEST_P(HeadShards, SumToTheUnshardedLayer) {
 
 INSTANTIATE_TEST_SUITE_P(AllBackends, HeadShards, testing::ValuesIn(shard_cases()),
                          [](const testing::TestParamInfo<ShardCase> &info) { return name_of(info.param); });
+
+void expect_same_weights(const gqa::LoadedWeights &got, const gqa::LoadedWeights &want) {
+    const std::pair<const gqa::WeightData *, const gqa::WeightData *> projections[] = {
+        {&got.wq, &want.wq}, {&got.wk, &want.wk}, {&got.wv, &want.wv}, {&got.wo, &want.wo}};
+    for (const auto &[g, w] : projections) {
+        EXPECT_EQ(g->type, w->type);
+        EXPECT_EQ(g->values, w->values);
+        EXPECT_EQ(g->bits, w->bits);
+    }
+    EXPECT_EQ(got.bq, want.bq);
+    EXPECT_EQ(got.bk, want.bk);
+    EXPECT_EQ(got.bv, want.bv);
+    EXPECT_EQ(got.bo, want.bo);
+    EXPECT_EQ(got.sinks, want.sinks);
+    EXPECT_EQ(got.q_norm, want.q_norm);
+    EXPECT_EQ(got.k_norm, want.k_norm);
+    EXPECT_EQ(got.q_shape, want.q_shape);
+    EXPECT_EQ(got.kv_shape, want.kv_shape);
+    EXPECT_EQ(got.o_shape, want.o_shape);
+}
+
+const std::filesystem::path kCheckpoints = GQA_HF_VECTORS;
+
+// Each family's layer 1 over rank counts its heads allow (MQA Gemma 3, fused qkv
+// Phi-3, biased Qwen2, Qwen3 unevenly): each shard as read equals the same shard
+// cut from the whole layer, config included.
+TEST(HeadShardLoading, HfShardsAreTheWholeLayersSlices) {
+    const std::pair<const char *, int> cases[] = {{"llama", 2},  {"gemma3", 4}, {"gpt_oss", 2}, {"phi3", 2},
+                                                  {"qwen2", 2},  {"qwen3", 3},  {"gpt_oss", 4}};
+    for (const auto &[model, ranks] : cases) {
+        SCOPED_TRACE(std::string(model) + " over " + std::to_string(ranks) + " ranks");
+        const std::string dir = (kCheckpoints / model).string();
+        const gqa::HfLayer whole = gqa::load_hf_layer(dir, 1, 256);
+        for (int rank = 0; rank < ranks; ++rank) {
+            const gqa::HfLayerShard part = gqa::load_hf_layer_shard(dir, 1, rank, ranks, 256);
+            const gqa::HeadShard shard = gqa::head_shard(whole.config, rank, ranks);
+            EXPECT_EQ(part.shard.q_begin, shard.q_begin);
+            EXPECT_EQ(part.shard.kv_end, shard.kv_end);
+            EXPECT_EQ(part.full_config.num_heads, whole.config.num_heads);
+            EXPECT_EQ(part.layer.config.num_heads, shard.q_end - shard.q_begin);
+            EXPECT_EQ(part.layer.config.num_kv_heads, shard.kv_end - shard.kv_begin);
+            EXPECT_EQ(part.layer.features, whole.features);
+            expect_same_weights(part.layer.weights,
+                                gqa::shard_weights(whole.config, whole.weights.view(), shard));
+        }
+    }
+    EXPECT_THAT(gqa_test::error_of([&] { gqa::load_hf_layer_shard((kCheckpoints / "olmo2").string(), 0, 0, 2); }),
+                HasSubstr("qk_norm all_heads"));
+    EXPECT_THAT(gqa_test::error_of([&] { gqa::load_hf_layer_shard((kCheckpoints / "llama").string(), 0, 0, 0); }),
+                HasSubstr("ranks is 0; expected >= 1"));
+}
+
+TEST(HeadShardLoading, SafetensorsShardsAreTheWholeLayersSlices) {
+    const gqa::HfLayer hf = gqa::load_hf_layer((kCheckpoints / "qwen2").string(), 0, 256);
+    const std::string file = (kCheckpoints / "qwen2" / "model.safetensors").string();
+    const std::string prefix = "model.layers.0.self_attn.";
+    const gqa::LoadedWeights whole = gqa::load_safetensors(file, prefix, hf.config);
+    for (int rank = 0; rank < 2; ++rank) {
+        const gqa::HeadShard shard = gqa::head_shard(hf.config, rank, 2);
+        expect_same_weights(gqa::load_safetensors_shard(file, prefix, hf.config, shard),
+                            gqa::shard_weights(hf.config, whole.view(), shard));
+    }
+    EXPECT_THAT(gqa_test::error_of([&] { gqa::load_safetensors_shard(file, prefix, hf.config, {0, 3, 0, 21}); }),
+                HasSubstr("is not a shard of 2 kv heads"));
+}
 
 TEST(HeadShard, SplitsKvHeadsEvenlyOrReplicatesThem) {
     const gqa::Config gqa = gqa_test::make_config(kEmbedDim, 8, 4, 16);

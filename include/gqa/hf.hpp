@@ -8,6 +8,7 @@
 
 #include "gqa/attention.hpp"
 #include "gqa/safetensors.hpp"
+#include "gqa/tensor_parallel.hpp"
 
 namespace gqa {
 
@@ -30,5 +31,17 @@ struct HfLayer {
 // a rope_scaling type or field, or a tensor it does not know, and any inconsistent
 // size, is a gqa::Error naming it; nothing is guessed.
 HfLayer load_hf_layer(const std::string &directory, int layer, int max_seq_len = 4096);
+
+// Shard `rank` of `ranks` of that layer (gqa/tensor_parallel.hpp's head_shard), read
+// alone: only the shard's rows of the q/k/v projections (of qkv_proj, fused), its
+// columns of o_proj, its biases and sinks are read from disk. layer.config is the
+// shard's; the same errors as load_hf_layer and head_shard.
+struct HfLayerShard {
+    HfLayer layer;
+    Config full_config;  // the layer unsharded
+    HeadShard shard;
+};
+HfLayerShard load_hf_layer_shard(const std::string &directory, int layer, int rank, int ranks,
+                                 int max_seq_len = 4096);
 
 }  // namespace gqa

@@ -6,6 +6,8 @@
 // examples/tensor_parallel wires the all-reduce over MPI.
 #pragma once
 
+#include <string>
+
 #include "gqa/attention.hpp"
 #include "gqa/safetensors.hpp"
 
@@ -37,5 +39,12 @@ Config shard_config(const Config &full, const HeadShard &shard);
 // come out the same where head_dim is a multiple of 32).
 // view() gives what Attention(shard_config(full, shard), ...) takes.
 LoadedWeights shard_weights(const Config &full, const Weights &weights, const HeadShard &shard);
+
+// As load_safetensors for the layer `full` configures, but reading only the shard's
+// bytes from the file: its rows of wq, wk, wv and their biases, its columns of wo
+// (one read per row), wo's bias where the shard adds it. (gqa/hf.hpp's
+// load_hf_layer_shard does the same for a Hugging Face checkpoint directory.)
+LoadedWeights load_safetensors_shard(const std::string &path, const std::string &prefix, const Config &full,
+                                     const HeadShard &shard, const ProjectionNames &names = {});
 
 }  // namespace gqa
