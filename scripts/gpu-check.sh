@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one-shot CUDA check, for a machine with an NVIDIA GPU: the GoogleTest suite
 # (every test on every runnable backend, CUDA included), the C API test, every
-# conformance set on `--backend cuda` (with each cache type), the demo, and
-# gqa-bench on CUDA for the W1 and W2 shapes (prefill and decode: TFLOP/s, GB/s,
-# and fractions of the GPU's fp32 peak and memory bandwidth read from its driver).
+# conformance set on `--backend cuda` (with each cache type), the demo, gqa-bench
+# on CUDA for the W1 and W2 shapes (prefill and decode: TFLOP/s, GB/s, and fractions
+# of the GPU's fp32 peak and memory bandwidth read from its driver), and where NCCL
+# was found, W2 split by heads with NCCL's all-reduce (gqa-tp-nccl, one rank).
 # Everything goes into one Markdown report.
 #
 #   scripts/gpu-check.sh [--report FILE]
@@ -21,6 +22,8 @@
 set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 programs=(tests/gqa-tests tests/gqa-c-api-test tools/gqa-conformance tools/gqa-demo bench/gqa-bench)
+# Built where NCCL is found: W2 split over the GPU's one rank with NCCL's all-reduce.
+nccl_program=examples/tensor_parallel/gqa-tp-nccl
 # Every conformance set; in conformance-hf the models that need what this version
 # does not compute yet fail, each with the reason.
 vector_sets=(conformance conformance-hf)
@@ -38,6 +41,9 @@ build() {
     for p in "${programs[@]}"; do targets+=("$(basename "$p")"); done
     cmake --build "$repo/build" --target "${targets[@]}"
     set +e
+    cmake --build "$repo/build" --target "$(basename "$nccl_program")" > /dev/null 2>&1 ||
+        echo "gpu-check: no NCCL here, so no gqa-tp-nccl"
+    [ -x "$repo/build/$nccl_program" ] && programs+=("$nccl_program")
 }
 
 bundle() {
@@ -106,6 +112,11 @@ check() {
         done
     done
     run_step demo 120 "$bin/gqa-demo"
+    # One rank, started without mpirun (Open MPI's singleton); root needs the consent.
+    if [ -x "$bin/gqa-tp-nccl" ]; then
+        run_step tensor_parallel_nccl 120 env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+            "$bin/gqa-tp-nccl" --workload W2 --prefill 512 --decode 16 --repeat 3
+    fi
     run_step bench 400 "$bin/gqa-bench" --benchmark_filter="$bench_filter" --benchmark_repetitions=3 \
         --benchmark_report_aggregates_only=true --benchmark_out="$work/bench.json" --benchmark_out_format=json
     write_report "$commit" "$report"
@@ -235,6 +246,14 @@ PY
         echo '```'
         tail -n 40 "$work/demo.log"
         echo '```'
+        if [ -f "$work/tensor_parallel_nccl.log" ]; then
+            echo
+            echo "## Tensor parallel over NCCL (gqa-tp-nccl, W2, one rank)"
+            echo
+            echo '```'
+            tail -n 20 "$work/tensor_parallel_nccl.log"
+            echo '```'
+        fi
     } > "$report"
 }
 

@@ -17,7 +17,7 @@ namespace gqa_mpi {
 // Seconds spent by this rank since construction: in its layer, and in the all-reduce
 // (waiting for the slowest rank included).
 struct Timings {
-    double compute_s = 0, allreduce_s = 0;
+    double layer_s = 0, allreduce_s = 0;
 };
 
 inline int rank_of(MPI_Comm comm) {
@@ -54,7 +54,7 @@ public:
         const double computed = MPI_Wtime();
         const int status = MPI_Allreduce(MPI_IN_PLACE, out.data(), int(out.size()), MPI_FLOAT, MPI_SUM, comm_);
         if (status != MPI_SUCCESS) throw gqa::Error("MPI_Allreduce failed with code " + std::to_string(status));
-        timings_.compute_s += computed - start;
+        timings_.layer_s += computed - start;
         timings_.allreduce_s += MPI_Wtime() - computed;
     }
 
