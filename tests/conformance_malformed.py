@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """gqa-conformance on malformed vector directories: each must exit 2 with a message on
-stderr, never crash, hang or report a test result.
+stderr, never crash, hang or report a test result. A kind, field or value the tool
+does not know is malformed too: a set made for another version must not pass
+unchecked. And a directory whose every case is unsupported must not pass: exit 1.
 
 usage: conformance_malformed.py GQA_CONFORMANCE VECTORS_DIR
 
@@ -94,7 +96,20 @@ CASES = [
     ("wq of the wrong shape", edit_manifest(lambda m: layer_case(m)["weights"]["wq"].update(shape=[32, 128]))),
     ("expected out of the wrong shape",
      edit_manifest(lambda m: layer_case(m)["expected"]["out"].update(shape=[2, 64, 8]))),
+    ("unknown kind", edit_manifest(set_in(rope_case, "kind", "transformerlens_hooks"))),
+    ("unknown expected array",
+     edit_manifest(lambda m: layer_case(m)["expected"].update(hook_q=layer_case(m)["expected"]["out"]))),
+    ("unknown rope_style", edit_manifest(lambda m: layer_case(m)["config"].update(rope_style="yarn_pairs"))),
 ]
+
+
+def only_unsupported(directory):
+    """Keeps one torchtune case, with a scale the tool cannot express."""
+    def edit(manifest):
+        case = layer_case(manifest)
+        case["config"]["scale"] = "0.5"
+        manifest["cases"] = [case]
+    edit_manifest(edit)(directory)
 
 
 def main():
@@ -121,7 +136,17 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} {name}: exit {result.returncode}: {first_line}")
             if not ok and result.stdout.strip():
                 print("     stdout: " + result.stdout.strip().splitlines()[0])
-    print(f"{len(results) - failures} of {len(results)} malformed directories rejected with exit 2 and a message")
+        print(f"{len(results) - failures} of {len(results)} malformed directories rejected with exit 2 and a message")
+
+        directory = os.path.join(scratch, "only_unsupported")
+        shutil.copytree(vectors, directory)
+        only_unsupported(directory)
+        result = subprocess.run([tool, "--backend", "reference", directory], capture_output=True, text=True,
+                                timeout=120)
+        ok = result.returncode == 1 and "nothing was compared" in result.stderr and "UNSUPPORTED" in result.stdout
+        failures += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} every case unsupported: exit {result.returncode}: "
+              f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ''}")
     return 1 if failures else 0
 
 

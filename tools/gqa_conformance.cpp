@@ -5,10 +5,12 @@
 // to the reduced-precision rule of tools/tolerance.h and the stored values to one
 // unit of the type.
 //
-// Exit status: 0 when nothing failed, 1 when a case failed, 2 for a bad command line,
-// manifest or data file (everything is loaded and checked, and run once on the
-// reference for its shapes, before any backend is compared), 77
-// when the backend asked for is built but cannot run here (no GPU).
+// Exit status: 0 when nothing failed and something was compared, 1 when a case
+// failed or every case was unsupported, 2 for a bad command line, manifest or data
+// file, including a kind, field or value this version does not know (everything is
+// loaded and checked, and run once on the reference for its shapes, before any
+// backend is compared), 77 when the backend asked for is built but cannot run here
+// (no GPU).
 #include <gqa/attention.hpp>
 #include <gqa/hf.hpp>
 
@@ -53,7 +55,8 @@ struct InvalidInput : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-// A case that the gqa API cannot express; it is reported, not failed.
+// A case this tool understands but the gqa API cannot express; it is reported, not
+// failed.
 struct Unsupported : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
@@ -98,11 +101,12 @@ const json &object_field(const json &object, const std::string &key, const std::
     return object.at(key);
 }
 
-// Inputs or expectations this tool does not know would be silently ignored otherwise.
+// Inputs or expectations this tool does not know would be silently ignored otherwise:
+// the set was made for another version, and nothing of it can be trusted to be checked.
 void reject_unknown_keys(const json &object, std::initializer_list<std::string_view> known, const std::string &where) {
     for (const auto &item : object.items()) {
         if (std::find(known.begin(), known.end(), item.key()) == known.end()) {
-            throw Unsupported(field_path(where, item.key()) + " has no counterpart in the gqa API");
+            throw InvalidInput(field_path(where, item.key()) + " is not a field this version knows");
         }
     }
 }
@@ -284,7 +288,7 @@ gqa::RopeStyle rope_style_from(const std::string &text, const std::string &where
     if (text.starts_with("interleaved")) return gqa::RopeStyle::interleaved;
     if (text.starts_with("rotate_half")) return gqa::RopeStyle::rotate_half;
     if (text == "none") return gqa::RopeStyle::none;
-    throw Unsupported(where + ": rope_style \"" + text + "\"");
+    throw InvalidInput(where + ": rope_style \"" + text + "\" is not one this version knows");
 }
 
 void require_default_scale(const json &config, const std::string &where) {
@@ -334,7 +338,8 @@ RopeCase parse_rope(const fs::path &dir, const json &c, const std::string &where
         } else if (key.starts_with("out_") && inputs.contains(key.substr(4))) {
             variant.input_pos = load_required(dir, inputs, key.substr(4), field_path(where, "inputs"), Dtype::int32);
         } else if (key != "out_default_pos") {
-            throw Unsupported(field_path(at, key) + ": no input says which positions it uses");
+            throw InvalidInput(field_path(at, key) + " is not an array this version knows: no input says which "
+                               "positions it uses");
         }
         positions = std::max({positions, variant.position_offset + static_cast<int>(rope.x.shape[1]),
                               positions_needed(rope.x, variant.input_pos)});
@@ -437,11 +442,12 @@ gqa::Config transformerlens_config(const json &c, const std::string &where) {
     if (attn_type == "local") {
         config.window = field<int>(c, "window_size", where);
     } else if (attn_type != "global") {
-        throw Unsupported(field_path(where, "attn_type") + " \"" + attn_type + "\"");
+        throw InvalidInput(field_path(where, "attn_type") + " \"" + attn_type + "\" is not one this version knows");
     }
     const auto direction = optional_field<std::string>(c, "attention_dir", where).value_or("causal");
     if (direction != "causal" && direction != "bidirectional") {
-        throw Unsupported(field_path(where, "attention_dir") + " \"" + direction + "\"");
+        throw InvalidInput(field_path(where, "attention_dir") + " \"" + direction +
+                           "\" is not one this version knows");
     }
     config.is_causal = direction == "causal";
 
@@ -561,7 +567,8 @@ Case parse_case(const fs::path &dir, const json &c, size_t index) {
         } else if (kind == "hf_layer") {
             parsed.body = parse_hf_layer(dir, c, at);
         } else {
-            parsed.body = Unsupported(at + ": unknown kind \"" + kind + "\"");
+            throw InvalidInput(at + ": kind \"" + kind + "\" is not one this version knows (rope, torchtune_forward, "
+                               "torchtune_kv_decode, transformerlens_forward, transformerlens_kv_decode, hf_layer)");
         }
     } catch (const Unsupported &unsupported) {
         parsed.body = unsupported;
@@ -960,6 +967,11 @@ int run(const Options &options) {
         std::cout << gqa::weight_type_name(*options.weights)
                   << " weights: the reference's largest deviation from the expected arrays " << weight_error.max_abs_err
                   << " (largest |expected| " << weight_error.max_abs_expected << ")" << std::endl;
+    }
+    // A run that compared nothing checked nothing: it is not a pass.
+    if (passed + failed == 0) {
+        std::cerr << "gqa-conformance: nothing was compared: every case was unsupported" << '\n';
+        return 1;
     }
     return failed == 0 ? 0 : 1;
 }
