@@ -30,13 +30,15 @@ WeightData copy_block(const WeightView &w, int64_t first_row, int64_t rows, int6
     block.type = w.type;
     const size_t element = w.type == WeightType::f32 ? sizeof(float) : sizeof(uint16_t);
     void *destination = nullptr;
-    if (w.type == WeightType::f32) {
-        block.values.resize(size_t(rows * columns));
-        destination = block.values.data();
-    } else {
-        block.bits.resize(size_t(rows * columns));
-        destination = block.bits.data();
-    }
+    detail::allocate("a shard's weights", size_t(rows * columns), element, [&] {
+        if (w.type == WeightType::f32) {
+            block.values.resize(size_t(rows * columns));
+            destination = block.values.data();
+        } else {
+            block.bits.resize(size_t(rows * columns));
+            destination = block.bits.data();
+        }
+    });
     for (int64_t r = 0; r < rows; ++r) {
         const auto *from = static_cast<const char *>(w.data) + ((first_row + r) * row_length + first_column) * element;
         std::memcpy(static_cast<char *>(destination) + r * columns * element, from, size_t(columns) * element);
