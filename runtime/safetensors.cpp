@@ -158,17 +158,6 @@ std::vector<float> WeightData::to_float() const {
     return widened;
 }
 
-WeightData WeightData::slice(size_t first, size_t count) const {
-    WeightData part;
-    part.type = type;
-    if (type == WeightType::f32) {
-        part.values.assign(values.begin() + first, values.begin() + first + count);
-    } else {
-        part.bits.assign(bits.begin() + first, bits.begin() + first + count);
-    }
-    return part;
-}
-
 Weights LoadedWeights::view() const {
     const auto optional = [](const std::vector<float> &bias) {
         return bias.empty() ? TensorView<float>{} : TensorView<float>{bias.data(), {int64_t(bias.size())}};

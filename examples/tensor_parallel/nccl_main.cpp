@@ -26,10 +26,10 @@ bool every_rank_has_cuda() {
 
 int run_on_devices(const tp_example::Options &o) {
     if (!every_rank_has_cuda()) {
-        if (tp_example::mpi_rank() == 0) std::puts("gqa-tp-nccl: skipped, a rank has no CUDA device or backend");
+        if (gqa_mpi::rank_of(MPI_COMM_WORLD) == 0) std::puts("gqa-tp-nccl: skipped, a rank has no CUDA device or backend");
         return kSkipped;
     }
-    const int rank = tp_example::mpi_rank(), ranks = tp_example::mpi_size();
+    const int rank = gqa_mpi::rank_of(MPI_COMM_WORLD), ranks = gqa_mpi::size_of(MPI_COMM_WORLD);
     int devices = 0;
     gqa_nccl::check(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
     gqa_nccl::check(cudaSetDevice(rank % devices), "cudaSetDevice");

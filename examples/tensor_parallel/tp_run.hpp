@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gqa/tensor_parallel.hpp"
+#include "mpi_sharded_layer.hpp"  // rank_of, size_of
 #include "tolerance.h"
 #include "workloads.h"
 
@@ -64,18 +65,6 @@ inline bool parse(int argc, char **argv, Options &o) {
     return o.prefill >= 1 && o.decode_steps >= 0 && o.repeats >= 1;
 }
 
-inline int mpi_rank() {
-    int rank = 0;
-    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    return rank;
-}
-
-inline int mpi_size() {
-    int size = 0;
-    MPI_Comm_size(MPI_COMM_WORLD, &size);
-    return size;
-}
-
 // The workload named by the options, at the positions the run needs.
 inline gqa_tools::Workload find_workload(const Options &o) {
     const auto all = gqa_tools::workloads(o.prefill + o.decode_steps);
@@ -106,7 +95,7 @@ inline double across_ranks(double seconds, MPI_Op op) {
 template <class Sharded, class Step>
 int run(const Options &o, const gqa_tools::Workload &workload, const gqa_tools::WorkloadWeights &weights,
         Sharded &sharded, Step step) {
-    const int rank = mpi_rank(), ranks = mpi_size();
+    const int rank = gqa_mpi::rank_of(MPI_COMM_WORLD), ranks = gqa_mpi::size_of(MPI_COMM_WORLD);
     const gqa::Config &config = workload.config;
     const int d = config.embed_dim;
     std::vector<int> lengths{o.prefill};
@@ -206,13 +195,13 @@ int main_of(int argc, char **argv, const char *program, RunProgram run_program) 
     int status = 0;
     try {
         if (!parse(argc, argv, o)) {
-            if (mpi_rank() == 0) usage(program);
+            if (gqa_mpi::rank_of(MPI_COMM_WORLD) == 0) usage(program);
             status = 2;
         } else {
             status = run_program(o);
         }
     } catch (const std::exception &e) {
-        std::fprintf(stderr, "%s: rank %d: %s\n", program, mpi_rank(), e.what());
+        std::fprintf(stderr, "%s: rank %d: %s\n", program, gqa_mpi::rank_of(MPI_COMM_WORLD), e.what());
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     MPI_Finalize();

@@ -29,8 +29,6 @@ struct WeightData {
     WeightView view(std::vector<int64_t> shape) const;
     // Every element widened to fp32, exactly.
     std::vector<float> to_float() const;
-    // Elements [first, first + count), of the same type.
-    WeightData slice(size_t first, size_t count) const;
 };
 
 // The four weights, each in the file's dtype, and whichever biases the file has
