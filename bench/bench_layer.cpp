@@ -532,7 +532,9 @@ void core(benchmark::State &state, const Shape &s, int backend, int queries, int
                                            .scale = float(1.0 / std::sqrt(double(hd))),
                                            .softcap = 0.f,
                                            .z = z.data(),
-                                           .pattern = nullptr};
+                                           .pattern = nullptr,
+                                           .scores = nullptr,
+                                           .host_io = false};
         for (auto _ : state) {
             kernels->attend(call);
             kernels->finish();

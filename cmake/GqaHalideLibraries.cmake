@@ -71,6 +71,7 @@ if (NOT GQA_PIPELINES_FROM)  # that tree runs the generators
                          ${PROJECT_SOURCE_DIR}/generators/attention_algorithm.cpp
                          ${PROJECT_SOURCE_DIR}/generators/attend_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/half_widening.cpp
+                         ${PROJECT_SOURCE_DIR}/generators/hooks_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/output_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/project_generator.cpp
                          ${PROJECT_SOURCE_DIR}/generators/rope_generator.cpp
@@ -217,12 +218,17 @@ function(gqa_add_pipelines backend)
         gqa_halide_library(gqa_rope_${backend} FROM gqa_generators GENERATOR gqa_rope
                            TARGETS ${ARG_TARGETS})
     endif ()
-    set(libs gqa_rope_${backend})
-    set(table ".rope = gqa_rope_${backend}")
     set(autoscheduler)
     if (GQA_AUTOSCHEDULER)
         set(autoscheduler AUTOSCHEDULER Halide::${GQA_AUTOSCHEDULER})
     endif ()
+    # The hooks' recording pipelines (generators/hooks_generator.cpp): one instance
+    # each, for any number of tokens.
+    gqa_generator_params(params weigh_values prefill)
+    gqa_halide_library(gqa_weigh_values_${backend} FROM gqa_generators GENERATOR gqa_weigh_values
+                       TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
+    set(libs gqa_rope_${backend} gqa_weigh_values_${backend})
+    set(table ".rope = gqa_rope_${backend},\n    .weigh_values = gqa_weigh_values_${backend}")
     # Per weight type, in gqa::WeightType's order, which PipelineTable's arrays follow.
     foreach (generator IN ITEMS project output)
         set(entries)
@@ -234,6 +240,24 @@ function(gqa_add_pipelines backend)
                 set(entry "{}")  # not built: null pipelines
             endif ()
             list(APPEND entries "${entry}")
+        endforeach ()
+        list(JOIN entries ", " entries)
+        string(APPEND table ",\n    .${generator} = {${entries}}")
+    endforeach ()
+    foreach (generator IN ITEMS project_heads head_results)
+        set(entries)
+        foreach (weights IN ITEMS f32 bf16 f16 int8)
+            if (weights STREQUAL "f32" OR weights IN_LIST GQA_WEIGHT_TYPES)
+                gqa_weight_suffix(weight_suffix ${weights})
+                set(lib gqa_${generator}${weight_suffix}_${backend})
+                gqa_generator_params(params ${generator} prefill weight_type=${weights})
+                gqa_halide_library(${lib} FROM gqa_generators GENERATOR gqa_${generator}
+                                   TARGETS ${ARG_TARGETS} PARAMS ${params} USE_RUNTIME ${runtime} ${autoscheduler})
+                list(APPEND libs ${lib})
+                list(APPEND entries ${lib})
+            else ()
+                list(APPEND entries "nullptr")
+            endif ()
         endforeach ()
         list(JOIN entries ", " entries)
         string(APPEND table ",\n    .${generator} = {${entries}}")

@@ -48,7 +48,11 @@ public:
         const Type element = cache_storage(get_target());
         k_cache_ = add_input<Buffer<>>("k_cache", element, 4);  // (d, slot, kv head, batch)
         v_cache_ = add_input<Buffer<>>("v_cache", element, 4);
-        if (with_pattern) pattern_ = add_output<Buffer<float, 5>>("pattern");  // (slot, query, r, kv head, batch)
+        if (with_pattern) {
+            // (slot, query, r, kv head, batch): the weights and the scores they came from.
+            pattern_ = add_output<Buffer<float, 5>>("pattern");
+            scores_ = add_output<Buffer<float, 5>>("scores");
+        }
     }
 
     void generate() {
@@ -93,11 +97,11 @@ public:
                                  formulation() == schedules::Softmax::three_pass;
         const schedules::Knobs tuned = attend_knobs();
         if (formulation() == schedules::Softmax::three_pass) {
-            Func pattern_func;
-            if (pattern_) pattern_func = *pattern_;
+            Func pattern_func, scores_func;
+            if (pattern_) pattern_func = *pattern_, scores_func = *scores_;
             // The pattern is normalized over whole rows, so its pipeline has no segments.
             const bool segmented = mode == PipelineMode::decode && !pattern_ && schedules::segmented_decode(get_target());
-            attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr,
+            attend_ = algo::define_attend(in, z, pattern_ ? &pattern_func : nullptr, pattern_ ? &scores_func : nullptr,
                                           segmented ? Expr(segment_keys) : Expr());
         } else {
             const int split_blocks =
@@ -128,7 +132,11 @@ public:
         granule_offsets.set_estimates({{0, 2048 / layout::kCacheGranule}, {0, 1}});
         sinks.set_estimates({{0, 4}, {0, 8}});
         z.set_estimates({{0, 64}, {0, 4}, {0, 8}, {0, queries}, {0, 1}});
-        if (pattern_) (*pattern_).set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
+        if (pattern_) {
+            for (Output<Buffer<float, 5>> *out : {pattern_, scores_}) {
+                out->set_estimates({{0, 2048}, {0, queries}, {0, 4}, {0, 8}, {0, 1}});
+            }
+        }
         if (get_auto_schedule()) return;
         if (formulation() == schedules::Softmax::three_pass) {
             schedules::schedule_attend(attend_, get_target(), attend_knobs());
@@ -139,7 +147,7 @@ public:
 
 private:
     Input<Buffer<>> *k_cache_ = nullptr, *v_cache_ = nullptr;
-    Output<Buffer<float, 5>> *pattern_ = nullptr;
+    Output<Buffer<float, 5>> *pattern_ = nullptr, *scores_ = nullptr;
     algo::Attend attend_;
     algo::AttendBlocked blocked_;
 

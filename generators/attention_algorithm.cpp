@@ -132,18 +132,18 @@ Expr stored_scale(const Func &cache, const Expr &head_dim, const Expr &slot, con
 
 }  // namespace
 
-Project define_project(const Func &x, const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
-                       HalfWidening half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
-                       const ProjectShape &shape, int panel, int token_group, bool scale_group_sums, Func q_out,
-                       Func k_out, Func v_out) {
-    Project p;
+namespace {
+
+// Value o of a token's q, and of its k, normalised where the norm asks.
+struct NormedValues {
+    std::function<Expr(const Expr &, const Expr &)> q, k;
+};
+
+// The q/k norms over qkv(o, m), the fused projection's output (q, then k, then v).
+NormedValues define_qk_norm(QkNormSums &p, const Func &qkv, const QkNormInputs &norm, const ProjectShape &shape) {
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, half_widening, bias,
-                          shape.embed_dim, shape.tokens, panel, token_group, scale_group_sums);
-    const Func qkv = p.qkv.result;
-    Var d = p.d, h = p.h, m = p.m, kvh = p.kvh, g = p.g;
-
+    Var g = p.g, m = p.m;
     // The mean of squares in fp32, as transformers' RMSNorm computes it.
     const Expr all_heads = norm.mode == layout::kQkNormAllHeads;
     const Expr q_group = select(all_heads, q_width, hd), k_group = select(all_heads, kv_width, hd);
@@ -156,29 +156,104 @@ Project define_project(const Func &x, const Func &packed_weight, const Func &pac
     p.k_sum_squares(g, m) = 0.f;
     p.k_sum_squares(g, m) += pow(qkv(q_width + g * k_group + p.k_values, m), 2);
     p.qk_norm_mode = norm.mode;
-    auto inv_rms = [&](const Func &sum_squares, const Expr &group_size, const Expr &group, const Expr &token) {
+    auto inv_rms = [=](const Func &sum_squares, const Expr &group_size, const Expr &group, const Expr &token) {
         return 1.f / sqrt(sum_squares(group, token) / cast<float>(group_size) + norm.eps);
     };
-    // Value o of a token's q (or of its k), normalised when asked.
-    auto q_value = [&](const Expr &o, const Expr &token) {
+    NormedValues values;
+    const Func q_sums = p.q_sum_squares, k_sums = p.k_sum_squares;
+    values.q = [=](const Expr &o, const Expr &token) {
         return select(norm.mode == layout::kQkNormNone, qkv(o, token),
-                      qkv(o, token) * inv_rms(p.q_sum_squares, q_group, o / q_group, token) * norm.weight(o));
+                      qkv(o, token) * inv_rms(q_sums, q_group, o / q_group, token) * norm.weight(o));
     };
-    auto k_value = [&](const Expr &o, const Expr &token) {
+    values.k = [=](const Expr &o, const Expr &token) {
         return select(norm.mode == layout::kQkNormNone, qkv(q_width + o, token),
-                      qkv(q_width + o, token) * inv_rms(p.k_sum_squares, k_group, o / k_group, token) *
+                      qkv(q_width + o, token) * inv_rms(k_sums, k_group, o / k_group, token) *
                           norm.weight(q_width + o));
     };
+    return values;
+}
 
-    q_out(d, h, m) = rotate([&](Expr dd) { return q_value(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
+}  // namespace
+
+Project define_project(const Func &x, const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
+                       HalfWidening half_widening, const Func &bias, const QkNormInputs &norm, const RopeInputs &rope,
+                       const ProjectShape &shape, int panel, int token_group, bool scale_group_sums, Func q_out,
+                       Func k_out, Func v_out) {
+    Project p;
+    const Expr hd = shape.head_dim;
+    const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
+    p.qkv = define_linear("qkv", x, packed_weight, packed_scales, weight_type, half_widening, bias,
+                          shape.embed_dim, shape.tokens, panel, token_group, scale_group_sums);
+    const Func qkv = p.qkv.result;
+    Var d = p.d, h = p.h, m = p.m, kvh = p.kvh;
+    const NormedValues normed = define_qk_norm(p, qkv, norm, shape);
+    q_out(d, h, m) = rotate([&](Expr dd) { return normed.q(h * hd + dd, m); }, d, hd, clamped_position(rope, m),
                             rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
-    k_out(d, kvh, m) = rotate([&](Expr dd) { return k_value(kvh * hd + dd, m); }, d, hd, clamped_position(rope, m),
+    k_out(d, kvh, m) = rotate([&](Expr dd) { return normed.k(kvh * hd + dd, m); }, d, hd, clamped_position(rope, m),
                               rope.cos_table, rope.sin_table, rope.style, rope.rotary_dim);
     v_out(d, kvh, m) = qkv(q_width + kv_width + kvh * hd + d, m);
     p.q = q_out;
     p.k_new = k_out;
     p.v_new = v_out;
     return p;
+}
+
+ProjectHeads define_project_heads(const Func &x_q, const Func &x_k, const Func &x_v, const Expr &split_inputs,
+                                  const Func &packed_weight, const Func &packed_scales, WeightType weight_type,
+                                  HalfWidening half_widening, const Func &bias, const QkNormInputs &norm,
+                                  const ProjectShape &shape, int panel, Func q_out, Func k_out, Func v_out) {
+    ProjectHeads p;
+    const Expr hd = shape.head_dim;
+    const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
+    Var o("o"), m = p.m, d = p.d, h = p.h, kvh = p.kvh, lane("lane"), i("i"), pn("pn");
+    p.panels = Func("qkv_heads_panels");
+    p.panels(lane, i, pn) = widen_weight(packed_weight(lane, i, pn),
+                                         packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
+    p.k = RDom(0, shape.embed_dim, "qkv_heads_k");
+    // Output o's input head; the clamps keep bounds inference inside each input.
+    auto head = [&](const Expr &first, const Expr &heads) {
+        return select(split_inputs != 0, clamp((o - first) / hd, 0, heads - 1), 0);
+    };
+    const Expr input = select(o < q_width, x_q(p.k, head(0, shape.num_heads), m),
+                              o < q_width + kv_width, x_k(p.k, head(q_width, shape.num_kv_heads), m),
+                              x_v(p.k, head(q_width + kv_width, shape.num_kv_heads), m));
+    p.qkv = Func("qkv_heads");
+    p.qkv(o, m) = bias(o);
+    p.qkv(o, m) += input * p.panels(o % panel, p.k, o / panel);
+    const NormedValues normed = define_qk_norm(p, p.qkv, norm, shape);
+    q_out(d, h, m) = normed.q(h * hd + d, m);
+    k_out(d, kvh, m) = normed.k(kvh * hd + d, m);
+    v_out(d, kvh, m) = p.qkv(q_width + kv_width + kvh * hd + d, m);
+    p.q = q_out;
+    p.k_out = k_out;
+    p.v_out = v_out;
+    return p;
+}
+
+HeadResults define_head_results(const Func &z, const Func &packed_weight, const Func &packed_scales,
+                                WeightType weight_type, HalfWidening half_widening, const Expr &head_dim, int panel,
+                                Func result_out) {
+    HeadResults r;
+    Var o = r.o, h = r.h, m = r.m, lane("lane"), i("i"), pn("pn");
+    r.panels = Func("wo_panels");
+    r.panels(lane, i, pn) = widen_weight(packed_weight(lane, i, pn),
+                                         packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
+    r.dims = RDom(0, head_dim, "head_dims");
+    const Expr column = h * head_dim + r.dims;
+    result_out(o, h, m) = 0.f;
+    result_out(o, h, m) += z(column, m) * r.panels(o % panel, column, o / panel);
+    r.result = result_out;
+    return r;
+}
+
+WeighValues define_weigh_values(const Func &pattern, const Func &v, const Expr &kv_len, Func z_out) {
+    WeighValues w;
+    Var d = w.d, r = w.r, kvh = w.kvh, i = w.i, b = w.b;
+    w.keys = RDom(0, kv_len, "keys");
+    z_out(d, r, kvh, i, b) = 0.f;
+    z_out(d, r, kvh, i, b) += pattern(w.keys, i, r, kvh, b) * v(d, w.keys, kvh, b);
+    w.z = z_out;
+    return w;
 }
 
 Store define_store(const Func &k_new, const Func &v_new, const Expr &tokens, const Func &dest_slot,
@@ -418,7 +493,8 @@ Expr widen_weight(const Expr &element, const Expr &scale, WeightType type, HalfW
     return element;
 }
 
-Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out, const Expr &segment_keys) {
+Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out, const Func *scores_out,
+                     const Expr &segment_keys) {
     Attend a;
     define_scores(in, a, true);
     Var d = a.d, t = a.t, r = a.r, kvh = a.kvh, i = a.i, b = a.b, s = a.s;
@@ -500,6 +576,10 @@ Attend define_attend(const AttendInputs &in, Func z_out, const Func *pattern_out
     if (pattern_out) {
         a.pattern = *pattern_out;
         a.pattern(t, i, r, kvh, b) = a.exp_score(t, r, kvh, i, b) * a.inv_sum(r, kvh, i, b);
+    }
+    if (scores_out) {
+        a.scores = *scores_out;
+        a.scores(t, i, r, kvh, b) = a.score(t, r, kvh, i, b);
     }
     return a;
 }

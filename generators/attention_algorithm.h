@@ -111,11 +111,8 @@ struct QkNormInputs {
     Halide::Expr mode, eps;
 };
 
-// Fused Q/K/V projection with RoPE (and the q/k norms): the rotated queries, and
-// the call's rotated keys and its values in fp32, which define_store then writes
-// into the cache in the cache's element type.
-struct Project {
-    Linear qkv;
+// The q/k norms of a fused projection's output.
+struct QkNormSums {
     Halide::Var d{"d"}, h{"h"}, m{"m"}, kvh{"kvh"}, g{"g"};
     // The sum of squares of group g of token m's q, and of its k; read only when
     // normalising, so a schedule can specialize the layers without a norm back to
@@ -123,6 +120,13 @@ struct Project {
     Halide::Func q_sum_squares, k_sum_squares;  // (g, m)
     Halide::RDom q_values, k_values;            // the values of one group
     Halide::Expr qk_norm_mode;
+};
+
+// Fused Q/K/V projection with RoPE (and the q/k norms): the rotated queries, and
+// the call's rotated keys and its values in fp32, which define_store then writes
+// into the cache in the cache's element type.
+struct Project : QkNormSums {
+    Linear qkv;
     Halide::Func q;      // q(d, h, m): rotated queries
     Halide::Func k_new;  // k_new(d, kvh, m): rotated keys
     Halide::Func v_new;  // v_new(d, kvh, m)
@@ -137,6 +141,53 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
                        const QkNormInputs &norm, const RopeInputs &rope, const ProjectShape &shape, int panel,
                        int token_group, bool scale_group_sums, Halide::Func q_out, Halide::Func k_out,
                        Halide::Func v_out);
+
+// The recording pipelines of TransformerLens' hooks, apart from the fast path
+// (interpretability, not speed).
+//
+// The fused projection before RoPE (after the q/k norms), each output head reading
+// its own input: q rows x_q(e, h, m), k rows x_k(e, kvh, m), v rows x_v(e, kvh, m)
+// (TransformerLens' split per-head inputs); with split_inputs 0, all three are
+// one x(e, 0, m). Outputs q(d, h, m), k(d, kvh, m), v(d, kvh, m).
+struct ProjectHeads : QkNormSums {
+    Halide::Func panels;    // the packed weights widened to fp32, (o % panel, i, o / panel)
+    Halide::Func qkv;       // qkv(o, m): the projection with its bias
+    Halide::RDom k;         // over the inputs
+    Halide::Func q, k_out, v_out;
+};
+
+ProjectHeads define_project_heads(const Halide::Func &x_q, const Halide::Func &x_k, const Halide::Func &x_v,
+                                  const Halide::Expr &split_inputs, const Halide::Func &packed_weight,
+                                  const Halide::Func &packed_scales, WeightType weight_type,
+                                  HalfWidening half_widening, const Halide::Func &bias, const QkNormInputs &norm,
+                                  const ProjectShape &shape, int panel, Halide::Func q_out, Halide::Func k_out,
+                                  Halide::Func v_out);
+
+// Each head's share of the output projection, without the bias:
+// result(o, h, m) = sum over e < head_dim of z(h * head_dim + e, m) * Wo[o][h * head_dim + e].
+struct HeadResults {
+    Halide::Var o{"o"}, h{"h"}, m{"m"};
+    Halide::RDom dims;
+    Halide::Func panels;  // as Linear::panels
+    Halide::Func result;
+};
+
+HeadResults define_head_results(const Halide::Func &z, const Halide::Func &packed_weight,
+                                const Halide::Func &packed_scales, WeightType weight_type,
+                                HalfWidening half_widening, const Halide::Expr &head_dim, int panel,
+                                Halide::Func result_out);
+
+// Values weighed by a given pattern (a patched hook_pattern): z(d, r, kvh, i, b) =
+// sum over key slots t < kv_len of pattern(t, i, r, kvh, b) * v(d, t, kvh, b), every
+// slot, as TransformerLens multiplies its pattern with all values.
+struct WeighValues {
+    Halide::Var d{"d"}, r{"r"}, kvh{"kvh"}, i{"i"}, b{"b"};
+    Halide::RDom keys;
+    Halide::Func z;
+};
+
+WeighValues define_weigh_values(const Halide::Func &pattern, const Halide::Func &v, const Halide::Expr &kv_len,
+                                Halide::Func z_out);
 
 // A call's keys and values (d, kvh, token) into the cache, in place: token m goes to
 // slot dest_slot(m) of row dest_row(m) (the runtime's choice: a contiguous cache's
@@ -218,6 +269,7 @@ struct Attend : AttendScores {
     PartMerge merge;             // segmented only
     Halide::Func z;          // z(d, r, kvh, i, b): the output
     Halide::Func pattern;    // pattern(t, i, r, kvh, b), defined only when asked for (unsegmented)
+    Halide::Func scores;     // scores(t, i, r, kvh, b): score, recorded with the pattern
 };
 
 // Keys in blocks of key_block slots (block kb holds slots [kb*key_block, (kb+1)*key_block)).
@@ -282,10 +334,11 @@ struct AttendInputs {
     Halide::Expr granules, cache_slots;
 };
 
-// pattern_out is null when the attention weights are not asked for; segment_keys
-// is undefined for whole rows, and must be with a pattern.
+// pattern_out and scores_out are null when the attention weights are not asked
+// for (both or neither); segment_keys is undefined for whole rows, and must be
+// with a pattern.
 Attend define_attend(const AttendInputs &in, Halide::Func z_out, const Halide::Func *pattern_out,
-                     const Halide::Expr &segment_keys);
+                     const Halide::Func *scores_out, const Halide::Expr &segment_keys);
 
 AttendBlocked define_attend_blocked(const AttendInputs &in, Halide::Func z_out, int key_block, int split_blocks);
 

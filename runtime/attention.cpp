@@ -2,7 +2,9 @@
 // cache and the per-call scratch (grown, never shrunk, so a steady stream of calls
 // allocates nothing), and runs the three stages on the chosen backend.
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <tuple>
 #include <utility>
 
 #include "aligned_vector.h"
@@ -23,6 +25,25 @@ template <typename T>
 void grow(AlignedVector<T> &v, size_t n, const char *what) {
     if (v.size() < n) allocate(what, n, sizeof(T), [&] { v.resize(n); });
 }
+
+constexpr uint32_t bit(Hook hook) {
+    return 1u << int(hook);
+}
+
+// What the fast pipelines record; every other hook takes the recording ones.
+constexpr uint32_t kFastHooks = bit(Hook::z) | bit(Hook::pattern);
+constexpr uint32_t kPatchableHooks = bit(Hook::q) | bit(Hook::k) | bit(Hook::v) | bit(Hook::rot_q) |
+                                     bit(Hook::rot_k) | bit(Hook::pattern) | bit(Hook::z);
+
+constexpr std::array<std::string_view, kHookCount> kHookNames = {
+    "hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result"};
+
+// The input of one forward: one x for q, k and v, or one per head.
+struct ForwardInput {
+    const float *x_q, *x_k, *x_v;
+    bool split;
+    int64_t batch, seq_len;
+};
 
 int qk_norm_code(QkNorm norm) {
     switch (norm) {
@@ -49,9 +70,13 @@ struct Attention::State {
     int cache_size = 0;
     std::vector<int32_t> last_position;  // per batch row, of the latest token forward wrote; -1: none
 
-    // Per-call scratch. A forward writes z and the pattern into the spares, which
-    // become z and pattern only once every stage succeeded.
-    AlignedVector<float> q, z, pattern, z_spare, pattern_spare;
+    // Per-call scratch. A forward writes the hooks it records (and the recording
+    // path's intermediates) into the spares, which become the hooks only once every
+    // stage succeeded.
+    AlignedVector<float> q;
+    std::array<AlignedVector<float>, kHookCount> hooks, spares;
+    std::array<std::vector<int64_t>, kHookCount> hook_shapes;  // the last forward's; empty: not recorded
+    uint32_t recording = bit(Hook::z);  // what the next forwards record
     KvCache scratch;  // k and v of a call without a cache
     std::vector<int32_t> positions;
     // Where the call's tokens go (slot, batch row) and each row's valid key slots.
@@ -59,9 +84,6 @@ struct Attention::State {
     // The granule table of a contiguous cache: every key where its slot says.
     std::vector<int32_t> contiguous_granules;
     std::vector<int32_t> sequence_granules;  // a serving call's, per row
-    bool record_pattern = false;
-    int last_batch = 0, last_seq_len = 0, last_kv_len = 0;
-    bool has_pattern = false;
 
     // A known cache type with pipelines in this build.
     void require_cache_pipelines(CacheType type) const {
@@ -77,6 +99,29 @@ struct Attention::State {
         return paged;
     }
     std::vector<float> sequence_as_float(int id, bool values);
+
+    // A hook's shape in a forward of batch x seq_len tokens reaching kv_len slots.
+    std::vector<int64_t> hook_shape(Hook hook, int64_t batch, int64_t seq_len, int64_t kv_len) const {
+        const LayerDims &d = dims;
+        switch (hook) {
+        case Hook::q:
+        case Hook::rot_q:
+        case Hook::z: return {batch, seq_len, d.num_heads, d.head_dim};
+        case Hook::k:
+        case Hook::v:
+        case Hook::rot_k: return {batch, seq_len, d.num_kv_heads, d.head_dim};
+        case Hook::attn_scores:
+        case Hook::pattern: return {batch, d.num_heads, seq_len, kv_len};
+        case Hook::result: return {batch, seq_len, d.num_heads, d.embed_dim};
+        }
+        return {};
+    }
+
+    AlignedVector<float> &spare(Hook hook) { return spares[int(hook)]; }
+
+    void forward(const ForwardInput &input, std::span<float> out, const std::optional<TensorView<uint8_t>> &mask,
+                 const std::optional<TensorView<int32_t>> &input_pos, std::span<const Patch> patches);
+    void weigh_patched_pattern(const float *pattern, int batch, int seq_len, int kv_len, float *z);
 
     // Undoes what a failed forward wrote to the cache: its slots [first, first +
     // count), past size(), are zero again on the host, and a device copy is
@@ -326,21 +371,54 @@ int Attention::size() const {
 
 void Attention::forward(const TensorView<float> &x, std::span<float> out,
                         const std::optional<TensorView<uint8_t>> &mask,
-                        const std::optional<TensorView<int32_t>> &input_pos) {
-    State &s = *state_;
-    const Config &c = s.config;
-    if (s.paged.allocated()) fail("the layer's KV cache is paged: run its sequences with forward_sequences");
+                        const std::optional<TensorView<int32_t>> &input_pos, std::span<const Patch> patches) {
+    const Config &c = state_->config;
     if (x.shape.size() != 3 || x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] != c.embed_dim) {
         fail("x has shape ", shape_string(x.shape), "; expected [batch >= 1, seq_len >= 1, ", c.embed_dim, "]");
     }
     if (!x.data) fail("x has no data");
+    state_->forward({x.data, x.data, x.data, false, x.shape[0], x.shape[1]}, out, mask, input_pos, patches);
+}
+
+void Attention::forward_split(const SplitQkvInput &input, std::span<float> out,
+                              const std::optional<TensorView<uint8_t>> &mask,
+                              const std::optional<TensorView<int32_t>> &input_pos, std::span<const Patch> patches) {
+    const Config &c = state_->config;
+    const auto &q = input.query.shape;
+    if (q.size() != 4 || q[0] < 1 || q[1] < 1 || q[2] != c.num_heads || q[3] != c.embed_dim) {
+        fail("the query input has shape ", shape_string(q), "; expected [batch >= 1, seq_len >= 1, ", c.num_heads,
+             ", ", c.embed_dim, "]");
+    }
+    for (const auto &[name, t] : {std::pair{"key", &input.key}, std::pair{"value", &input.value}}) {
+        const std::vector<int64_t> expected{q[0], q[1], c.num_kv_heads, c.embed_dim};
+        if (t->shape != expected) {
+            fail("the ", name, " input has shape ", shape_string(t->shape), "; expected ", shape_string(expected));
+        }
+        if (!t->data) fail("the ", name, " input has no data");
+    }
+    if (!input.query.data) fail("the query input has no data");
+    require_array_size("the query input", {q[0], q[1], c.num_heads, c.embed_dim},
+                       "batch x seq_len x num_heads x embed_dim");
+    state_->forward({input.query.data, input.key.data, input.value.data, true, q[0], q[1]}, out, mask, input_pos,
+                    patches);
+}
+
+void Attention::State::forward(const ForwardInput &input, std::span<float> out,
+                               const std::optional<TensorView<uint8_t>> &mask,
+                               const std::optional<TensorView<int32_t>> &input_pos, std::span<const Patch> patches) {
+    State &s = *this;
+    const Config &c = s.config;
+    if (s.paged.allocated()) fail("the layer's KV cache is paged: run its sequences with forward_sequences");
     // Checked as given, in 64 bits, before anything is narrowed to int.
-    if (x.shape[1] > c.max_seq_len) fail("seq_len ", x.shape[1], " is larger than max_seq_len (", c.max_seq_len, ")");
-    if (x.shape[0] > INT32_MAX) fail("x has batch ", x.shape[0], "; expected at most ", INT32_MAX);
-    require_array_size("x", {x.shape[0], x.shape[1], c.embed_dim}, "batch x seq_len x embed_dim");
-    require_array_size("q", {x.shape[0], x.shape[1], c.num_heads, c.head_dim}, "batch x seq_len x num_heads x head_dim");
-    const int batch = int(x.shape[0]), seq_len = int(x.shape[1]);
-    const bool cached = has_cache();
+    if (input.seq_len > c.max_seq_len) {
+        fail("seq_len ", input.seq_len, " is larger than max_seq_len (", c.max_seq_len, ")");
+    }
+    if (input.batch > INT32_MAX) fail("x has batch ", input.batch, "; expected at most ", INT32_MAX);
+    require_array_size("x", {input.batch, input.seq_len, c.embed_dim}, "batch x seq_len x embed_dim");
+    require_array_size("q", {input.batch, input.seq_len, c.num_heads, c.head_dim},
+                       "batch x seq_len x num_heads x head_dim");
+    const int batch = int(input.batch), seq_len = int(input.seq_len);
+    const bool cached = cache.allocated();
     if (cached && batch != s.cache.batch()) {
         fail("x has batch ", batch, " but the KV cache was set up for batch ", s.cache.batch());
     }
@@ -356,9 +434,29 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     const int first_slot = cached ? s.cache_size : 0;
     const int kv_len = first_slot + seq_len;
     const size_t scratch_elements = cached ? 0 : require_kv_store_size("the k and v of the call", s.dims, CacheType::f32, batch, seq_len);
-    if (s.record_pattern) {
-        require_array_size("the attention pattern", {batch, c.num_heads, seq_len, kv_len},
-                           "batch x num_heads x seq_len x kv_len");
+    for (Hook hook : {Hook::attn_scores, Hook::pattern, Hook::result}) {
+        if (s.recording & bit(hook)) {
+            const std::vector<int64_t> shape = s.hook_shape(hook, batch, seq_len, kv_len);
+            require_array_size(kHookNames[int(hook)].data(), {shape[0], shape[1], shape[2], shape[3]},
+                               hook == Hook::result ? "batch x seq_len x num_heads x embed_dim"
+                                                    : "batch x num_heads x seq_len x kv_len");
+        }
+    }
+    std::array<const float *, kHookCount> patch{};
+    uint32_t patched = 0;
+    for (const Patch &p : patches) {
+        const std::string_view name = hook_name(p.hook);  // checks the value
+        if (!(kPatchableHooks & bit(p.hook))) {
+            fail(name, " cannot be patched; hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, hook_pattern and hook_z can");
+        }
+        if (patched & bit(p.hook)) fail(name, " is patched twice in one forward");
+        const std::vector<int64_t> shape = s.hook_shape(p.hook, batch, seq_len, kv_len);
+        if (p.value.shape != shape) {
+            fail("the patch of ", name, " has shape ", shape_string(p.value.shape), "; expected ", shape_string(shape));
+        }
+        if (!p.value.data) fail("the patch of ", name, " has no data");
+        patched |= bit(p.hook);
+        patch[int(p.hook)] = p.value.data;
     }
     if (mask) {
         const auto &m = mask->shape;
@@ -376,17 +474,32 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
                    cache_is_shorter ? "the KV cache's max_seq_len" : "max_seq_len", s.positions);
     if (cached) require_increasing(s.positions, s.last_position, batch, seq_len);
 
-    // Everything is valid. The stages write the cache's new slots and the spare z
-    // and pattern; only when all three succeed does the layer take them.
+    // Everything is valid. The stages write the cache's new slots and the spares;
+    // only when all of them succeed does the layer take them.
     const LayerDims &d = s.dims;
-    grow(s.q, tokens * d.q_width(), "q");
-    grow(s.z_spare, tokens * d.q_width(), "z");
+    const bool recording_path = input.split || patched || (s.recording & ~kFastHooks);
+    // Elements of each hook in this call, and which the call writes.
+    auto elements = [&](Hook hook) {
+        size_t n = 1;
+        for (int64_t e : s.hook_shape(hook, batch, seq_len, kv_len)) n *= size_t(e);
+        return n;
+    };
+    const bool attend_records = s.recording & (bit(Hook::pattern) | bit(Hook::attn_scores));
+    uint32_t written = bit(Hook::z) | (attend_records ? bit(Hook::pattern) | bit(Hook::attn_scores) : 0);
+    if (recording_path) {
+        written |= bit(Hook::q) | bit(Hook::k) | bit(Hook::v) | bit(Hook::rot_q) | bit(Hook::rot_k) |
+                   (s.recording & bit(Hook::result));
+    } else {
+        grow(s.q, tokens * d.q_width(), "q");
+    }
+    for (int h = 0; h < kHookCount; ++h) {
+        if (written & (1u << h)) grow(s.spares[h], elements(Hook(h)), kHookNames[h].data());
+    }
     if (!cached) {
         allocate("the k and v of the call", 2 * scratch_elements, sizeof(float),
                  [&] { s.scratch.reserve_scratch(d, batch, seq_len); });
     }
     KvCache &kv = cached ? s.cache : s.scratch;
-    if (s.record_pattern) grow(s.pattern_spare, tokens * d.num_heads * kv_len, "the attention pattern");
     const int granules = granule_table_length(kv_len);
     allocate("the call's destinations and granule table", 2 * tokens + batch + granules, sizeof(int32_t), [&] {
         s.dest_slots.resize(tokens), s.dest_rows.resize(tokens), s.kv_lens.resize(batch);
@@ -404,57 +517,141 @@ void Attention::forward(const TensorView<float> &x, std::span<float> out,
     auto after = [failing](ForwardStage stage, const char *name) {
         if (failing == stage) fail("injected failure after ", name);
     };
+    // The patch of `hook`, where there is one, over its spare.
+    auto apply_patch = [&](Hook hook) {
+        if (patch[int(hook)]) std::copy_n(patch[int(hook)], elements(hook), s.spare(hook).data());
+    };
+    float *z = s.spare(Hook::z).data();
+    // A mask replaces the causal and window rules.
+    AttendCall attend{.q = nullptr,
+                      .batch = batch,
+                      .seq_len = seq_len,
+                      .kv = &kv,
+                      .kv_len = kv_len,
+                      .kv_lens = s.kv_lens.data(),
+                      .granules = s.contiguous_granules.data(),
+                      .granule_count = granules,
+                      .granule_row_stride = 0,
+                      .pooled = false,
+                      .mask = mask ? mask->data : nullptr,
+                      .mask_len = mask ? int(mask->shape[2]) : 0,
+                      .causal = !mask && (c.is_causal || c.window.has_value()),
+                      .window = mask ? 0 : c.window.value_or(0),
+                      .scale = float(s.scale),
+                      .softcap = float(c.softcap),
+                      .z = z,
+                      .pattern = attend_records ? s.spare(Hook::pattern).data() : nullptr,
+                      .scores = attend_records ? s.spare(Hook::attn_scores).data() : nullptr,
+                      .host_io = recording_path};
     try {
-        s.kernels->project({.x = x.data,
-                            .batch = batch,
-                            .seq_len = seq_len,
-                            .positions = s.positions.data(),
-                            .q = s.q.data(),
-                            .kv = &kv,
-                            .dest_slots = s.dest_slots.data(),
-                            .dest_rows = s.dest_rows.data(),
-                            .qk_norm = qk_norm_code(c.qk_norm),
-                            .qk_norm_eps = float(c.qk_norm_eps)});
-        after(ForwardStage::project, "project");
-        // A mask replaces the causal and window rules.
-        s.kernels->attend({.q = s.q.data(),
-                           .batch = batch,
-                           .seq_len = seq_len,
-                           .kv = &kv,
-                           .kv_len = kv_len,
-                           .kv_lens = s.kv_lens.data(),
-                           .granules = s.contiguous_granules.data(),
-                           .granule_count = granules,
-                           .granule_row_stride = 0,
-                           .pooled = false,
-                           .mask = mask ? mask->data : nullptr,
-                           .mask_len = mask ? int(mask->shape[2]) : 0,
-                           .causal = !mask && (c.is_causal || c.window.has_value()),
-                           .window = mask ? 0 : c.window.value_or(0),
-                           .scale = float(s.scale),
-                           .softcap = float(c.softcap),
-                           .z = s.z_spare.data(),
-                           .pattern = s.record_pattern ? s.pattern_spare.data() : nullptr});
-        after(ForwardStage::attend, "attend");
-        s.kernels->output({.z = s.z_spare.data(), .batch = batch, .seq_len = seq_len, .out = out.data()});
-        after(ForwardStage::output, "output");
+        if (!recording_path) {
+            s.kernels->project({.x = input.x_q,
+                                .batch = batch,
+                                .seq_len = seq_len,
+                                .positions = s.positions.data(),
+                                .q = s.q.data(),
+                                .kv = &kv,
+                                .dest_slots = s.dest_slots.data(),
+                                .dest_rows = s.dest_rows.data(),
+                                .qk_norm = qk_norm_code(c.qk_norm),
+                                .qk_norm_eps = float(c.qk_norm_eps)});
+            after(ForwardStage::project, "project");
+            attend.q = s.q.data();
+            s.kernels->attend(attend);
+            after(ForwardStage::attend, "attend");
+            s.kernels->output({.z = z, .batch = batch, .seq_len = seq_len, .out = out.data(), .z_from_host = false});
+            after(ForwardStage::output, "output");
+        } else {
+            // TransformerLens' order, each stage its own pipeline, each patch where
+            // its hook sits.
+            s.kernels->project_heads({.x_q = input.x_q,
+                                      .x_k = input.x_k,
+                                      .x_v = input.x_v,
+                                      .split = input.split,
+                                      .tokens = int(tokens),
+                                      .qk_norm = qk_norm_code(c.qk_norm),
+                                      .qk_norm_eps = float(c.qk_norm_eps),
+                                      .q = s.spare(Hook::q).data(),
+                                      .k = s.spare(Hook::k).data(),
+                                      .v = s.spare(Hook::v).data()});
+            for (Hook hook : {Hook::q, Hook::k, Hook::v}) apply_patch(hook);
+            const BackendEntry &entry = *built_backend(s.backend);
+            for (const auto &[from, to, heads] : {std::tuple{Hook::q, Hook::rot_q, d.num_heads},
+                                                  std::tuple{Hook::k, Hook::rot_k, d.num_kv_heads}}) {
+                entry.rope(s.rope, {.x = s.spare(from).data(),
+                                    .tokens = int(tokens),
+                                    .heads = heads,
+                                    .head_dim = d.head_dim,
+                                    .positions = s.positions.data(),
+                                    .out = s.spare(to).data()});
+                apply_patch(to);
+            }
+            s.kernels->store({.k = s.spare(Hook::rot_k).data(),
+                              .v = s.spare(Hook::v).data(),
+                              .batch = batch,
+                              .seq_len = seq_len,
+                              .kv = &kv,
+                              .dest_slots = s.dest_slots.data(),
+                              .dest_rows = s.dest_rows.data()});
+            after(ForwardStage::project, "project");
+            attend.q = s.spare(Hook::rot_q).data();
+            s.kernels->attend(attend);
+            if (patch[int(Hook::pattern)]) {
+                if (s.recording & bit(Hook::pattern)) apply_patch(Hook::pattern);
+                s.weigh_patched_pattern(patch[int(Hook::pattern)], batch, seq_len, kv_len, z);
+            }
+            after(ForwardStage::attend, "attend");
+            apply_patch(Hook::z);
+            s.kernels->output({.z = z, .batch = batch, .seq_len = seq_len, .out = out.data(), .z_from_host = true});
+            if (s.recording & bit(Hook::result)) {
+                s.kernels->head_results({.z = z, .tokens = int(tokens), .result = s.spare(Hook::result).data()});
+            }
+            after(ForwardStage::output, "output");
+        }
     } catch (...) {
         if (cached) s.discard_slots(first_slot, seq_len);
         throw;
     }
 
-    std::swap(s.z, s.z_spare);
-    if (s.record_pattern) std::swap(s.pattern, s.pattern_spare);
-    s.has_pattern = s.record_pattern;
+    for (int h = 0; h < kHookCount; ++h) {
+        if (s.recording & (1u << h)) {
+            std::swap(s.hooks[h], s.spares[h]);
+            s.hook_shapes[h] = s.hook_shape(Hook(h), batch, seq_len, kv_len);
+        } else {
+            s.hook_shapes[h].clear();
+        }
+    }
     s.kernels->commit();
     if (cached) {
         s.cache.written_on_device();
         s.cache_size += seq_len;
         for (int b = 0; b < batch; ++b) s.last_position[b] = s.positions[size_t(b) * seq_len + seq_len - 1];
     }
-    s.last_batch = batch;
-    s.last_seq_len = seq_len;
-    s.last_kv_len = kv_len;
+}
+
+// z from a patched pattern: every key slot's value, as the attention reads it
+// (with a cache, the cache's, the call's slots just written; without, the call's v).
+void Attention::State::weigh_patched_pattern(const float *pattern, int batch, int seq_len, int kv_len, float *z) {
+    const LayerDims &d = dims;
+    WeighValuesCall call{.pattern = pattern, .v = nullptr, .batch = batch, .seq_len = seq_len, .kv_len = kv_len,
+                         .slot_stride = 0, .head_stride = 0, .row_stride = 0, .z = z};
+    std::vector<float> cached_values;
+    if (cache.allocated()) {
+        cache.written_on_device();
+        cache.pull(*kernels);
+        allocate("the cache's values as fp32", cache.elements(), sizeof(float),
+                 [&] { cached_values = cache.as_float(cache.v()); });
+        call.v = cached_values.data();
+        call.slot_stride = d.head_dim;
+        call.head_stride = int64_t(cache.capacity()) * d.head_dim;
+        call.row_stride = call.head_stride * d.num_kv_heads;
+    } else {
+        call.v = spare(Hook::v).data();
+        call.slot_stride = d.kv_width();
+        call.head_stride = d.head_dim;
+        call.row_stride = int64_t(seq_len) * d.kv_width();
+    }
+    kernels->weigh_values(call);
 }
 
 void Attention::forward_sequences(std::span<const SequenceTokens> rows, const TensorView<float> &x,
@@ -463,7 +660,9 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
     const Config &c = s.config;
     PagedCache &paged = s.paged_cache();
     if (rows.empty()) fail("forward_sequences needs at least one row");
-    if (s.record_pattern) fail("forward_sequences records no attention pattern: call set_record_pattern(false)");
+    if (s.recording & ~bit(Hook::z)) {
+        fail("forward_sequences records no hooks (the pattern included): call set_recorded_hooks({}) before it");
+    }
     int64_t total = 0;
     for (size_t r = 0; r < rows.size(); ++r) {
         const SequenceTokens &row = rows[r];
@@ -516,7 +715,7 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
 
     const LayerDims &d = s.dims;
     grow(s.q, size_t(tokens) * d.q_width(), "q");
-    grow(s.z_spare, size_t(tokens) * d.q_width(), "z");  // z() stays the last forward()'s
+    grow(s.spare(Hook::z), size_t(tokens) * d.q_width(), "z");  // z() stays the last forward()'s
     std::vector<PagedCache::Row> step_rows;
     PagedCache::Step step;
     allocate("the call's block tables", rows.size(), sizeof(PagedCache::Row), [&] {
@@ -583,11 +782,16 @@ void Attention::forward_sequences(std::span<const SequenceTokens> rows, const Te
                                .window = c.window.value_or(0),
                                .scale = float(s.scale),
                                .softcap = float(c.softcap),
-                               .z = s.z_spare.data(),
-                               .pattern = nullptr});
+                               .z = s.spare(Hook::z).data(),
+                               .pattern = nullptr,
+                               .scores = nullptr,
+                               .host_io = false});
             after(ForwardStage::attend, "attend");
-            s.kernels->output(
-                {.z = s.z_spare.data(), .batch = run, .seq_len = n, .out = out.data() + token * c.embed_dim});
+            s.kernels->output({.z = s.spare(Hook::z).data(),
+                               .batch = run,
+                               .seq_len = n,
+                               .out = out.data() + token * c.embed_dim,
+                               .z_from_host = false});
             after(ForwardStage::output, "output");
             token += run_tokens;
             first = end;
@@ -610,24 +814,62 @@ std::vector<float> Attention::forward(const TensorView<float> &x, const std::opt
     return out;
 }
 
+std::string_view hook_name(Hook hook) {
+    const int index = int(hook);
+    if (index < 0 || index >= kHookCount) fail("unknown hook ", index);
+    return kHookNames[index];
+}
+
+Hook hook_from_name(std::string_view name) {
+    for (int h = 0; h < kHookCount; ++h) {
+        if (kHookNames[h] == name) return Hook(h);
+    }
+    fail("unknown hook \"", name, "\"; expected one of hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, ",
+         "hook_attn_scores, hook_pattern, hook_z, hook_result");
+}
+
+void Attention::set_recorded_hooks(std::span<const Hook> hooks) {
+    uint32_t recording = bit(Hook::z);
+    for (Hook hook : hooks) {
+        hook_name(hook);  // checks the value
+        recording |= bit(hook);
+    }
+    state_->recording = recording;
+}
+
+std::vector<Hook> Attention::recorded_hooks() const {
+    std::vector<Hook> hooks;
+    for (int h = 0; h < kHookCount; ++h) {
+        if (state_->recording & (1u << h)) hooks.push_back(Hook(h));
+    }
+    return hooks;
+}
+
 void Attention::set_record_pattern(bool record) {
-    state_->record_pattern = record;
+    uint32_t &recording = state_->recording;
+    recording = record ? recording | bit(Hook::pattern) : recording & ~bit(Hook::pattern);
+}
+
+TensorView<float> Attention::hook(Hook hook) const {
+    const State &s = *state_;
+    const std::string_view name = hook_name(hook);
+    const std::vector<int64_t> &shape = s.hook_shapes[int(hook)];
+    if (shape.empty()) {
+        if (hook == Hook::z) fail("z() needs a forward call first");
+        if (hook == Hook::pattern) fail("no attention pattern recorded: call set_record_pattern(true) before forward");
+        fail(name, " was not recorded by the last forward: add it with set_recorded_hooks before forward");
+    }
+    if (hook == Hook::z) s.kernels->copy_to_host(HostArray::z);
+    if (hook == Hook::pattern) s.kernels->copy_to_host(HostArray::pattern);
+    return {s.hooks[int(hook)].data(), shape};
 }
 
 TensorView<float> Attention::pattern() const {
-    const State &s = *state_;
-    if (!s.has_pattern || s.last_batch == 0) {
-        fail("no attention pattern recorded: call set_record_pattern(true) before forward");
-    }
-    s.kernels->copy_to_host(HostArray::pattern);
-    return {s.pattern.data(), {s.last_batch, s.dims.num_heads, s.last_seq_len, s.last_kv_len}};
+    return hook(Hook::pattern);
 }
 
 TensorView<float> Attention::z() const {
-    const State &s = *state_;
-    if (s.last_batch == 0) fail("z() needs a forward call first");
-    s.kernels->copy_to_host(HostArray::z);
-    return {s.z.data(), {s.last_batch, s.last_seq_len, s.dims.num_heads, s.dims.head_dim}};
+    return hook(Hook::z);
 }
 
 namespace {

@@ -68,7 +68,12 @@ struct AttendCall {
     int window;              // 0: none
     float scale, softcap;    // softcap 0: none
     float *z;
-    float *pattern;
+    // Both or neither: the pattern and the scores [b, n_h, s, kv_len] it came from
+    // (TransformerLens hook_attn_scores: -inf where a key is not visible).
+    float *pattern, *scores;
+    // The recording forward's: q comes from the host, and z, the pattern and the
+    // scores are on the host when the call returns.
+    bool host_io;
 };
 
 // z [b*s, n_h*hd] -> out [b*s, d]
@@ -76,6 +81,46 @@ struct OutputCall {
     const float *z;
     int batch, seq_len;
     float *out;
+    bool z_from_host;  // the recording forward's z, possibly patched, not the last attend's
+};
+
+// The recording forward's stages (TransformerLens hooks), all on host memory.
+// The projection before RoPE: q [tokens, n_h, hd], k and v [tokens, n_kv, hd];
+// query head h reads x_q [tokens, n_h, d] at h, kv head j x_k and x_v [tokens,
+// n_kv, d] at j, or with !split all three are one x [tokens, d].
+struct ProjectHeadsCall {
+    const float *x_q, *x_k, *x_v;
+    bool split;
+    int tokens;
+    int qk_norm;  // as ProjectCall's
+    float qk_norm_eps;
+    float *q, *k, *v;
+};
+
+// Rotated k and v [b*s, n_kv, hd] into the cache, token m into slot dest_slots[m]
+// of row dest_rows[m], as ProjectCall stores them.
+struct StoreCall {
+    const float *k, *v;
+    int batch, seq_len;
+    KvCache *kv;
+    const int32_t *dest_slots, *dest_rows;
+};
+
+// z [b, s, n_h, hd] = pattern [b, n_h, s, kv_len] times values v(d, t, kvh, b) at
+// v[b * row_stride + kvh * head_stride + t * slot_stride + d], every key slot.
+struct WeighValuesCall {
+    const float *pattern, *v;
+    int batch, seq_len, kv_len;
+    int64_t slot_stride, head_stride, row_stride;
+    float *z;
+};
+
+// Each head's share of the output projection, without the bias: z [tokens, n_h * hd]
+// -> result [tokens, n_h, d].
+struct HeadResultsCall {
+    const float *z;
+    int tokens;
+    float *result;
 };
 
 // x [tokens, heads, hd] -> out, rotated at positions[tokens].
@@ -95,6 +140,10 @@ public:
     virtual void project(const ProjectCall &call) = 0;
     virtual void attend(const AttendCall &call) = 0;
     virtual void output(const OutputCall &call) = 0;
+    virtual void project_heads(const ProjectHeadsCall &call) = 0;
+    virtual void store(const StoreCall &call) = 0;
+    virtual void weigh_values(const WeighValuesCall &call) = 0;
+    virtual void head_results(const HeadResultsCall &call) = 0;
     // Brings the layer's host copy of `array` up to date before the caller reads it
     // (the KV cache, or z / pattern of the last attend). Host backends hold it already.
     virtual void copy_to_host(HostArray) {}

@@ -2,6 +2,7 @@
 // try block, so no C++ exception crosses into C; failures set a per-thread message.
 #include "gqa/gqa.h"
 
+#include <algorithm>
 #include <cstring>
 #include <initializer_list>
 #include <new>
@@ -306,6 +307,30 @@ gqa_status gqa_attention_read_cache(const gqa_attention *layer, float *k, float 
     });
 }
 
+namespace {
+
+std::optional<gqa::TensorView<uint8_t>> mask_view(const uint8_t *mask, int32_t batch, int32_t seq_len,
+                                                  int32_t mask_len) {
+    if (!mask) return std::nullopt;
+    return gqa::TensorView<uint8_t>{mask, {batch, seq_len, mask_len}};
+}
+
+std::optional<gqa::TensorView<int32_t>> positions_view(const int32_t *input_pos, int32_t rows, int32_t seq_len) {
+    if (!input_pos) return std::nullopt;
+    if (rows == 1) return gqa::TensorView<int32_t>{input_pos, {seq_len}};
+    return gqa::TensorView<int32_t>{input_pos, {rows, seq_len}};
+}
+
+gqa::Hook hook_of(gqa_hook hook) {
+    using gqa::Hook;
+    return from_c_enum(hook,
+                       {Hook::q, Hook::k, Hook::v, Hook::rot_q, Hook::rot_k, Hook::attn_scores, Hook::pattern, Hook::z,
+                        Hook::result},
+                       "hook", "gqa_hook");
+}
+
+}  // namespace
+
 gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t batch, int32_t seq_len, float *out,
                                  size_t out_count, const uint8_t *mask, int32_t mask_len, const int32_t *input_pos,
                                  int32_t input_pos_rows) {
@@ -313,17 +338,80 @@ gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t b
         require_pointer(layer, "layer");
         require_pointer(out, "out");
         const int64_t d = layer->layer.config().embed_dim;
-        std::optional<gqa::TensorView<uint8_t>> mask_view;
-        if (mask) mask_view = gqa::TensorView<uint8_t>{mask, {batch, seq_len, mask_len}};
-        std::optional<gqa::TensorView<int32_t>> positions;
-        if (input_pos) {
-            if (input_pos_rows == 1) {
-                positions = gqa::TensorView<int32_t>{input_pos, {seq_len}};
-            } else {
-                positions = gqa::TensorView<int32_t>{input_pos, {input_pos_rows, seq_len}};
-            }
+        layer->layer.forward({x, {batch, seq_len, d}}, {out, out_count}, mask_view(mask, batch, seq_len, mask_len),
+                             positions_view(input_pos, input_pos_rows, seq_len));
+    });
+}
+
+const char *gqa_hook_name(gqa_hook hook) {
+    if (int(hook) < 0 || int(hook) >= gqa::kHookCount) return nullptr;
+    return gqa::hook_name(gqa::Hook(hook)).data();
+}
+
+gqa_status gqa_attention_set_recorded_hooks(gqa_attention *layer, const gqa_hook *hooks, int32_t count) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        if (count < 0) invalid("count is " + std::to_string(count) + "; expected >= 0");
+        if (count > 0) require_pointer(hooks, "hooks");
+        std::vector<gqa::Hook> recorded;
+        for (int32_t i = 0; i < count; ++i) recorded.push_back(hook_of(hooks[i]));
+        layer->layer.set_recorded_hooks(recorded);
+    });
+}
+
+gqa_status gqa_attention_hook(const gqa_attention *layer, gqa_hook hook, int64_t shape[4], float *values,
+                              size_t count) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(shape, "shape");
+        const gqa::TensorView<float> view = layer->layer.hook(hook_of(hook));
+        if (values && count != size_t(view.numel())) {
+            invalid("count is " + std::to_string(count) + "; " + std::string(gqa::hook_name(hook_of(hook))) + " holds " +
+                    std::to_string(view.numel()) + " floats " + gqa::shape_string(view.shape));
         }
-        layer->layer.forward({x, {batch, seq_len, d}}, {out, out_count}, mask_view, positions);
+        std::copy(view.shape.begin(), view.shape.end(), shape);
+        if (values) std::copy_n(view.data, view.numel(), values);
+    });
+}
+
+gqa_status gqa_attention_forward_hooked(gqa_attention *layer, const float *x, const float *query, const float *key,
+                                        const float *value, int32_t batch, int32_t seq_len, float *out,
+                                        size_t out_count, const uint8_t *mask, int32_t mask_len,
+                                        const int32_t *input_pos, int32_t input_pos_rows, const gqa_patch *patches,
+                                        int32_t patch_count) {
+    return guarded([&] {
+        require_pointer(layer, "layer");
+        require_pointer(out, "out");
+        if (patch_count < 0) invalid("patch_count is " + std::to_string(patch_count) + "; expected >= 0");
+        if (patch_count > 0) require_pointer(patches, "patches");
+        const gqa::Config &c = layer->layer.config();
+        const int64_t kv_len = (layer->layer.has_cache() ? layer->layer.size() : 0) + int64_t(seq_len);
+        // The shape each patchable hook has in this forward; the layer checks the rest.
+        std::vector<gqa::Patch> views;
+        for (int32_t i = 0; i < patch_count; ++i) {
+            const gqa::Hook hook = hook_of(patches[i].hook);
+            const bool kv = hook == gqa::Hook::k || hook == gqa::Hook::v || hook == gqa::Hook::rot_k;
+            std::vector<int64_t> shape{batch, seq_len, kv ? c.num_kv_heads : c.num_heads, c.head_dim};
+            if (hook == gqa::Hook::pattern) shape = {batch, c.num_heads, seq_len, kv_len};
+            const int64_t elements = gqa::TensorView<float>{nullptr, shape}.numel();
+            if (patches[i].count != size_t(elements)) {
+                invalid("patches[" + std::to_string(i) + "] (" + std::string(gqa::hook_name(hook)) + ") holds " +
+                        std::to_string(patches[i].count) + " floats; expected " + std::to_string(elements) + " " +
+                        gqa::shape_string(shape));
+            }
+            views.push_back({hook, {patches[i].values, shape}});
+        }
+        const auto masked = mask_view(mask, batch, seq_len, mask_len);
+        const auto positions = positions_view(input_pos, input_pos_rows, seq_len);
+        if (x) {
+            if (query || key || value) invalid("x and split inputs at once: pass one or the other");
+            layer->layer.forward({x, {batch, seq_len, c.embed_dim}}, {out, out_count}, masked, positions, views);
+            return;
+        }
+        const gqa::SplitQkvInput split{{query, {batch, seq_len, c.num_heads, c.embed_dim}},
+                                       {key, {batch, seq_len, c.num_kv_heads, c.embed_dim}},
+                                       {value, {batch, seq_len, c.num_kv_heads, c.embed_dim}}};
+        layer->layer.forward_split(split, {out, out_count}, masked, positions, views);
     });
 }
 

@@ -301,9 +301,6 @@ public:
         if (k_new_.size() < new_values) k_new_.resize(new_values), v_new_.resize(new_values);
         View k_new(k_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
         View v_new(v_new_.data(), kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
-        View dest_slots(c.dest_slots, kI32, {{tokens, 1}}), dest_rows(c.dest_rows, kI32, {{tokens, 1}});
-        // The whole cache: the store writes this call's slots in place.
-        View k = whole_cache_view(*c.kv, c.kv->k()), v = whole_cache_view(*c.kv, c.kv->v());
         if (device_) {
             place_constant(w, qkv_weights_), place_constant(scales, qkv_scales_), place_constant(bias, qkv_bias_);
             place_constant(norm_weight, qk_norm_weight_array_);
@@ -311,9 +308,6 @@ public:
             place(x, x_, Sync::upload), place(positions, positions_, Sync::upload);
             place(q, q_, Sync::device_only);
             place(k_new, k_new_array_, Sync::device_only), place(v_new, v_new_array_, Sync::device_only);
-            place(dest_slots, dest_slots_, Sync::upload), place(dest_rows, dest_rows_, Sync::upload);
-            KvArrays kv = kv_arrays(*c.kv);
-            place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
         }
         const bool decode = c.seq_len == 1;
         const ModePipelines<ProjectPipeline> &project = platform_.pipelines.project[int(qkv_.type)];
@@ -322,10 +316,75 @@ public:
                                                         c.qk_norm, c.qk_norm_eps, hd, dims_.num_heads, n_kv, w.get(),
                                                         scales.get(), q.get(), k_new.get(), v_new.get()),
             "gqa_project");
-        const ModePipelines<StorePipeline> &store = pipelines(*c.kv).store;
-        run((decode ? store.decode : store.prefill)(k_new.get(), v_new.get(), dest_slots.get(), dest_rows.get(),
-                                                    k.get(), v.get()),
-            "gqa_store");
+        store_into_cache(k_new, v_new, {.k = nullptr, .v = nullptr, .batch = c.batch, .seq_len = c.seq_len, .kv = c.kv,
+                                        .dest_slots = c.dest_slots, .dest_rows = c.dest_rows});
+    }
+
+    void store(const StoreCall &c) override {
+        const int hd = dims_.head_dim, n_kv = dims_.num_kv_heads, tokens = c.batch * c.seq_len;
+        View k_new(c.k, kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
+        View v_new(c.v, kF32, {{hd, 1}, {n_kv, hd}, {tokens, dims_.kv_width()}});
+        if (device_) place(k_new, k_new_array_, Sync::upload), place(v_new, v_new_array_, Sync::upload);
+        store_into_cache(k_new, v_new, c);
+    }
+
+    void project_heads(const ProjectHeadsCall &c) override {
+        const int hd = dims_.head_dim, n_kv = dims_.num_kv_heads, d = dims_.embed_dim;
+        const int q_inputs = c.split ? dims_.num_heads : 1, kv_inputs = c.split ? n_kv : 1;
+        View x_q(c.x_q, kF32, {{d, 1}, {q_inputs, d}, {c.tokens, int64_t(q_inputs) * d}});
+        View x_k(c.x_k, kF32, {{d, 1}, {kv_inputs, d}, {c.tokens, int64_t(kv_inputs) * d}});
+        View x_v(c.x_v, kF32, {{d, 1}, {kv_inputs, d}, {c.tokens, int64_t(kv_inputs) * d}});
+        View w = qkv_.weight_view(), scales = qkv_.scale_view(), bias = qkv_.bias_view();
+        View norm_weight(qk_norm_weight_.data(), kF32, {{int64_t(qk_norm_weight_.size()), 1}});
+        View q(c.q, kF32, {{hd, 1}, {dims_.num_heads, hd}, {c.tokens, dims_.q_width()}});
+        View k(c.k, kF32, {{hd, 1}, {n_kv, hd}, {c.tokens, dims_.kv_width()}});
+        View v(c.v, kF32, {{hd, 1}, {n_kv, hd}, {c.tokens, dims_.kv_width()}});
+        HookArrays arrays;
+        if (device_) {
+            place_constant(w, qkv_weights_), place_constant(scales, qkv_scales_), place_constant(bias, qkv_bias_);
+            place_constant(norm_weight, qk_norm_weight_array_);
+            place(x_q, arrays.in[0], Sync::upload), place(x_k, arrays.in[1], Sync::upload);
+            place(x_v, arrays.in[2], Sync::upload);
+            place(q, arrays.out[0], Sync::download), place(k, arrays.out[1], Sync::download);
+            place(v, arrays.out[2], Sync::download);
+        }
+        run(platform_.pipelines.project_heads[int(qkv_.type)](
+                x_q.get(), x_k.get(), x_v.get(), c.split ? 1 : 0, bias.get(), norm_weight.get(), c.qk_norm,
+                c.qk_norm_eps, hd, dims_.num_heads, n_kv, w.get(), scales.get(), q.get(), k.get(), v.get()),
+            "gqa_project_heads");
+        if (device_) download(q), download(k), download(v);
+    }
+
+    void weigh_values(const WeighValuesCall &c) override {
+        const int hd = dims_.head_dim, g = dims_.group(), n_kv = dims_.num_kv_heads;
+        const int64_t plane = int64_t(c.seq_len) * c.kv_len, row = int64_t(dims_.num_heads) * hd;
+        View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
+                                       {c.batch, plane * dims_.num_heads}});
+        View v(c.v, kF32, {{hd, 1}, {c.kv_len, c.slot_stride}, {n_kv, c.head_stride}, {c.batch, c.row_stride}});
+        View z(c.z, kF32, {{hd, 1}, {g, hd}, {n_kv, int64_t(g) * hd}, {c.seq_len, row}, {c.batch, row * c.seq_len}});
+        HookArrays arrays;
+        if (device_) {
+            place(pattern, arrays.in[0], Sync::upload), place(v, arrays.in[1], Sync::upload);
+            place(z, arrays.out[0], Sync::download);
+        }
+        run(platform_.pipelines.weigh_values(pattern.get(), v.get(), z.get()), "gqa_weigh_values");
+        if (device_) download(z);
+    }
+
+    void head_results(const HeadResultsCall &c) override {
+        const int d = dims_.embed_dim;
+        View z(c.z, kF32, {{dims_.q_width(), 1}, {c.tokens, dims_.q_width()}});
+        View w = out_.weight_view(), scales = out_.scale_view();
+        View result(c.result, kF32, {{d, 1}, {dims_.num_heads, d}, {c.tokens, int64_t(dims_.num_heads) * d}});
+        HookArrays arrays;
+        if (device_) {
+            place_constant(w, out_weights_), place_constant(scales, out_scales_);
+            place(z, arrays.in[0], Sync::upload), place(result, arrays.out[0], Sync::download);
+        }
+        run(platform_.pipelines.head_results[int(out_.type)](z.get(), dims_.head_dim, w.get(), scales.get(),
+                                                              result.get()),
+            "gqa_head_results");
+        if (device_) download(result);
     }
 
     void attend(const AttendCall &c) override {
@@ -370,31 +429,39 @@ public:
         const int segment_keys = decode_segment_keys(c.kv_len, c.batch * n_kv);
         if (device_) {
             place_constant(sinks, sinks_array_);
-            place(q, q_, Sync::device_only), place(z, z_[pending_], Sync::device_only);
+            place(q, q_, c.host_io ? Sync::upload : Sync::device_only);
+            place(z, z_[pending_], Sync::device_only);
             place(mask, mask_, Sync::upload);
             place(kv_lens, kv_lens_, Sync::upload), place(granules, granules_, Sync::upload);
             KvArrays kv = kv_arrays(*c.kv);
             place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
-            pending_z_ = {c.z, z.bytes()};
+            // What the recording forward takes to the host now, copy_to_host need not.
+            pending_z_ = c.host_io ? HostRegion{} : HostRegion{c.z, z.bytes()};
+            pending_pattern_ = {};
         }
         if (c.pattern) {
             const int64_t plane = int64_t(c.seq_len) * c.kv_len;
-            View pattern(c.pattern, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
-                                           {c.batch, plane * dims_.num_heads}});
+            auto weights_view = [&](float *data) {
+                return View(data, kF32, {{c.kv_len, 1}, {c.seq_len, c.kv_len}, {g, plane}, {n_kv, plane * g},
+                                         {c.batch, plane * dims_.num_heads}});
+            };
+            View pattern = weights_view(c.pattern), scores = weights_view(c.scores);
             if (device_) {
-                place(pattern, pattern_[pending_], Sync::device_only);
-                pending_pattern_ = {c.pattern, pattern.bytes()};
+                place(pattern, pattern_[pending_], Sync::device_only), place(scores, scores_, Sync::device_only);
+                if (!c.host_io) pending_pattern_ = {c.pattern, pattern.bytes()};
             }
             run(cache.attend_pattern(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap,
                                      use_sinks_, sinks.get(), segment_keys, kv_lens.get(), granules.get(), k.get(),
-                                     v.get(), z.get(), pattern.get()),
+                                     v.get(), z.get(), pattern.get(), scores.get()),
                 "gqa_attend_pattern");
-            return;
+            if (device_ && c.host_io) download(pattern), download(scores);
+        } else {
+            auto *pipeline = c.seq_len == 1 ? cache.attend.decode : cache.attend.prefill;
+            run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, use_sinks_,
+                         sinks.get(), segment_keys, kv_lens.get(), granules.get(), k.get(), v.get(), z.get()),
+                "gqa_attend");
         }
-        auto *pipeline = c.seq_len == 1 ? cache.attend.decode : cache.attend.prefill;
-        run(pipeline(q.get(), mask.get(), c.kv_len, use_mask, causal, window, c.scale, c.softcap, use_sinks_,
-                     sinks.get(), segment_keys, kv_lens.get(), granules.get(), k.get(), v.get(), z.get()),
-            "gqa_attend");
+        if (device_ && c.host_io) download(z);
     }
 
     void output(const OutputCall &c) override {
@@ -404,7 +471,8 @@ public:
         View out(c.out, kF32, {{dims_.embed_dim, 1}, {tokens, dims_.embed_dim}});
         if (device_) {
             place_constant(w, out_weights_), place_constant(scales, out_scales_), place_constant(bias, out_bias_);
-            place(z, z_[pending_], Sync::device_only), place(out, out_array_, Sync::download);
+            place(z, z_[pending_], c.z_from_host ? Sync::upload : Sync::device_only);
+            place(out, out_array_, Sync::download);
         }
         const ModePipelines<OutputPipeline> &output = platform_.pipelines.output[int(out_.type)];
         auto *pipeline = c.seq_len == 1 ? output.decode : output.prefill;
@@ -455,8 +523,31 @@ private:
         size_t bytes = 0;
     };
 
+    // A hook stage's device memory, for its one call.
+    struct HookArrays {
+        DeviceArray in[3], out[3];
+    };
+
     const CachePipelines &pipelines(const KvCache &kv) const {
         return platform_.pipelines.cache[int(kv.type())];
+    }
+
+    // The store pipeline: keys and values (d, kv head, token), on the device where
+    // there is one, into the call's slots of the cache.
+    void store_into_cache(View &k_new, View &v_new, const StoreCall &c) {
+        const int tokens = c.batch * c.seq_len;
+        View dest_slots(c.dest_slots, kI32, {{tokens, 1}}), dest_rows(c.dest_rows, kI32, {{tokens, 1}});
+        // The whole cache: the store writes this call's slots in place.
+        View k = whole_cache_view(*c.kv, c.kv->k()), v = whole_cache_view(*c.kv, c.kv->v());
+        if (device_) {
+            place(dest_slots, dest_slots_, Sync::upload), place(dest_rows, dest_rows_, Sync::upload);
+            KvArrays kv = kv_arrays(*c.kv);
+            place(k, kv.k, Sync::device_only), place(v, kv.v, Sync::device_only);
+        }
+        const ModePipelines<StorePipeline> &store = pipelines(*c.kv).store;
+        run((c.seq_len == 1 ? store.decode : store.prefill)(k_new.get(), v_new.get(), dest_slots.get(),
+                                                            dest_rows.get(), k.get(), v.get()),
+            "gqa_store");
     }
 
     // Slots [0, slots) of every kv head of `rows` rows of one of the cache's arrays,
@@ -549,7 +640,7 @@ private:
     DeviceArray dest_slots_, dest_rows_, kv_lens_, granules_;
     // z and the pattern: a forward writes pair `pending_`; the other holds the last
     // committed forward's (Kernels::commit).
-    DeviceArray z_[2], pattern_[2];
+    DeviceArray z_[2], pattern_[2], scores_;
     int pending_ = 0;
     DeviceArray cache_k_, cache_v_, scratch_k_, scratch_v_;
     std::set<const DeviceArray *> uploaded_;

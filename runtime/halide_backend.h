@@ -27,9 +27,18 @@ using AttendPatternPipeline = int (*)(halide_buffer_t *q, halide_buffer_t *mask,
                                       int32_t causal, int32_t window, float scale, float softcap, int32_t use_sinks,
                                       halide_buffer_t *sinks, int32_t segment_keys, halide_buffer_t *kv_lens,
                                       halide_buffer_t *granule_offsets, halide_buffer_t *k_cache,
-                                      halide_buffer_t *v_cache, halide_buffer_t *z, halide_buffer_t *pattern);
+                                      halide_buffer_t *v_cache, halide_buffer_t *z, halide_buffer_t *pattern,
+                                      halide_buffer_t *scores);
 using OutputPipeline = int (*)(halide_buffer_t *z, halide_buffer_t *bias, halide_buffer_t *w, halide_buffer_t *w_scales,
                                halide_buffer_t *out);
+using ProjectHeadsPipeline = int (*)(halide_buffer_t *x_q, halide_buffer_t *x_k, halide_buffer_t *x_v,
+                                     int32_t split_inputs, halide_buffer_t *bias, halide_buffer_t *qk_norm_weight,
+                                     int32_t qk_norm, float qk_norm_eps, int32_t head_dim, int32_t num_heads,
+                                     int32_t num_kv_heads, halide_buffer_t *w, halide_buffer_t *w_scales,
+                                     halide_buffer_t *q, halide_buffer_t *k, halide_buffer_t *v);
+using HeadResultsPipeline = int (*)(halide_buffer_t *z, int32_t head_dim, halide_buffer_t *w, halide_buffer_t *w_scales,
+                                    halide_buffer_t *result);
+using WeighValuesPipeline = int (*)(halide_buffer_t *pattern, halide_buffer_t *v, halide_buffer_t *z);
 using RopePipeline = int (*)(halide_buffer_t *x, halide_buffer_t *positions, halide_buffer_t *rope_cos,
                              halide_buffer_t *rope_sin, int32_t rope_style, int32_t rotary_dim, halide_buffer_t *out);
 
@@ -59,8 +68,11 @@ struct CachePipelines {
 // pipeline_targets_<backend> (the Halide targets they were compiled for).
 struct PipelineTable {
     RopePipeline rope;
+    WeighValuesPipeline weigh_values;
     ModePipelines<ProjectPipeline> project[kWeightTypeCount];
     ModePipelines<OutputPipeline> output[kWeightTypeCount];
+    ProjectHeadsPipeline project_heads[kWeightTypeCount];
+    HeadResultsPipeline head_results[kWeightTypeCount];
     CachePipelines cache[kCacheTypeCount];
 };
 

@@ -54,14 +54,7 @@ public:
             for (int s = 0; s < c.seq_len; ++s) {
                 const int token = b * c.seq_len + s;
                 const float *x = c.x + static_cast<size_t>(token) * d;
-                linear(x, wq_, bq_, q);
-                linear(x, wk_, bk_, k);
-                linear(x, wv_, bv_, v);
-                if (c.qk_norm != layout::kQkNormNone) {
-                    const bool per_head = c.qk_norm == layout::kQkNormPerHead;
-                    rms_normalise(q, q_norm_, per_head ? hd : dims_.q_width(), c.qk_norm_eps);
-                    rms_normalise(k, k_norm_, per_head ? hd : dims_.kv_width(), c.qk_norm_eps);
-                }
+                project_token(x, x, x, 0, c.qk_norm, c.qk_norm_eps, q, k, v);
                 const int pos = c.positions[token];
                 for (int h = 0; h < dims_.num_heads; ++h) {
                     rotate(rope_, &q[h * hd], pos);
@@ -73,6 +66,67 @@ public:
                     const size_t slot = c.kv->slot_index(c.dest_rows[token], h, c.dest_slots[token]);
                     c.kv->store(c.kv->k(), slot, k_slot.data());
                     c.kv->store(c.kv->v(), slot, v_slot.data());
+                }
+            }
+        }
+    }
+
+    void project_heads(const ProjectHeadsCall &c) override {
+        const int d = dims_.embed_dim;
+        std::vector<double> q(dims_.q_width()), k(dims_.kv_width()), v(dims_.kv_width());
+        for (int m = 0; m < c.tokens; ++m) {
+            const size_t q_heads = c.split ? dims_.num_heads : 1, kv_heads = c.split ? dims_.num_kv_heads : 1;
+            project_token(c.x_q + m * q_heads * d, c.x_k + m * kv_heads * d, c.x_v + m * kv_heads * d,
+                          c.split ? d : 0, c.qk_norm, c.qk_norm_eps, q, k, v);
+            for (int o = 0; o < dims_.q_width(); ++o) c.q[size_t(m) * dims_.q_width() + o] = float(q[o]);
+            for (int o = 0; o < dims_.kv_width(); ++o) {
+                c.k[size_t(m) * dims_.kv_width() + o] = float(k[o]);
+                c.v[size_t(m) * dims_.kv_width() + o] = float(v[o]);
+            }
+        }
+    }
+
+    void store(const StoreCall &c) override {
+        const int hd = dims_.head_dim;
+        for (int m = 0; m < c.batch * c.seq_len; ++m) {
+            for (int h = 0; h < dims_.num_kv_heads; ++h) {
+                const size_t at = (size_t(m) * dims_.num_kv_heads + h) * hd;
+                const size_t slot = c.kv->slot_index(c.dest_rows[m], h, c.dest_slots[m]);
+                c.kv->store(c.kv->k(), slot, c.k + at);
+                c.kv->store(c.kv->v(), slot, c.v + at);
+            }
+        }
+    }
+
+    void weigh_values(const WeighValuesCall &c) override {
+        const int hd = dims_.head_dim, g = dims_.group();
+        for (int b = 0; b < c.batch; ++b) {
+            for (int i = 0; i < c.seq_len; ++i) {
+                for (int h = 0; h < dims_.num_heads; ++h) {
+                    const float *p = c.pattern + ((size_t(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len;
+                    float *z = c.z + ((size_t(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
+                    for (int e = 0; e < hd; ++e) {
+                        double acc = 0;
+                        for (int t = 0; t < c.kv_len; ++t) {
+                            acc += double(p[t]) * c.v[b * c.row_stride + (h / g) * c.head_stride + t * c.slot_stride + e];
+                        }
+                        z[e] = float(acc);
+                    }
+                }
+            }
+        }
+    }
+
+    void head_results(const HeadResultsCall &c) override {
+        const int hd = dims_.head_dim, d = dims_.embed_dim, width = dims_.q_width();
+        for (int m = 0; m < c.tokens; ++m) {
+            for (int h = 0; h < dims_.num_heads; ++h) {
+                for (int o = 0; o < d; ++o) {
+                    double acc = 0;
+                    for (int e = 0; e < hd; ++e) {
+                        acc += double(c.z[size_t(m) * width + h * hd + e]) * wo_[size_t(o) * width + h * hd + e];
+                    }
+                    c.result[(size_t(m) * dims_.num_heads + h) * d + o] = float(acc);
                 }
             }
         }
@@ -96,6 +150,9 @@ public:
                     const float *q = c.q + ((static_cast<size_t>(b) * c.seq_len + i) * dims_.num_heads + h) * hd;
                     double max_score = -std::numeric_limits<double>::infinity();
                     bool sees_any = false;
+                    if (c.scores) {
+                        std::fill_n(c.scores + row_start(c, b, h, i), c.kv_len, -std::numeric_limits<float>::infinity());
+                    }
                     for (int t = 0; t < c.kv_len; ++t) {
                         visible[t] = t < kv_len &&
                                      (!c.mask || c.mask[(static_cast<size_t>(b) * c.seq_len + i) * c.mask_len + t]) &&
@@ -108,6 +165,7 @@ public:
                         double score = dot * c.scale;
                         if (c.softcap > 0) score = c.softcap * std::tanh(score / c.softcap);
                         scores[t] = score;
+                        if (c.scores) c.scores[row_start(c, b, h, i) + t] = float(score);
                         // A NaN score must reach the output (NaN propagates), so
                         // it becomes the max rather than being skipped by std::max.
                         max_score = std::isnan(score) ? score : std::max(max_score, score);
@@ -127,9 +185,7 @@ public:
                         // A query that sees no key outputs 0; the others divide even
                         // a NaN sum, so a NaN key reaches every query that sees it.
                         const double p = sees_any ? scores[t] / sum : 0.0;
-                        if (c.pattern) {
-                            c.pattern[((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len + t] = float(p);
-                        }
+                        if (c.pattern) c.pattern[row_start(c, b, h, i) + t] = float(p);
                         if (!visible[t]) continue;
                         const size_t v = slot_of(kvh, t);
                         for (int e = 0; e < hd; ++e) z[e] += p * c.kv->load(c.kv->v(), v, e);
@@ -150,6 +206,29 @@ public:
     }
 
 private:
+    // Where query i of head h in row b starts in the pattern and the scores.
+    size_t row_start(const AttendCall &c, int b, int h, int i) const {
+        return ((static_cast<size_t>(b) * dims_.num_heads + h) * c.seq_len + i) * c.kv_len;
+    }
+
+    // One token's q, k and v before RoPE (after the norms). Query head h reads
+    // x_q + h * head_step, kv head j x_k + j * head_step and x_v + j * head_step.
+    void project_token(const float *x_q, const float *x_k, const float *x_v, size_t head_step, int qk_norm,
+                       double qk_norm_eps, std::vector<double> &q, std::vector<double> &k,
+                       std::vector<double> &v) const {
+        const int hd = dims_.head_dim;
+        for (int h = 0; h < dims_.num_heads; ++h) linear(x_q + h * head_step, wq_, bq_, q, h * hd, hd);
+        for (int h = 0; h < dims_.num_kv_heads; ++h) {
+            linear(x_k + h * head_step, wk_, bk_, k, h * hd, hd);
+            linear(x_v + h * head_step, wv_, bv_, v, h * hd, hd);
+        }
+        if (qk_norm != layout::kQkNormNone) {
+            const bool per_head = qk_norm == layout::kQkNormPerHead;
+            rms_normalise(q, q_norm_, per_head ? hd : dims_.q_width(), qk_norm_eps);
+            rms_normalise(k, k_norm_, per_head ? hd : dims_.kv_width(), qk_norm_eps);
+        }
+    }
+
     // Each run of `group` values of `values`: x_e * w_e / sqrt(mean(x^2) + eps),
     // with w the group's weight.
     static void rms_normalise(std::vector<double> &values, const std::vector<float> &weight, int group, double eps) {
@@ -161,11 +240,11 @@ private:
         }
     }
 
-    // out[o] = b[o] + sum_i x[i] * w[o][i]
+    // out[o] = b[o] + sum_i x[i] * w[o][i], for the `rows` outputs from `first` (all without them)
     void linear(const float *x, const std::vector<float> &w, const std::vector<float> &bias,
-                std::vector<double> &out) const {
+                std::vector<double> &out, size_t first = 0, size_t rows = 0) const {
         const size_t in = w.size() / out.size();
-        for (size_t o = 0; o < out.size(); ++o) {
+        for (size_t o = first; o < (rows ? first + rows : out.size()); ++o) {
             double acc = bias.empty() ? 0.0 : bias[o];
             for (size_t i = 0; i < in; ++i) acc += double(x[i]) * w[o * in + i];
             out[o] = acc;

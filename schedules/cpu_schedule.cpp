@@ -117,6 +117,24 @@ void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {
     if (!decode) out.parallel(l.m);
 }
 
+void schedule_project_heads(algo::ProjectHeads &p, int lanes) {
+    const Var o = p.qkv.args()[0];
+    p.qkv.compute_root().vectorize(o, lanes, TailStrategy::GuardWithIf).parallel(p.m);
+    p.qkv.update().reorder(o, p.k.x, p.m).vectorize(o, lanes, TailStrategy::GuardWithIf).parallel(p.m);
+    for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) sum_squares.compute_root().parallel(p.m);
+    for (Func f : {p.q, p.k_out, p.v_out}) f.vectorize(p.d, lanes, TailStrategy::GuardWithIf).parallel(p.m);
+}
+
+void schedule_head_results(algo::HeadResults &r, int lanes) {
+    r.result.vectorize(r.o, lanes, TailStrategy::GuardWithIf).parallel(r.m);
+    r.result.update().reorder(r.o, r.dims.x, r.h, r.m).vectorize(r.o, lanes, TailStrategy::GuardWithIf).parallel(r.m);
+}
+
+void schedule_weigh_values(algo::WeighValues &w, int lanes) {
+    for (Stage s : {Stage(w.z), w.z.update()}) s.vectorize(w.d, lanes, TailStrategy::GuardWithIf).parallel(w.i);
+    w.z.update().reorder(w.d, w.keys.x, w.r, w.kvh, w.i, w.b);
+}
+
 void schedule_rope(Func out, int lanes) {
     const std::vector<Var> args = out.args();  // (d, head, token)
     out.vectorize(args[0], lanes, TailStrategy::GuardWithIf).parallel(args[2]);
@@ -304,8 +322,10 @@ void schedule_three_pass_attend(algo::Attend &a, const AttendBlocking &blocking)
 
     if (with_pattern) {
         for (Func f : {a.score, a.row_max, a.exp_score, a.row_sum}) f.parallel(i);
-        const std::vector<Var> pargs = a.pattern.args();  // (t, i, r, kvh, b)
-        a.pattern.vectorize(pargs[0], vec, TailStrategy::GuardWithIf).parallel(pargs[1]);
+        for (Func recorded : {a.pattern, a.scores}) {
+            const std::vector<Var> pargs = recorded.args();  // (t, i, r, kvh, b)
+            recorded.vectorize(pargs[0], vec, TailStrategy::GuardWithIf).parallel(pargs[1]);
+        }
     }
 }
 

@@ -38,6 +38,9 @@ void schedule_packed_gemm(algo::Linear &l, const GemmTile &tile);
 void schedule_project_epilogue(algo::Project &p, int lanes, bool decode);
 void schedule_store(algo::Store &s, int lanes, bool decode);
 void schedule_output_copy(algo::Linear &l, Halide::Func out, int lanes, bool decode);
+void schedule_project_heads(algo::ProjectHeads &p, int lanes);
+void schedule_head_results(algo::HeadResults &r, int lanes);
+void schedule_weigh_values(algo::WeighValues &w, int lanes);
 void schedule_rope(Halide::Func out, int lanes);
 
 // Three-pass attention per (batch, kv head, block of queries), blocks in parallel:

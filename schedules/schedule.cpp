@@ -114,6 +114,21 @@ void schedule_output(algo::Linear &l, Func out, const Target &target, const Knob
     }
 }
 
+void schedule_project_heads(algo::ProjectHeads &p, const Target &target) {
+    if (family(target) == Family::gpu) return gpu::schedule_project_heads(p);
+    cpu::schedule_project_heads(p, target.natural_vector_size<float>());
+}
+
+void schedule_head_results(algo::HeadResults &r, const Target &target) {
+    if (family(target) == Family::gpu) return gpu::schedule_head_results(r);
+    cpu::schedule_head_results(r, target.natural_vector_size<float>());
+}
+
+void schedule_weigh_values(algo::WeighValues &w, const Target &target) {
+    if (family(target) == Family::gpu) return gpu::schedule_weigh_values(w);
+    cpu::schedule_weigh_values(w, target.natural_vector_size<float>());
+}
+
 void schedule_rope(Func out, const Target &target, const Knobs &knobs) {
     switch (family(target)) {
     case Family::gpu: return gpu::schedule_rope(out, target, knobs);

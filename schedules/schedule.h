@@ -55,6 +55,11 @@ void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs 
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
 void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+// The recording pipelines of the hooks (generators/hooks_generator.cpp): plain
+// loops, vectors over the innermost dimension and threads over tokens or rows.
+void schedule_project_heads(algo::ProjectHeads &p, const Halide::Target &target);
+void schedule_head_results(algo::HeadResults &r, const Halide::Target &target);
+void schedule_weigh_values(algo::WeighValues &w, const Halide::Target &target);
 
 // A knob's value, or the target's default where it is 0.
 inline int or_default(int knob, int fallback) {
@@ -76,6 +81,9 @@ void schedule_attend(algo::Attend &a, const Halide::Target &target, const Knobs 
 void schedule_attend(algo::AttendBlocked &a, const Halide::Target &target, const Knobs &knobs);
 void schedule_output(algo::Linear &l, Halide::Func out, const Halide::Target &target, const Knobs &knobs);
 void schedule_rope(Halide::Func out, const Halide::Target &target, const Knobs &knobs);
+void schedule_project_heads(algo::ProjectHeads &p);
+void schedule_head_results(algo::HeadResults &r);
+void schedule_weigh_values(algo::WeighValues &w);
 }  // namespace gpu
 
 namespace arm {

@@ -102,7 +102,7 @@ public:
         in.cache_slots = k_.dim(1).extent();
         if (!variant || variant->segment_keys > 0) {
             segment_keys_.set(variant ? variant->segment_keys : 0);
-            algo::Attend a = algo::define_attend(in, z_, nullptr, variant ? Expr(segment_keys_) : Expr());
+            algo::Attend a = algo::define_attend(in, z_, nullptr, nullptr, variant ? Expr(segment_keys_) : Expr());
             for (Func f : {a.qk, a.row_max, a.exp_score, a.row_sum, a.weighted}) f.compute_root();
             if (variant) {
                 for (Func f : {a.segment_state, a.merge.max, a.merge.sum, a.merge.acc}) f.compute_root();

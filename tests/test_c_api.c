@@ -331,6 +331,71 @@ static void sequences_serve_like_a_batch(void) {
     CHECK(gqa_attention_free_blocks(NULL) == -1, "free blocks of NULL");
 }
 
+/* TransformerLens' hooks from C, on every backend: the heads' results sum with bo
+ * to out; a zero z patch leaves bo; split inputs that all hold x give x's output;
+ * a patch of the wrong size is refused. */
+static void hooks_and_patches(void) {
+    enum { TOKENS = 2 * PROMPT, RESULT = TOKENS * HEADS * D, Z = TOKENS * HEADS * HEAD_DIM };
+    static float out[TOKENS * D], patched[TOKENS * D], split_out[TOKENS * D], result[RESULT], zeros[Z];
+    static float summed[TOKENS * D], biases[TOKENS * D];
+    static float query[TOKENS * HEADS * D], kv[TOKENS * KV_HEADS * D];
+    for (int m = 0; m < TOKENS; ++m) {
+        for (int h = 0; h < HEADS; ++h) memcpy(query + (m * HEADS + h) * D, prompt + m * D, D * sizeof(float));
+        for (int h = 0; h < KV_HEADS; ++h) memcpy(kv + (m * KV_HEADS + h) * D, prompt + m * D, D * sizeof(float));
+    }
+    CHECK(strcmp(gqa_hook_name(GQA_HOOK_ATTN_SCORES), "hook_attn_scores") == 0, "%s", gqa_hook_name(GQA_HOOK_ATTN_SCORES));
+    CHECK(gqa_hook_name((gqa_hook)9) == NULL, "hook 9 has a name");
+    gqa_config config = gqa_config_default();
+    config.embed_dim = D, config.num_heads = HEADS, config.num_kv_heads = KV_HEADS, config.head_dim = HEAD_DIM;
+    config.max_seq_len = MAX_SEQ;
+    const gqa_weights weights = {.wq = wq, .wk = wk, .wv = wv, .wo = wo, .bo = bo};
+    for (int b = GQA_BACKEND_REFERENCE; b <= GQA_BACKEND_OPENCL; ++b) {
+        if (b == GQA_BACKEND_BEST || !gqa_backend_available((gqa_backend)b)) continue;
+        const char *name = gqa_backend_name((gqa_backend)b);
+        gqa_attention *layer = NULL;
+        CHECK(gqa_attention_create(&config, &weights, (gqa_backend)b, &layer) == GQA_STATUS_OK, "%s", gqa_last_error());
+        const gqa_hook recorded[] = {GQA_HOOK_RESULT, GQA_HOOK_PATTERN};
+        CHECK(gqa_attention_set_recorded_hooks(layer, recorded, 2) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(gqa_attention_forward_hooked(layer, prompt, NULL, NULL, NULL, 2, PROMPT, out, TOKENS * D, NULL, 0, NULL,
+                                           0, NULL, 0) == GQA_STATUS_OK,
+              "%s: %s", name, gqa_last_error());
+        int64_t shape[4];
+        CHECK(gqa_attention_hook(layer, GQA_HOOK_RESULT, shape, result, RESULT) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(shape[0] == 2 && shape[1] == PROMPT && shape[2] == HEADS && shape[3] == D, "%s: result shape", name);
+        CHECK(gqa_attention_hook(layer, GQA_HOOK_PATTERN, shape, NULL, 0) == GQA_STATUS_OK, "%s", gqa_last_error());
+        CHECK(shape[1] == HEADS && shape[2] == PROMPT && shape[3] == PROMPT, "%s: pattern shape", name);
+        CHECK(gqa_attention_hook(layer, GQA_HOOK_Q, shape, NULL, 0) == GQA_STATUS_INVALID, "%s: q not recorded", name);
+        for (int m = 0; m < TOKENS; ++m) {
+            for (int o = 0; o < D; ++o) {
+                double sum = bo[o];
+                for (int h = 0; h < HEADS; ++h) sum += result[(m * HEADS + h) * D + o];
+                summed[m * D + o] = (float)sum, biases[m * D + o] = bo[o];
+            }
+        }
+        double worst = max_abs_diff(summed, out, TOKENS * D);
+        CHECK(worst <= GQA_ATOL, "%s: results sum to out within %g", name, worst);
+
+        const gqa_patch zero_z = {GQA_HOOK_Z, zeros, Z};
+        CHECK(gqa_attention_forward_hooked(layer, prompt, NULL, NULL, NULL, 2, PROMPT, patched, TOKENS * D, NULL, 0,
+                                           NULL, 0, &zero_z, 1) == GQA_STATUS_OK,
+              "%s: %s", name, gqa_last_error());
+        worst = max_abs_diff(patched, biases, TOKENS * D);
+        CHECK(worst <= GQA_ATOL, "%s: a zero z leaves bo, within %g", name, worst);
+
+        CHECK(gqa_attention_forward_hooked(layer, NULL, query, kv, kv, 2, PROMPT, split_out, TOKENS * D, NULL, 0, NULL,
+                                           0, NULL, 0) == GQA_STATUS_OK,
+              "%s: %s", name, gqa_last_error());
+        CHECK(max_abs_diff(split_out, out, TOKENS * D) <= GQA_ATOL, "%s: split inputs of x", name);
+
+        const gqa_patch short_z = {GQA_HOOK_Z, zeros, Z - 1};
+        CHECK(gqa_attention_forward_hooked(layer, prompt, NULL, NULL, NULL, 2, PROMPT, patched, TOKENS * D, NULL, 0,
+                                           NULL, 0, &short_z, 1) == GQA_STATUS_INVALID,
+              "%s: a short patch", name);
+        CHECK(strstr(gqa_last_error(), "holds 863 floats; expected 864") != NULL, "message: %s", gqa_last_error());
+        gqa_attention_free(layer);
+    }
+}
+
 int main(void) {
     fill(wq, sizeof wq / sizeof *wq, 0.3f, 1);
     fill(wk, sizeof wk / sizeof *wk, 0.3f, 2);
@@ -348,6 +413,7 @@ int main(void) {
     failures_are_reported();
     cache_reads_back_and_appends();
     sequences_serve_like_a_batch();
+    hooks_and_patches();
     if (failures) fprintf(stderr, "%d checks failed\n", failures);
     return failures ? 1 : 0;
 }

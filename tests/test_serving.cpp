@@ -293,7 +293,7 @@ TEST_P(ServingErrors, BadCallsChangeNothing) {
             layer.set_record_pattern(false);
             throw;
         }
-    }, "records no attention pattern");
+    }, "records no hooks");
     using gqa::detail::ForwardStage;
     for (ForwardStage stage : {ForwardStage::project, ForwardStage::attend, ForwardStage::output}) {
         expect_error("a failing stage", [&] {

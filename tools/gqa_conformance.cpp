@@ -235,12 +235,29 @@ struct WeightTensors {
     }
 };
 
+// A TransformerLens hook with its array: an expected activation, or a patch.
+struct HookTensor {
+    gqa::Hook hook;
+    Tensor tensor;
+};
+
 // One forward with what it must produce.
 struct Call {
-    Tensor x;
+    Tensor x;  // absent (no shape) where the call has split inputs
     std::optional<Tensor> mask{}, input_pos{};
     Tensor out{};
     std::optional<Tensor> pattern{}, z{};
+    // TransformerLens' split per-head inputs, all three or none.
+    std::optional<Tensor> query_input{}, key_input{}, value_input{};
+    std::vector<HookTensor> hooks{};    // expected activations
+    std::optional<HookTensor> patch{};  // replaces its hook's activation
+    std::string label{};                // how the outputs are named; "" for "call <i>"
+
+    // [b, s]: of x, or of the query input.
+    std::pair<int64_t, int64_t> tokens() const {
+        const Tensor &input = query_input ? *query_input : x;
+        return {input.shape[0], input.shape[1]};
+    }
 };
 
 struct FinalCache {
@@ -515,6 +532,71 @@ LayerCase parse_transformerlens_decode(const fs::path &dir, const json &c, const
     return layer;
 }
 
+// The hook an array names: "q" is hook_q, and so on.
+gqa::Hook hook_named(const std::string &name, const std::string &where) {
+    try {
+        return gqa::hook_from_name("hook_" + name);
+    } catch (const gqa::Error &) {
+        throw InvalidInput(where + ": \"" + name + "\" is not a hook this version knows");
+    }
+}
+
+// TransformerLens' hooks of one forward without a cache (its format in
+// docs/semantics.md §11): every expected activation compared, then each patch a
+// forward of its own on the same inputs.
+LayerCase parse_transformerlens_hooks(const fs::path &dir, const json &c, const std::string &where) {
+    reject_unknown_keys(c, {"name", "kind", "config", "weights", "inputs", "expected", "patches"}, where);
+    const json &inputs = object_field(c, "inputs", where);
+    const json &expected = object_field(c, "expected", where);
+    const std::string inputs_at = field_path(where, "inputs"), expected_at = field_path(where, "expected");
+    reject_unknown_keys(inputs, {"x", "query_input", "key_input", "value_input"}, inputs_at);
+    reject_unknown_keys(expected, {"q", "k", "v", "rot_q", "rot_k", "attn_scores", "pattern", "z", "result", "out"},
+                        expected_at);
+
+    LayerCase layer{transformerlens_config(object_field(c, "config", where), field_path(where, "config")),
+                    load_weights(dir, c, where)};
+    Call call;
+    if (inputs.contains("x")) {
+        if (inputs.contains("query_input") || inputs.contains("key_input") || inputs.contains("value_input")) {
+            throw InvalidInput(inputs_at + ": x and split inputs at once");
+        }
+        call.x = load_required(dir, inputs, "x", inputs_at, Dtype::float32);
+        require_rank(call.x, 3, field_path(inputs_at, "x"));
+    } else {
+        call.query_input = load_required(dir, inputs, "query_input", inputs_at, Dtype::float32);
+        call.key_input = load_required(dir, inputs, "key_input", inputs_at, Dtype::float32);
+        call.value_input = load_required(dir, inputs, "value_input", inputs_at, Dtype::float32);
+        for (const char *name : {"query_input", "key_input", "value_input"}) {
+            const Tensor &t = name[0] == 'q' ? *call.query_input : name[0] == 'k' ? *call.key_input : *call.value_input;
+            require_rank(t, 4, field_path(inputs_at, name));
+        }
+    }
+    call.out = load_required(dir, expected, "out", expected_at, Dtype::float32);
+    for (const auto &item : expected.items()) {
+        if (item.key() == "out") continue;
+        call.hooks.push_back({hook_named(item.key(), expected_at),
+                              load_required(dir, expected, item.key(), expected_at, Dtype::float32)});
+    }
+    layer.config.max_seq_len = static_cast<int>(call.tokens().second);
+
+    const auto patches = optional_field<std::vector<json>>(c, "patches", where).value_or(std::vector<json>{});
+    for (size_t i = 0; i < patches.size(); ++i) {
+        const std::string at = where + ".patches[" + std::to_string(i) + "]";
+        reject_unknown_keys(patches[i], {"replace", "with", "expected_out", "expected_z"}, at);
+        const auto replace = field<std::string>(patches[i], "replace", at);
+        Call patched = call;
+        patched.hooks.clear();
+        patched.patch = HookTensor{hook_named(replace, field_path(at, "replace")),
+                                   load_required(dir, patches[i], "with", at, Dtype::float32)};
+        patched.out = load_required(dir, patches[i], "expected_out", at, Dtype::float32);
+        patched.z = load_optional(dir, patches[i], "expected_z", at, Dtype::float32);
+        patched.label = "patch " + replace + " ";
+        layer.calls.push_back(std::move(patched));
+    }
+    layer.calls.insert(layer.calls.begin(), std::move(call));
+    return layer;
+}
+
 // One layer of a Hugging Face checkpoint directory (docs/semantics.md §11): its
 // config and weights come from the checkpoint itself, through gqa::load_hf_layer.
 LayerCase parse_hf_layer(const fs::path &dir, const json &c, const std::string &where) {
@@ -564,11 +646,14 @@ Case parse_case(const fs::path &dir, const json &c, size_t index) {
             parsed.body = parse_transformerlens_forward(dir, c, at);
         } else if (kind == "transformerlens_kv_decode") {
             parsed.body = parse_transformerlens_decode(dir, c, at);
+        } else if (kind == "transformerlens_hooks") {
+            parsed.body = parse_transformerlens_hooks(dir, c, at);
         } else if (kind == "hf_layer") {
             parsed.body = parse_hf_layer(dir, c, at);
         } else {
             throw InvalidInput(at + ": kind \"" + kind + "\" is not one this version knows (rope, torchtune_forward, "
-                               "torchtune_kv_decode, transformerlens_forward, transformerlens_kv_decode, hf_layer)");
+                               "torchtune_kv_decode, transformerlens_forward, transformerlens_kv_decode, "
+                               "transformerlens_hooks, hf_layer)");
         }
     } catch (const Unsupported &unsupported) {
         parsed.body = unsupported;
@@ -613,7 +698,7 @@ public:
         int64_t outside = 0, worst = -1;
         double worst_excess = 0;
         for (size_t i = 0; i < wanted.size(); ++i) {
-            const double error = std::abs(double(got.data[i]) - double(wanted[i]));
+            const double error = absolute_error(got.data[i], wanted[i]);
             const double excess = gqa_tools::tolerance_excess(got.data[i], wanted[i], atol_, rtol_);
             if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
             if (excess > 0) {
@@ -646,7 +731,7 @@ public:
         const auto &wanted = std::get<std::vector<float>>(want.values);
         const std::span<const float> values(got.data, wanted.size());
         for (size_t i = 0; i < wanted.size(); ++i) {
-            const double error = std::abs(double(values[i]) - double(wanted[i]));
+            const double error = absolute_error(values[i], wanted[i]);
             if (std::isnan(error) || error > max_abs_err_) max_abs_err_ = error;
         }
         if (!gqa_tools::within_reduced_precision_rule(values, reference_reduced, wanted)) {
@@ -682,6 +767,11 @@ public:
     const std::vector<std::string> &failures() const { return failures_; }
 
 private:
+    // 0 for equal values, so that masked scores (-inf on both sides) count as exact.
+    static double absolute_error(float got, float want) {
+        return got == want ? 0.0 : std::abs(double(got) - double(want));
+    }
+
     double atol_, rtol_;
     double max_abs_err_ = 0;
     std::vector<std::string> failures_;
@@ -715,19 +805,37 @@ void run_layer(const LayerCase &layer_case, gqa::Backend backend, gqa::CacheType
         layer.setup_cache(*layer_case.cache_batch,
                           layer_case.cache_len > 0 ? layer_case.cache_len : layer_case.config.max_seq_len, cache);
     }
-    layer.set_record_pattern(std::any_of(layer_case.calls.begin(), layer_case.calls.end(),
-                                         [](const Call &call) { return call.pattern.has_value(); }));
+    std::vector<gqa::Hook> recorded;
+    for (const Call &call : layer_case.calls) {
+        if (call.pattern) recorded.push_back(gqa::Hook::pattern);
+        for (const HookTensor &expected : call.hooks) recorded.push_back(expected.hook);
+    }
+    layer.set_recorded_hooks(recorded);
 
     for (size_t i = 0; i < layer_case.calls.size(); ++i) {
         const Call &call = layer_case.calls[i];
-        const std::string prefix = layer_case.calls.size() > 1 ? "call " + std::to_string(i) + " " : "";
-        std::vector<float> out = layer.forward(call.x.view<float>(), optional_view<uint8_t>(call.mask),
-                                               optional_view<int32_t>(call.input_pos));
-        observe(prefix + "out", gqa::TensorView<float>{out.data(), {call.x.shape[0], call.x.shape[1],
-                                                                   layer_case.config.embed_dim}},
+        const std::string prefix = !call.label.empty()            ? call.label
+                                   : layer_case.calls.size() > 1 ? "call " + std::to_string(i) + " "
+                                                                 : "";
+        const auto [batch, seq_len] = call.tokens();
+        std::vector<float> out(size_t(batch * seq_len * layer_case.config.embed_dim));
+        std::vector<gqa::Patch> patches;
+        if (call.patch) patches.push_back({call.patch->hook, call.patch->tensor.view<float>()});
+        if (call.query_input) {
+            layer.forward_split({call.query_input->view<float>(), call.key_input->view<float>(),
+                                 call.value_input->view<float>()},
+                                out, optional_view<uint8_t>(call.mask), optional_view<int32_t>(call.input_pos), patches);
+        } else {
+            layer.forward(call.x.view<float>(), out, optional_view<uint8_t>(call.mask),
+                          optional_view<int32_t>(call.input_pos), patches);
+        }
+        observe(prefix + "out", gqa::TensorView<float>{out.data(), {batch, seq_len, layer_case.config.embed_dim}},
                 call.out);
         if (call.pattern) observe(prefix + "pattern", layer.pattern(), *call.pattern);
         if (call.z) observe(prefix + "z", layer.z(), *call.z);
+        for (const HookTensor &expected : call.hooks) {
+            observe(prefix + std::string(gqa::hook_name(expected.hook)), layer.hook(expected.hook), expected.tensor);
+        }
     }
     if (const auto &final_cache = layer_case.final_cache) {
         const std::vector<int64_t> cache_shape{layer.cache_batch(), config.num_kv_heads, layer.cache_max_seq_len(),

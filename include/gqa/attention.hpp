@@ -230,6 +230,42 @@ struct Weights {
     TensorView<float> q_norm, k_norm;
 };
 
+// TransformerLens' hook points of the layer (README "TransformerLens hooks"): what
+// a forward records (Attention::set_recorded_hooks, hook()) and what it can be
+// patched at (Patch). Shapes, for a forward of x [b, s, d] reaching kv_len key slots:
+//   q, k, v       [b, s, heads, hd] before RoPE (after the q/k norms); k and v with
+//                 n_kv heads, unexpanded
+//   rot_q, rot_k  the same after RoPE: the call's tokens (with a cache, the keys of
+//                 earlier calls are in the cache, rotated)
+//   attn_scores   [b, n_h, s, kv_len]: q.k scaled and soft-capped; -inf where the
+//                 query may not see the key (causal rule, window, mask)
+//   pattern       [b, n_h, s, kv_len]: their softmax (a sink joins its denominator)
+//   z             [b, s, n_h, hd]
+//   result        [b, s, n_h, d]: each head's z times its columns of wo, no bias
+enum class Hook { q, k, v, rot_q, rot_k, attn_scores, pattern, z, result };
+inline constexpr int kHookCount = 9;
+// "hook_q", "hook_k", ... as TransformerLens names them; throws Error for another value.
+std::string_view hook_name(Hook hook);
+// The inverse; throws Error for any other name.
+Hook hook_from_name(std::string_view name);
+
+// The input of a forward with TransformerLens' use_split_qkv_input: one input per
+// head, each projected only by its own head's rows of wq, wk or wv.
+struct SplitQkvInput {
+    TensorView<float> query;        // [b, s, n_h, d]: query head h reads query[:, :, h]
+    TensorView<float> key, value;   // [b, s, n_kv, d]: kv head j reads key[:, :, j], value[:, :, j]
+};
+
+// Activation patching: in the forward, the hook's activation is replaced by
+// `value` (the shape hook() gives it, for this call) and the layer continues from
+// it. q, k, v, rot_q, rot_k, pattern and z can be patched; a patched k or v is
+// what the cache then holds (k rotated). A patched pattern weighs every key slot's
+// value, visible or not, as TransformerLens does.
+struct Patch {
+    Hook hook = Hook::z;
+    TensorView<float> value;
+};
+
 // One row of a serving batch (Attention::forward_sequences): `tokens` new tokens of
 // the paged cache's sequence `sequence`.
 struct SequenceTokens {
@@ -312,7 +348,8 @@ public:
     // listed is left as it is; a sequence may appear once.
     // input_pos [tokens]: RoPE positions, increasing within each sequence across
     // calls and < max_seq_len; without it, the slots. The NaN rule holds per sequence.
-    // No hook is recorded: pattern() and z() stay those of the last forward().
+    // No hook is recorded (the layer refuses to run while any is asked for):
+    // pattern(), z() and hook() stay those of the last forward().
     void forward_sequences(std::span<const SequenceTokens> rows, const TensorView<float> &x, std::span<float> out,
                            const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
 
@@ -339,18 +376,34 @@ public:
     // too, unless it may see no key), in this call and later ones. Nothing else
     // changes: other queries, other batch rows and their cache slots come out
     // bit-identical to a run without it.
+    //
+    // patches: activation patching (Patch), each hook at most once.
     void forward(const TensorView<float> &x, std::span<float> out,
                  const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
-                 const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
+                 const std::optional<TensorView<int32_t>> &input_pos = std::nullopt,
+                 std::span<const Patch> patches = {});
     std::vector<float> forward(const TensorView<float> &x,
                                const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
                                const std::optional<TensorView<int32_t>> &input_pos = std::nullopt);
+    // forward with one input per head (SplitQkvInput), b and s from its tensors.
+    void forward_split(const SplitQkvInput &input, std::span<float> out,
+                       const std::optional<TensorView<uint8_t>> &mask = std::nullopt,
+                       const std::optional<TensorView<int32_t>> &input_pos = std::nullopt,
+                       std::span<const Patch> patches = {});
 
-    // Keep the attention weights of the next forwards (TransformerLens hook_pattern);
-    // slower: it uses the pipeline instance that writes them.
+    // The hooks the next forwards record: exactly these (z is always kept). A
+    // forward that records only z and the pattern, with one x and no patch, runs the
+    // fast pipelines (the pattern's from the attention instance that writes it);
+    // any other hook, a split input or a patch takes the recording ones, which run
+    // each stage apart (TransformerLens' order) and are slower.
+    void set_recorded_hooks(std::span<const Hook> hooks);
+    std::vector<Hook> recorded_hooks() const;
+    // A hook of the last forward(), as it was recorded (a patched one holds the
+    // patch); Error if that forward did not record it. Valid until the next call.
+    TensorView<float> hook(Hook hook) const;
+    // Adds or removes the pattern from the recorded hooks.
     void set_record_pattern(bool record);
-    // Of the last forward: pattern [b, n_h, s, kv_len] (needs set_record_pattern),
-    // z [b, s, n_h, hd] (TransformerLens hook_z). Valid until the next call.
+    // hook(Hook::pattern) and hook(Hook::z).
     TensorView<float> pattern() const;
     TensorView<float> z() const;
     // The caches as stored, [b, n_kv, max_seq_len, hd]; slots >= size() are zero.

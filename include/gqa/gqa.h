@@ -168,6 +168,47 @@ gqa_status gqa_attention_forward(gqa_attention *layer, const float *x, int32_t b
                                  size_t out_count, const uint8_t *mask, int32_t mask_len, const int32_t *input_pos,
                                  int32_t input_pos_rows);
 
+/* TransformerLens' hooks (gqa::Hook; README "What is computed"). */
+typedef enum gqa_hook {
+    GQA_HOOK_Q = 0,           /* [batch, seq_len, num_heads, head_dim], before RoPE */
+    GQA_HOOK_K = 1,           /* [batch, seq_len, num_kv_heads, head_dim], before RoPE */
+    GQA_HOOK_V = 2,           /* [batch, seq_len, num_kv_heads, head_dim] */
+    GQA_HOOK_ROT_Q = 3,       /* as GQA_HOOK_Q, rotated */
+    GQA_HOOK_ROT_K = 4,       /* as GQA_HOOK_K, rotated */
+    GQA_HOOK_ATTN_SCORES = 5, /* [batch, num_heads, seq_len, kv_len], -inf where not visible */
+    GQA_HOOK_PATTERN = 6,     /* [batch, num_heads, seq_len, kv_len] */
+    GQA_HOOK_Z = 7,           /* [batch, seq_len, num_heads, head_dim] */
+    GQA_HOOK_RESULT = 8,      /* [batch, seq_len, num_heads, d]: each head's share of out, no bias */
+} gqa_hook;
+/* "hook_q", ...; NULL for a value that is no hook. */
+const char *gqa_hook_name(gqa_hook hook);
+/* The hooks the next forwards record (count of them; z is always kept). */
+gqa_status gqa_attention_set_recorded_hooks(gqa_attention *layer, const gqa_hook *hooks, int32_t count);
+/* A hook of the last forward (it must have been recorded): its shape into shape[4]
+ * and, when values is not NULL, its elements into values (count floats, as many as
+ * the shape holds). */
+gqa_status gqa_attention_hook(const gqa_attention *layer, gqa_hook hook, int64_t shape[4], float *values,
+                              size_t count);
+
+/* Activation patching: the hook's activation in the forward is replaced by `values`
+ * (count floats, the hook's shape in that forward) and the layer continues from it;
+ * q, k, v, rot_q, rot_k, pattern and z can be patched. */
+typedef struct gqa_patch {
+    gqa_hook hook;
+    const float *values;
+    size_t count;
+} gqa_patch;
+
+/* gqa_attention_forward with TransformerLens' inputs: either x [batch, seq_len, d]
+ * (query, key and value NULL) or one input per head (x NULL): query [batch, seq_len,
+ * num_heads, d], key and value [batch, seq_len, num_kv_heads, d]; and patch_count
+ * patches (NULL when 0). */
+gqa_status gqa_attention_forward_hooked(gqa_attention *layer, const float *x, const float *query, const float *key,
+                                        const float *value, int32_t batch, int32_t seq_len, float *out,
+                                        size_t out_count, const uint8_t *mask, int32_t mask_len,
+                                        const int32_t *input_pos, int32_t input_pos_rows, const gqa_patch *patches,
+                                        int32_t patch_count);
+
 /* Serving (as gqa::Attention's paged cache, README "Serving"): a pool of num_blocks
  * blocks of block_size slots (a positive multiple of 16) that sequences draw from;
  * replaces any cache. */

@@ -165,6 +165,49 @@ void schedule_rope(Func out, const Target &, const Knobs &) {
     rows_over_warps(out, args[0], args[2]);
 }
 
+namespace {
+
+// The hooks' pipelines: each stage at root, a warp across the innermost dimension
+// and 8 rows (tokens, or heads and tokens fused) per block.
+void tile_rows(Stage s, const Var &inner, const Var &row) {
+    Var io("io"), ii("ii"), ro("ro"), ri("ri");
+    s.tile(inner, row, io, ro, ii, ri, kWarp, 8, TailStrategy::GuardWithIf).gpu_threads(ii, ri).gpu_blocks(io, ro);
+}
+
+}  // namespace
+
+void schedule_project_heads(algo::ProjectHeads &p) {
+    const Var o = p.qkv.args()[0];
+    p.qkv.compute_root();
+    for (Stage s : {Stage(p.qkv), p.qkv.update()}) tile_rows(s, o, p.m);
+    for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) {
+        sum_squares.compute_root();
+        for (Stage s : {Stage(sum_squares), sum_squares.update()}) tile_rows(s, p.m, p.g);
+    }
+    for (Func f : {p.q, p.k_out, p.v_out}) {
+        const std::vector<Var> args = f.args();  // (d, head, token)
+        Var rows("rows");
+        f.fuse(args[1], args[2], rows);
+        tile_rows(f, args[0], rows);
+    }
+}
+
+void schedule_head_results(algo::HeadResults &r) {
+    for (Stage s : {Stage(r.result), r.result.update()}) {
+        Var rows("rows");
+        s.fuse(r.h, r.m, rows);
+        tile_rows(s, r.o, rows);
+    }
+}
+
+void schedule_weigh_values(algo::WeighValues &w) {
+    for (Stage s : {Stage(w.z), w.z.update()}) {
+        Var rows("rows");
+        s.fuse(w.r, w.kvh, rows).fuse(rows, w.i, rows).fuse(rows, w.b, rows);
+        tile_rows(s, w.d, rows);
+    }
+}
+
 // Three passes, for the pattern output (interpretability, not speed): each stage
 // over the whole rows, at root, one thread per (key, query) or per row.
 void schedule_attend(algo::Attend &a, const Target &, const Knobs &) {
@@ -191,12 +234,14 @@ void schedule_attend(algo::Attend &a, const Target &, const Knobs &) {
     rows_over_warps(a.z, d, rows);
     a.weighted.compute_at(a.z, Var("dt"));
     if (a.pattern.defined()) {
-        const std::vector<Var> pargs = a.pattern.args();  // (t, i, r, kvh, b)
-        a.pattern.tile(pargs[0], pargs[1], to, io, ti, ii, kWarp, 8, TailStrategy::GuardWithIf)
-            .fuse(pargs[2], pargs[3], rows)
-            .fuse(rows, pargs[4], rows)
-            .gpu_threads(ti, ii)
-            .gpu_blocks(to, io, rows);
+        for (Func recorded : {a.pattern, a.scores}) {
+            const std::vector<Var> pargs = recorded.args();  // (t, i, r, kvh, b)
+            recorded.tile(pargs[0], pargs[1], to, io, ti, ii, kWarp, 8, TailStrategy::GuardWithIf)
+                .fuse(pargs[2], pargs[3], rows)
+                .fuse(rows, pargs[4], rows)
+                .gpu_threads(ti, ii)
+                .gpu_blocks(to, io, rows);
+        }
     }
 }
 
