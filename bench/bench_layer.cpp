@@ -228,6 +228,26 @@ void layer_prefill(benchmark::State &state, const Shape &s, int backend, int tok
     report(state, backend, gqa_tools::layer_flops(s.config, tokens, (tokens + 1) / 2.0), bytes);
 }
 
+// The same prefill recording every TransformerLens hook: the recording pipelines,
+// one per stage, against layer/prefill512's fast ones.
+void layer_prefill_hooks(benchmark::State &state, const Shape &s, int backend, int tokens) {
+    const LayerWeights weights(s, 7);
+    gqa::Attention layer(s.config, weights.view(s.config), gqa::Backend(backend));
+    using gqa::Hook;
+    const Hook every[] = {Hook::q,       Hook::k, Hook::v, Hook::rot_q, Hook::rot_k, Hook::attn_scores,
+                          Hook::pattern, Hook::z, Hook::result};
+    layer.set_recorded_hooks(every);
+    const int d = s.config.embed_dim;
+    const std::vector<float> x = random_values(size_t(tokens) * d, 1.f, 9);
+    std::vector<float> out(x.size());
+    for (auto _ : state) {
+        layer.forward({x.data(), {1, tokens, d}}, out);
+        benchmark::DoNotOptimize(out.data());
+    }
+    const double bytes = weight_bytes(s) + 2.0 * x.size() * sizeof(float) + cache_bytes(s.config, tokens);
+    report(state, backend, gqa_tools::layer_flops(s.config, tokens, (tokens + 1) / 2.0), bytes);
+}
+
 // Chunked prefill: `tokens` new tokens appended to a cache already holding `cached`
 // (refilled, untimed, before each), each query causal by slot.
 void layer_chunk(benchmark::State &state, const Shape &s, int backend, int tokens, int cached) {
@@ -626,6 +646,9 @@ void register_all() {
             if ((backend == int(gqa::Backend::reference)) != small) continue;
             const std::string tail = "/" + backend_label(backend) + "/" + s.name;
             add("layer/prefill512" + tail, layer_prefill, s, backend, kPrefillTokens);
+            if (backend != kBaseline && (small || std::string(s.name) == "W1")) {
+                add("layer/prefill512_hooks" + tail, layer_prefill_hooks, s, backend, kPrefillTokens);
+            }
             // bf16 weights, as checkpoints ship them, and int8 ones; the baseline has fp32
             // ones only, and the small shapes (reference) none.
             std::vector<Shape> typed_shapes;

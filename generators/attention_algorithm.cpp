@@ -205,7 +205,7 @@ ProjectHeads define_project_heads(const Func &x_q, const Func &x_k, const Func &
     ProjectHeads p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    Var o("o"), m = p.m, d = p.d, h = p.h, kvh = p.kvh, lane("lane"), i("i"), pn("pn");
+    Var o = p.o, m = p.m, d = p.d, h = p.h, kvh = p.kvh, lane("lane"), i("i"), pn("pn");
     p.panels = Func("qkv_heads_panels");
     p.panels(lane, i, pn) = widen_weight(packed_weight(lane, i, pn),
                                          packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
@@ -214,12 +214,16 @@ ProjectHeads define_project_heads(const Func &x_q, const Func &x_k, const Func &
     auto head = [&](const Expr &first, const Expr &heads) {
         return select(split_inputs != 0, clamp((o - first) / hd, 0, heads - 1), 0);
     };
-    const Expr input = select(o < q_width, x_q(p.k, head(0, shape.num_heads), m),
-                              o < q_width + kv_width, x_k(p.k, head(q_width, shape.num_kv_heads), m),
-                              x_v(p.k, head(q_width + kv_width, shape.num_kv_heads), m));
+    const Expr token = min(m, shape.tokens - 1);
+    const Expr input = select(o < q_width, x_q(p.k, head(0, shape.num_heads), token),
+                              o < q_width + kv_width, x_k(p.k, head(q_width, shape.num_kv_heads), token),
+                              x_v(p.k, head(q_width + kv_width, shape.num_kv_heads), token));
+    p.split_inputs = split_inputs;
+    p.product = Func("qkv_heads_product");
+    p.product(o, m) = 0.f;
+    p.product(o, m) += input * p.panels(o % panel, p.k, o / panel);
     p.qkv = Func("qkv_heads");
-    p.qkv(o, m) = bias(o);
-    p.qkv(o, m) += input * p.panels(o % panel, p.k, o / panel);
+    p.qkv(o, m) = p.product(o, m) + bias(o);
     const NormedValues normed = define_qk_norm(p, p.qkv, norm, shape);
     q_out(d, h, m) = normed.q(h * hd + d, m);
     k_out(d, kvh, m) = normed.k(kvh * hd + d, m);
@@ -230,9 +234,9 @@ ProjectHeads define_project_heads(const Func &x_q, const Func &x_k, const Func &
     return p;
 }
 
-HeadResults define_head_results(const Func &z, const Func &packed_weight, const Func &packed_scales,
-                                WeightType weight_type, HalfWidening half_widening, const Expr &head_dim, int panel,
-                                Func result_out) {
+HeadResults define_head_results(const Func &z, const Expr &tokens, const Func &packed_weight,
+                                const Func &packed_scales, WeightType weight_type, HalfWidening half_widening,
+                                const Expr &head_dim, int panel, Func result_out) {
     HeadResults r;
     Var o = r.o, h = r.h, m = r.m, lane("lane"), i("i"), pn("pn");
     r.panels = Func("wo_panels");
@@ -240,8 +244,10 @@ HeadResults define_head_results(const Func &z, const Func &packed_weight, const 
                                          packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
     r.dims = RDom(0, head_dim, "head_dims");
     const Expr column = h * head_dim + r.dims;
-    result_out(o, h, m) = 0.f;
-    result_out(o, h, m) += z(column, m) * r.panels(o % panel, column, o / panel);
+    r.product = Func("head_results_product");
+    r.product(o, h, m) = 0.f;
+    r.product(o, h, m) += z(column, min(m, tokens - 1)) * r.panels(o % panel, column, o / panel);
+    result_out(o, h, m) = r.product(o, h, m);
     r.result = result_out;
     return r;
 }

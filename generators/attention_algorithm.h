@@ -149,11 +149,16 @@ Project define_project(const Halide::Func &x, const Halide::Func &packed_weight,
 // its own input: q rows x_q(e, h, m), k rows x_k(e, kvh, m), v rows x_v(e, kvh, m)
 // (TransformerLens' split per-head inputs); with split_inputs 0, all three are
 // one x(e, 0, m). Outputs q(d, h, m), k(d, kvh, m), v(d, kvh, m).
+// As in define_linear, the products' reads clamp the token, so that a schedule may
+// compute whole register tiles past the last one.
 struct ProjectHeads : QkNormSums {
+    Halide::Var o{"o"};
     Halide::Func panels;    // the packed weights widened to fp32, (o % panel, i, o / panel)
+    Halide::Func product;   // product(o, m): the reduction over k
     Halide::Func qkv;       // qkv(o, m): the projection with its bias
     Halide::RDom k;         // over the inputs
     Halide::Func q, k_out, v_out;
+    Halide::Expr split_inputs;
 };
 
 ProjectHeads define_project_heads(const Halide::Func &x_q, const Halide::Func &x_k, const Halide::Func &x_v,
@@ -168,11 +173,12 @@ ProjectHeads define_project_heads(const Halide::Func &x_q, const Halide::Func &x
 struct HeadResults {
     Halide::Var o{"o"}, h{"h"}, m{"m"};
     Halide::RDom dims;
-    Halide::Func panels;  // as Linear::panels
-    Halide::Func result;
+    Halide::Func panels;   // as Linear::panels
+    Halide::Func product;  // the reduction, its reads of z clamped to the tokens
+    Halide::Func result;   // the output, product copied out
 };
 
-HeadResults define_head_results(const Halide::Func &z, const Halide::Func &packed_weight,
+HeadResults define_head_results(const Halide::Func &z, const Halide::Expr &tokens, const Halide::Func &packed_weight,
                                 const Halide::Func &packed_scales, WeightType weight_type,
                                 HalfWidening half_widening, const Halide::Expr &head_dim, int panel,
                                 Halide::Func result_out);

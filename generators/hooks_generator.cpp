@@ -87,7 +87,8 @@ public:
 
     void generate() {
         const bool autoscheduled = get_auto_schedule();
-        results_ = algo::define_head_results(input_func(z, autoscheduled), input_func(*w_o_, autoscheduled),
+        results_ = algo::define_head_results(input_func(z, autoscheduled), z.dim(1).extent(),
+                                             input_func(*w_o_, autoscheduled),
                                              input_func(*w_scales_, autoscheduled), weight_type,
                                              link_half_widening(*get_externs_map(), get_target()), head_dim,
                                              layout::kWeightPanel, result);

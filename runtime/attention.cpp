@@ -446,7 +446,7 @@ void Attention::State::forward(const ForwardInput &input, std::span<float> out,
     uint32_t patched = 0;
     for (const Patch &p : patches) {
         const std::string_view name = hook_name(p.hook);  // checks the value
-        if (!(kPatchableHooks & bit(p.hook))) {
+        if (!can_patch(p.hook)) {
             fail(name, " cannot be patched; hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, hook_pattern and hook_z can");
         }
         if (patched & bit(p.hook)) fail(name, " is patched twice in one forward");
@@ -826,6 +826,11 @@ Hook hook_from_name(std::string_view name) {
     }
     fail("unknown hook \"", name, "\"; expected one of hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, ",
          "hook_attn_scores, hook_pattern, hook_z, hook_result");
+}
+
+bool can_patch(Hook hook) {
+    hook_name(hook);  // checks the value
+    return kPatchableHooks & bit(hook);
 }
 
 void Attention::set_recorded_hooks(std::span<const Hook> hooks) {

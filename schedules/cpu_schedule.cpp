@@ -117,17 +117,58 @@ void schedule_output_copy(algo::Linear &l, Func out, int lanes, bool decode) {
     if (!decode) out.parallel(l.m);
 }
 
+namespace {
+
+// The hooks' products in register tiles of 4 vectors of outputs (inside one weight
+// panel) x kHookTileTokens tokens, the reduction outside the tile, as
+// schedule_packed_gemm: each weight vector is loaded once per tile, not per token.
+// Walking the outputs innermost instead read the whole weight matrix again for
+// every token (W1, 512 tokens: the projection took 10 s, SPR AVX-512).
+constexpr int kHookTileTokens = 4;
+
+// `tiles` holds whole tiles (rounded up: the panels are padded and the products'
+// token reads clamped), `product` one tile at a time; `across` are the tiles' other
+// loops, outermost last, run in parallel.
+void schedule_hook_tiles(Func tiles, Func product, const RVar &reduction, int lanes, const std::vector<Var> &across) {
+    const int outputs = 4 * lanes;
+    const std::vector<Var> args = tiles.args();  // (o, ..., m)
+    const Var o = args.front(), m = args.back();
+    Var oo("oo"), oi("oi"), mo("mo"), mi("mi"), task("task");
+    tiles.compute_root()
+        .align_bounds(o, layout::kWeightPanel)
+        .align_bounds(m, kHookTileTokens)
+        .split(o, oo, oi, outputs, TailStrategy::RoundUp)
+        .split(m, mo, mi, kHookTileTokens, TailStrategy::RoundUp);
+    std::vector<VarOrRVar> order{oi, mi, mo, oo};
+    order.insert(order.end(), across.begin(), across.end());
+    tiles.reorder(order).vectorize(oi, lanes).unroll(oi).unroll(mi);
+    Var parallel_loop = oo;
+    for (const Var &v : across) tiles.fuse(parallel_loop, v, task), parallel_loop = task;
+    tiles.parallel(parallel_loop);
+    const std::vector<Var> pargs = product.args();
+    product.compute_at(tiles, mo).vectorize(pargs.front(), lanes).unroll(pargs.front()).unroll(pargs.back());
+    product.update()
+        .reorder(pargs.front(), pargs.back(), reduction)
+        .vectorize(pargs.front(), lanes)
+        .unroll(pargs.front())
+        .unroll(pargs.back());
+}
+
+}  // namespace
+
 void schedule_project_heads(algo::ProjectHeads &p, int lanes) {
-    const Var o = p.qkv.args()[0];
-    p.qkv.compute_root().vectorize(o, lanes, TailStrategy::GuardWithIf).parallel(p.m);
-    p.qkv.update().reorder(o, p.k.x, p.m).vectorize(o, lanes, TailStrategy::GuardWithIf).parallel(p.m);
+    schedule_hook_tiles(p.qkv, p.product, p.k.x, lanes, {});
+    // One x: a broadcast per token, rather than each lane finding its head's input
+    // (W1, 512 tokens: 3.4 s with the per-lane search).
+    p.product.update().specialize(p.split_inputs == 0);
     for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) sum_squares.compute_root().parallel(p.m);
     for (Func f : {p.q, p.k_out, p.v_out}) f.vectorize(p.d, lanes, TailStrategy::GuardWithIf).parallel(p.m);
 }
 
 void schedule_head_results(algo::HeadResults &r, int lanes) {
+    Func tiles = r.product.in(r.result);
+    schedule_hook_tiles(tiles, r.product, r.dims.x, lanes, {tiles.args()[1]});
     r.result.vectorize(r.o, lanes, TailStrategy::GuardWithIf).parallel(r.m);
-    r.result.update().reorder(r.o, r.dims.x, r.h, r.m).vectorize(r.o, lanes, TailStrategy::GuardWithIf).parallel(r.m);
 }
 
 void schedule_weigh_values(algo::WeighValues &w, int lanes) {

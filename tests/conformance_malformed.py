@@ -4,9 +4,10 @@ stderr, never crash, hang or report a test result. A kind, field or value the to
 does not know is malformed too: a set made for another version must not pass
 unchecked. And a directory whose every case is unsupported must not pass: exit 1.
 
-usage: conformance_malformed.py GQA_CONFORMANCE VECTORS_DIR
+usage: conformance_malformed.py GQA_CONFORMANCE VECTORS_DIR [TL_HOOKS_DIR]
 
-Each case copies VECTORS_DIR to a temporary directory, breaks one thing and runs the
+Each case copies VECTORS_DIR (or, for the hook cases, TL_HOOKS_DIR, a
+transformerlens_hooks set) to a temporary directory, breaks one thing and runs the
 tool there on the reference backend. The messages are printed, one per case.
 """
 import json
@@ -96,10 +97,26 @@ CASES = [
     ("wq of the wrong shape", edit_manifest(lambda m: layer_case(m)["weights"]["wq"].update(shape=[32, 128]))),
     ("expected out of the wrong shape",
      edit_manifest(lambda m: layer_case(m)["expected"]["out"].update(shape=[2, 64, 8]))),
-    ("unknown kind", edit_manifest(set_in(rope_case, "kind", "transformerlens_hooks"))),
+    ("unknown kind", edit_manifest(set_in(rope_case, "kind", "transformerlens_attn_probs"))),
     ("unknown expected array",
      edit_manifest(lambda m: layer_case(m)["expected"].update(hook_q=layer_case(m)["expected"]["out"]))),
     ("unknown rope_style", edit_manifest(lambda m: layer_case(m)["config"].update(rope_style="yarn_pairs"))),
+]
+
+
+def hooks_case(manifest):
+    return manifest["cases"][0]
+
+
+HOOKS_CASES = [
+    ("unknown hook expected",
+     edit_manifest(lambda m: hooks_case(m)["expected"].update(mlp_out=hooks_case(m)["expected"]["z"]))),
+    ("patch of an unknown hook", edit_manifest(lambda m: hooks_case(m)["patches"][0].update(replace="embed"))),
+    ("unknown patch field", edit_manifest(lambda m: hooks_case(m)["patches"][0].update(scale=2))),
+    ("patch of the wrong shape",
+     edit_manifest(lambda m: hooks_case(m)["patches"][1].update(**{"with": hooks_case(m)["expected"]["v"]}))),
+    ("x and split inputs",
+     edit_manifest(lambda m: hooks_case(m)["inputs"].update(query_input=hooks_case(m)["inputs"]["x"]))),
 ]
 
 
@@ -114,15 +131,17 @@ def only_unsupported(directory):
 
 def main():
     tool, vectors = sys.argv[1], sys.argv[2]
+    hooks = sys.argv[3] if len(sys.argv) > 3 else None
     failures = 0
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         missing_dir = os.path.join(scratch, "does-not-exist")
         runs = [("directory does not exist", missing_dir, None)]
-        for name, breakage in CASES:
-            directory = os.path.join(scratch, name.replace(" ", "_").replace("^", ""))
-            shutil.copytree(vectors, directory)
-            runs.append((name, directory, breakage))
+        for source, cases in [(vectors, CASES)] + ([(hooks, HOOKS_CASES)] if hooks else []):
+            for name, breakage in cases:
+                directory = os.path.join(scratch, name.replace(" ", "_").replace("^", ""))
+                shutil.copytree(source, directory)
+                runs.append((name, directory, breakage))
         for name, directory, breakage in runs:
             if breakage:
                 breakage(directory)

@@ -8,7 +8,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -147,18 +147,52 @@ gqa::Attention make_layer(const HookCase &hc, gqa::Backend backend) {
     return layer;
 }
 
-// The case's prefill and decode steps, recording every hook.
-Forwards run_case(const HookCase &hc, gqa::Backend backend) {
+// The case's prefill and decode steps, recording every hook; with `patched` set,
+// each forward patches that hook with values of its own (the same on every backend).
+Forwards run_case(const HookCase &hc, gqa::Backend backend, std::optional<Hook> patched = std::nullopt) {
     gqa::Attention layer = make_layer(hc, backend);
     layer.set_recorded_hooks(kAllHooks);
     Forwards f;
     for (int step = 0; step <= hc.decode_steps; ++step) {
         const int seq_len = step == 0 ? hc.prefill : 1;
         const int kv_len = (hc.cached ? layer.size() : 0) + seq_len;
-        f.outs.push_back(run(layer, hc, make_call(hc, seq_len, kv_len, 100 + 10 * step)));
+        const Call call = make_call(hc, seq_len, kv_len, 100 + 10 * step);
+        if (!patched) {
+            f.outs.push_back(run(layer, hc, call));
+            f.hooks.push_back(recorded(layer));
+            continue;
+        }
+        const HostTensor<float> value =
+            gqa_test::random_uniform(hook_shape(hc.config, *patched, hc.batch, seq_len, kv_len), 0.0, 0.5, 300 + step);
+        const gqa::Patch patch{*patched, value.view()};
+        f.outs.push_back(run(layer, hc, call, {&patch, 1}));
         f.hooks.push_back(recorded(layer));
+        EXPECT_EQ(f.hooks.back()[int(*patched)], value.values) << "the recorded hook is the patch";
     }
     return f;
+}
+
+// Every output and hook of a case on the backend under test against the reference's.
+// A narrow cache: the reduced-precision rule against the fp32 cache's reference,
+// since a value may round to either neighbour of the type.
+void expect_matches_reference(const HookCase &hc, gqa::Backend backend, std::optional<Hook> patched = std::nullopt) {
+    const Forwards want = run_case(hc, gqa::Backend::reference, patched);
+    const Forwards got = run_case(hc, backend, patched);
+    HookCase exact_case = hc;
+    exact_case.cache_type = gqa::CacheType::f32;
+    const Forwards exact = run_case(exact_case, gqa::Backend::reference, patched);
+    auto close = [&](std::span<const float> got, std::span<const float> want, std::span<const float> exact) {
+        if (hc.cache_type == gqa::CacheType::f32) return all_close(got, want);
+        return gqa_test::within_reduced_precision_error(got, want, exact);
+    };
+    for (size_t step = 0; step < want.outs.size(); ++step) {
+        SCOPED_TRACE("step " + std::to_string(step));
+        EXPECT_TRUE(close(got.outs[step], want.outs[step], exact.outs[step]));
+        for (Hook h : kAllHooks) {
+            EXPECT_TRUE(close(got.hooks[step][int(h)], want.hooks[step][int(h)], exact.hooks[step][int(h)]))
+                << gqa::hook_name(h);
+        }
+    }
 }
 
 class HookGrid : public testing::TestWithParam<gqa::Backend> {};
@@ -166,25 +200,7 @@ class HookGrid : public testing::TestWithParam<gqa::Backend> {};
 TEST_P(HookGrid, EveryHookMatchesTheReference) {
     for (const HookCase &hc : hook_cases()) {
         SCOPED_TRACE(hc.name);
-        const Forwards want = run_case(hc, gqa::Backend::reference);
-        const Forwards got = run_case(hc, GetParam());
-        // A narrow cache: the reduced-precision rule against the fp32 cache's
-        // reference, since a value may round to either neighbour of the type.
-        HookCase exact_case = hc;
-        exact_case.cache_type = gqa::CacheType::f32;
-        const Forwards exact = run_case(exact_case, gqa::Backend::reference);
-        auto close = [&](std::span<const float> got, std::span<const float> want, std::span<const float> exact) {
-            if (hc.cache_type == gqa::CacheType::f32) return all_close(got, want);
-            return gqa_test::within_reduced_precision_error(got, want, exact);
-        };
-        for (size_t step = 0; step < want.outs.size(); ++step) {
-            SCOPED_TRACE("step " + std::to_string(step));
-            EXPECT_TRUE(close(got.outs[step], want.outs[step], exact.outs[step]));
-            for (Hook h : kAllHooks) {
-                EXPECT_TRUE(close(got.hooks[step][int(h)], want.hooks[step][int(h)], exact.hooks[step][int(h)]))
-                    << gqa::hook_name(h);
-            }
-        }
+        expect_matches_reference(hc, GetParam());
     }
 }
 
@@ -209,37 +225,14 @@ TEST_P(HookGrid, RecordingLeavesTheOutputAsTheFastPath) {
     }
 }
 
-// Patching each patchable hook: the result matches the reference's with the same
-// patch, and the recorded hook is the patch.
+// Patching each patchable hook: the output and every hook match the reference's
+// with the same patch, and the recorded hook is the patch.
 TEST_P(HookGrid, PatchesMatchTheReference) {
     for (const HookCase &hc : hook_cases()) {
         SCOPED_TRACE(hc.name);
         for (Hook h : {Hook::q, Hook::k, Hook::v, Hook::rot_q, Hook::rot_k, Hook::pattern, Hook::z}) {
             SCOPED_TRACE(std::string(gqa::hook_name(h)));
-            Forwards results[2];
-            const gqa::Backend backends[2] = {gqa::Backend::reference, GetParam()};
-            for (int n = 0; n < 2; ++n) {
-                gqa::Attention layer = make_layer(hc, backends[n]);
-                layer.set_recorded_hooks(kAllHooks);
-                for (int step = 0; step <= hc.decode_steps; ++step) {
-                    const int seq_len = step == 0 ? hc.prefill : 1;
-                    const int kv_len = (hc.cached ? layer.size() : 0) + seq_len;
-                    const Call call = make_call(hc, seq_len, kv_len, 100 + 10 * step);
-                    const HostTensor<float> value =
-                        gqa_test::random_uniform(hook_shape(hc.config, h, hc.batch, seq_len, kv_len), 0.0, 0.5, 300 + step);
-                    const gqa::Patch patch{h, value.view()};
-                    results[n].outs.push_back(run(layer, hc, call, {&patch, 1}));
-                    results[n].hooks.push_back(recorded(layer));
-                    EXPECT_EQ(results[n].hooks.back()[int(h)], value.values);
-                }
-            }
-            for (size_t step = 0; step < results[0].outs.size(); ++step) {
-                EXPECT_TRUE(all_close(results[1].outs[step], results[0].outs[step])) << "step " << step;
-                for (Hook recorded_hook : kAllHooks) {
-                    EXPECT_TRUE(all_close(results[1].hooks[step][int(recorded_hook)], results[0].hooks[step][int(recorded_hook)]))
-                        << "step " << step << " " << gqa::hook_name(recorded_hook);
-                }
-            }
+            expect_matches_reference(hc, GetParam(), h);
         }
     }
 }
@@ -325,7 +318,10 @@ TEST(Hooks, ReferenceHooksFollowTheirDefinitions) {
 
 // The hooks, shapes and refusals of the API.
 TEST(Hooks, NamesShapesAndErrors) {
-    for (Hook h : kAllHooks) EXPECT_EQ(gqa::hook_from_name(gqa::hook_name(h)), h);
+    for (Hook h : kAllHooks) {
+        EXPECT_EQ(gqa::hook_from_name(gqa::hook_name(h)), h);
+        EXPECT_EQ(gqa::can_patch(h), h != Hook::attn_scores && h != Hook::result) << gqa::hook_name(h);
+    }
     EXPECT_THAT(gqa_test::error_of([] { gqa::hook_from_name("hook_x"); }), testing::HasSubstr("unknown hook \"hook_x\""));
     EXPECT_THAT(gqa_test::error_of([] { gqa::hook_name(Hook(42)); }), testing::HasSubstr("unknown hook 42"));
 

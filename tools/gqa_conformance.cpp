@@ -584,10 +584,11 @@ LayerCase parse_transformerlens_hooks(const fs::path &dir, const json &c, const 
         const std::string at = where + ".patches[" + std::to_string(i) + "]";
         reject_unknown_keys(patches[i], {"replace", "with", "expected_out", "expected_z"}, at);
         const auto replace = field<std::string>(patches[i], "replace", at);
+        const gqa::Hook hook = hook_named(replace, field_path(at, "replace"));
+        if (!gqa::can_patch(hook)) throw Unsupported(field_path(at, "replace") + ": the layer cannot patch " + replace);
         Call patched = call;
         patched.hooks.clear();
-        patched.patch = HookTensor{hook_named(replace, field_path(at, "replace")),
-                                   load_required(dir, patches[i], "with", at, Dtype::float32)};
+        patched.patch = HookTensor{hook, load_required(dir, patches[i], "with", at, Dtype::float32)};
         patched.out = load_required(dir, patches[i], "expected_out", at, Dtype::float32);
         patched.z = load_optional(dir, patches[i], "expected_z", at, Dtype::float32);
         patched.label = "patch " + replace + " ";

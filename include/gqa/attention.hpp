@@ -248,6 +248,8 @@ inline constexpr int kHookCount = 9;
 std::string_view hook_name(Hook hook);
 // The inverse; throws Error for any other name.
 Hook hook_from_name(std::string_view name);
+// Whether a forward can be patched at the hook (Patch); throws Error for a value that is no hook.
+bool can_patch(Hook hook);
 
 // The input of a forward with TransformerLens' use_split_qkv_input: one input per
 // head, each projected only by its own head's rows of wq, wk or wv.

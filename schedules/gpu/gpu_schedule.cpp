@@ -177,9 +177,8 @@ void tile_rows(Stage s, const Var &inner, const Var &row) {
 }  // namespace
 
 void schedule_project_heads(algo::ProjectHeads &p) {
-    const Var o = p.qkv.args()[0];
-    p.qkv.compute_root();
-    for (Stage s : {Stage(p.qkv), p.qkv.update()}) tile_rows(s, o, p.m);
+    p.product.compute_root();
+    for (Stage s : {Stage(p.product), p.product.update()}) tile_rows(s, p.o, p.m);
     for (Func sum_squares : {p.q_sum_squares, p.k_sum_squares}) {
         sum_squares.compute_root();
         for (Stage s : {Stage(sum_squares), sum_squares.update()}) tile_rows(s, p.m, p.g);
@@ -193,7 +192,8 @@ void schedule_project_heads(algo::ProjectHeads &p) {
 }
 
 void schedule_head_results(algo::HeadResults &r) {
-    for (Stage s : {Stage(r.result), r.result.update()}) {
+    r.product.compute_root();
+    for (Stage s : {Stage(r.product), r.product.update(), Stage(r.result)}) {
         Var rows("rows");
         s.fuse(r.h, r.m, rows);
         tile_rows(s, r.o, rows);
