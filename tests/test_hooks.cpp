@@ -360,9 +360,10 @@ TEST(Hooks, NamesShapesAndErrors) {
         {&wrong, "the patch of hook_z has shape [1, 1, 4, 5]; expected [1, 1, 4, 4]"},
         {&no_data, "the patch of hook_z has no data"},
         {&bad_hook, "unknown hook 42"}};
-    for (const auto &[patch, message] : refused) {
+    for (const auto &refusal : refused) {
+        const gqa::Patch *patch = refusal.first;
         EXPECT_THAT(gqa_test::error_of([&] { layer.forward(one.view(), out, std::nullopt, std::nullopt, {patch, 1}); }),
-                    testing::HasSubstr(message));
+                    testing::HasSubstr(refusal.second));
     }
     EXPECT_THAT(gqa_test::error_of([&] { layer.forward(one.view(), out, std::nullopt, std::nullopt, twice); }),
                 testing::HasSubstr("hook_z is patched twice"));
