@@ -9,22 +9,34 @@ namespace gqa::algo {
 
 using namespace Halide;
 
+namespace {
+
+// The packed weights (o % panel, i, o / panel) widened to fp32.
+Func widened_panels(const std::string &name, const Func &packed_weight, const Func &packed_scales,
+                    WeightType weight_type, HalfWidening half_widening) {
+    Var lane("lane"), i("i"), p("p");
+    Func panels(name);
+    panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), packed_scales(lane, i / layout::kWeightGroup, p),
+                                      weight_type, half_widening);
+    return panels;
+}
+
+}  // namespace
+
 Linear define_linear(const std::string &name, const Func &x, const Func &packed_weight, const Func &packed_scales,
                      WeightType weight_type, HalfWidening half_widening, const Func &bias, const Expr &in_dim,
                      const Expr &tokens, int panel, int token_group, bool scale_group_sums) {
     Linear l;
     l.product = Func(name + "_product");
     l.result = Func(name);
-    l.panels = Func(name + "_panels");
+    l.panels = widened_panels(name + "_panels", packed_weight, packed_scales, weight_type, half_widening);
     l.weight = Func(name + "_weight");
     l.narrow_weights = weight_type != WeightType::f32;
     l.input = x;
     l.token_group = token_group;
     l.k = RDom(0, in_dim, name + "_k");
 
-    Var o = l.o, m = l.m, i("i"), j("j"), g("g"), lane("lane"), p("p");
-    l.panels(lane, i, p) = widen_weight(packed_weight(lane, i, p), packed_scales(lane, i / layout::kWeightGroup, p),
-                                        weight_type, half_widening);
+    Var o = l.o, m = l.m, i("i"), j("j"), g("g");
     l.weight(o, i) = l.panels(o % panel, i, o / panel);
     l.product(o, m) = 0.f;
     // Clamped rows let a schedule compute whole register tiles past the last token;
@@ -205,10 +217,8 @@ ProjectHeads define_project_heads(const Func &x_q, const Func &x_k, const Func &
     ProjectHeads p;
     const Expr hd = shape.head_dim;
     const Expr q_width = shape.num_heads * hd, kv_width = shape.num_kv_heads * hd;
-    Var o = p.o, m = p.m, d = p.d, h = p.h, kvh = p.kvh, lane("lane"), i("i"), pn("pn");
-    p.panels = Func("qkv_heads_panels");
-    p.panels(lane, i, pn) = widen_weight(packed_weight(lane, i, pn),
-                                         packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
+    Var o = p.o, m = p.m, d = p.d, h = p.h, kvh = p.kvh;
+    p.panels = widened_panels("qkv_heads_panels", packed_weight, packed_scales, weight_type, half_widening);
     p.k = RDom(0, shape.embed_dim, "qkv_heads_k");
     // Output o's input head; the clamps keep bounds inference inside each input.
     auto head = [&](const Expr &first, const Expr &heads) {
@@ -238,10 +248,8 @@ HeadResults define_head_results(const Func &z, const Expr &tokens, const Func &p
                                 const Func &packed_scales, WeightType weight_type, HalfWidening half_widening,
                                 const Expr &head_dim, int panel, Func result_out) {
     HeadResults r;
-    Var o = r.o, h = r.h, m = r.m, lane("lane"), i("i"), pn("pn");
-    r.panels = Func("wo_panels");
-    r.panels(lane, i, pn) = widen_weight(packed_weight(lane, i, pn),
-                                         packed_scales(lane, i / layout::kWeightGroup, pn), weight_type, half_widening);
+    Var o = r.o, h = r.h, m = r.m;
+    r.panels = widened_panels("wo_panels", packed_weight, packed_scales, weight_type, half_widening);
     r.dims = RDom(0, head_dim, "head_dims");
     const Expr column = h * head_dim + r.dims;
     r.product = Func("head_results_product");

@@ -38,6 +38,15 @@ constexpr uint32_t kPatchableHooks = bit(Hook::q) | bit(Hook::k) | bit(Hook::v) 
 constexpr std::array<std::string_view, kHookCount> kHookNames = {
     "hook_q", "hook_k", "hook_v", "hook_rot_q", "hook_rot_k", "hook_attn_scores", "hook_pattern", "hook_z", "hook_result"};
 
+// "hook_q, hook_k, ...": the names of the hooks in `hooks`, for messages.
+std::string hook_names(uint32_t hooks) {
+    std::string names;
+    for (int h = 0; h < kHookCount; ++h) {
+        if (hooks & (1u << h)) names += (names.empty() ? "" : ", ") + std::string(kHookNames[h]);
+    }
+    return names;
+}
+
 // The input of one forward: one x for q, k and v, or one per head.
 struct ForwardInput {
     const float *x_q, *x_k, *x_v;
@@ -447,7 +456,7 @@ void Attention::State::forward(const ForwardInput &input, std::span<float> out,
     for (const Patch &p : patches) {
         const std::string_view name = hook_name(p.hook);  // checks the value
         if (!can_patch(p.hook)) {
-            fail(name, " cannot be patched; hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, hook_pattern and hook_z can");
+            fail(name, " cannot be patched; these can: ", hook_names(kPatchableHooks));
         }
         if (patched & bit(p.hook)) fail(name, " is patched twice in one forward");
         const std::vector<int64_t> shape = s.hook_shape(p.hook, batch, seq_len, kv_len);
@@ -595,7 +604,8 @@ void Attention::State::forward(const ForwardInput &input, std::span<float> out,
                               .dest_rows = s.dest_rows.data()});
             after(ForwardStage::project, "project");
             attend.q = s.spare(Hook::rot_q).data();
-            s.kernels->attend(attend);
+            // A patched pattern makes z itself; the attention runs only for the hooks it records.
+            if (!patch[int(Hook::pattern)] || attend_records) s.kernels->attend(attend);
             if (patch[int(Hook::pattern)]) {
                 if (s.recording & bit(Hook::pattern)) apply_patch(Hook::pattern);
                 s.weigh_patched_pattern(patch[int(Hook::pattern)], batch, seq_len, kv_len, z);
@@ -824,8 +834,7 @@ Hook hook_from_name(std::string_view name) {
     for (int h = 0; h < kHookCount; ++h) {
         if (kHookNames[h] == name) return Hook(h);
     }
-    fail("unknown hook \"", name, "\"; expected one of hook_q, hook_k, hook_v, hook_rot_q, hook_rot_k, ",
-         "hook_attn_scores, hook_pattern, hook_z, hook_result");
+    fail("unknown hook \"", name, "\"; expected one of ", hook_names((1u << kHookCount) - 1));
 }
 
 bool can_patch(Hook hook) {
@@ -867,6 +876,12 @@ TensorView<float> Attention::hook(Hook hook) const {
     if (hook == Hook::z) s.kernels->copy_to_host(HostArray::z);
     if (hook == Hook::pattern) s.kernels->copy_to_host(HostArray::pattern);
     return {s.hooks[int(hook)].data(), shape};
+}
+
+std::vector<int64_t> Attention::hook_shape(Hook hook, int64_t batch, int64_t seq_len) const {
+    hook_name(hook);  // checks the value
+    const State &s = *state_;
+    return s.hook_shape(hook, batch, seq_len, (s.cache.allocated() ? s.cache_size : 0) + seq_len);
 }
 
 TensorView<float> Attention::pattern() const {

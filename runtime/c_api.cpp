@@ -385,14 +385,10 @@ gqa_status gqa_attention_forward_hooked(gqa_attention *layer, const float *x, co
         if (patch_count < 0) invalid("patch_count is " + std::to_string(patch_count) + "; expected >= 0");
         if (patch_count > 0) require_pointer(patches, "patches");
         const gqa::Config &c = layer->layer.config();
-        const int64_t kv_len = (layer->layer.has_cache() ? layer->layer.size() : 0) + int64_t(seq_len);
-        // The shape each patchable hook has in this forward; the layer checks the rest.
         std::vector<gqa::Patch> views;
         for (int32_t i = 0; i < patch_count; ++i) {
             const gqa::Hook hook = hook_of(patches[i].hook);
-            const bool kv = hook == gqa::Hook::k || hook == gqa::Hook::v || hook == gqa::Hook::rot_k;
-            std::vector<int64_t> shape{batch, seq_len, kv ? c.num_kv_heads : c.num_heads, c.head_dim};
-            if (hook == gqa::Hook::pattern) shape = {batch, c.num_heads, seq_len, kv_len};
+            const std::vector<int64_t> shape = layer->layer.hook_shape(hook, batch, seq_len);
             const int64_t elements = gqa::TensorView<float>{nullptr, shape}.numel();
             if (patches[i].count != size_t(elements)) {
                 invalid("patches[" + std::to_string(i) + "] (" + std::string(gqa::hook_name(hook)) + ") holds " +

@@ -73,27 +73,20 @@ Hooks recorded(const gqa::Attention &layer) {
     return hooks;
 }
 
-std::vector<int64_t> hook_shape(const gqa::Config &c, Hook h, int batch, int seq_len, int kv_len) {
-    switch (h) {
-    case Hook::k:
-    case Hook::v:
-    case Hook::rot_k: return {batch, seq_len, c.num_kv_heads, c.head_dim};
-    case Hook::attn_scores:
-    case Hook::pattern: return {batch, c.num_heads, seq_len, kv_len};
-    case Hook::result: return {batch, seq_len, c.num_heads, c.embed_dim};
-    default: return {batch, seq_len, c.num_heads, c.head_dim};
-    }
-}
-
 // The inputs of one forward of a case, the same on every backend.
 struct Call {
+    int seq_len;
     HostTensor<float> x, query, key, value;
     std::optional<HostTensor<uint8_t>> mask;
 };
 
-Call make_call(const HookCase &hc, int seq_len, int kv_len, uint32_t seed) {
+// Step `step` of a case on `layer`: the prefill, then one-token decodes.
+Call make_call(const HookCase &hc, const gqa::Attention &layer, int step) {
     const gqa::Config &c = hc.config;
-    Call call;
+    const int seq_len = step == 0 ? hc.prefill : 1;
+    const int kv_len = (hc.cached ? layer.size() : 0) + seq_len;
+    const uint32_t seed = 100 + 10 * step;
+    Call call{.seq_len = seq_len};
     call.x = gqa_test::random_input(c, hc.batch, seq_len, seed);
     call.query = gqa_test::random_normal({hc.batch, seq_len, c.num_heads, c.embed_dim}, 1.0, seed + 1);
     call.key = gqa_test::random_normal({hc.batch, seq_len, c.num_kv_heads, c.embed_dim}, 1.0, seed + 2);
@@ -154,16 +147,14 @@ Forwards run_case(const HookCase &hc, gqa::Backend backend, std::optional<Hook> 
     layer.set_recorded_hooks(kAllHooks);
     Forwards f;
     for (int step = 0; step <= hc.decode_steps; ++step) {
-        const int seq_len = step == 0 ? hc.prefill : 1;
-        const int kv_len = (hc.cached ? layer.size() : 0) + seq_len;
-        const Call call = make_call(hc, seq_len, kv_len, 100 + 10 * step);
+        const Call call = make_call(hc, layer, step);
         if (!patched) {
             f.outs.push_back(run(layer, hc, call));
             f.hooks.push_back(recorded(layer));
             continue;
         }
         const HostTensor<float> value =
-            gqa_test::random_uniform(hook_shape(hc.config, *patched, hc.batch, seq_len, kv_len), 0.0, 0.5, 300 + step);
+            gqa_test::random_uniform(layer.hook_shape(*patched, hc.batch, call.seq_len), 0.0, 0.5, 300 + step);
         const gqa::Patch patch{*patched, value.view()};
         f.outs.push_back(run(layer, hc, call, {&patch, 1}));
         f.hooks.push_back(recorded(layer));
@@ -215,9 +206,7 @@ TEST_P(HookGrid, RecordingLeavesTheOutputAsTheFastPath) {
         gqa::Attention fast = make_layer(hc, GetParam()), recording = make_layer(hc, GetParam());
         recording.set_recorded_hooks(kAllHooks);
         for (int step = 0; step <= hc.decode_steps; ++step) {
-            const int seq_len = step == 0 ? hc.prefill : 1;
-            const int kv_len = (hc.cached ? fast.size() : 0) + seq_len;
-            const Call call = make_call(hc, seq_len, kv_len, 100 + 10 * step);
+            const Call call = make_call(hc, fast, step);
             EXPECT_TRUE(all_close(run(recording, hc, call), run(fast, hc, call)));
             EXPECT_TRUE(all_close(gqa_test::copy_of(recording.z()), gqa_test::copy_of(fast.z())));
         }
@@ -234,6 +223,25 @@ TEST_P(HookGrid, PatchesMatchTheReference) {
             SCOPED_TRACE(std::string(gqa::hook_name(h)));
             expect_matches_reference(hc, GetParam(), h);
         }
+    }
+}
+
+// A patched pattern makes z itself: recording only z (where the attention pass is
+// skipped) gives the output and z of recording every hook, with the cache after it.
+TEST_P(HookGrid, PatchedPatternWithoutRecordingMatches) {
+    for (const HookCase &hc : hook_cases()) {
+        SCOPED_TRACE(hc.name);
+        gqa::Attention every = make_layer(hc, GetParam()), only_z = make_layer(hc, GetParam());
+        every.set_recorded_hooks(kAllHooks);
+        for (int step = 0; step <= hc.decode_steps; ++step) {
+            const Call call = make_call(hc, every, step);
+            const HostTensor<float> value =
+                gqa_test::random_uniform(every.hook_shape(Hook::pattern, hc.batch, call.seq_len), 0.0, 0.5, 300 + step);
+            const gqa::Patch patch{Hook::pattern, value.view()};
+            EXPECT_EQ(run(only_z, hc, call, {&patch, 1}), run(every, hc, call, {&patch, 1})) << "step " << step;
+            EXPECT_EQ(gqa_test::copy_of(only_z.z()), gqa_test::copy_of(every.z())) << "step " << step;
+        }
+        if (hc.cached) EXPECT_EQ(only_z.v_cache_as_float(), every.v_cache_as_float());
     }
 }
 
@@ -338,6 +346,9 @@ TEST(Hooks, NamesShapesAndErrors) {
     EXPECT_THAT(layer.recorded_hooks(), testing::ElementsAre(Hook::attn_scores, Hook::z, Hook::result));
     layer.setup_cache(1, 16);
     layer.forward(x.view());
+    // What the next forward's hooks (and patches) hold: 3 cached slots + 1.
+    EXPECT_EQ(layer.hook_shape(Hook::attn_scores, 1, 1), (std::vector<int64_t>{1, 4, 1, 4}));
+    EXPECT_EQ(layer.hook_shape(Hook::rot_k, 1, 1), (std::vector<int64_t>{1, 1, 2, 4}));
     layer.forward(gqa_test::random_input(c, 1, 1, 5).view());
     EXPECT_EQ(layer.hook(Hook::attn_scores).shape, (std::vector<int64_t>{1, 4, 1, 4}));
     EXPECT_EQ(layer.hook(Hook::result).shape, (std::vector<int64_t>{1, 1, 4, 16}));

@@ -403,6 +403,9 @@ public:
     // A hook of the last forward(), as it was recorded (a patched one holds the
     // patch); Error if that forward did not record it. Valid until the next call.
     TensorView<float> hook(Hook hook) const;
+    // The shape hook() gives `hook`, and a Patch of it must have, in a forward of
+    // batch x seq_len tokens now (reaching size() + seq_len key slots with a cache).
+    std::vector<int64_t> hook_shape(Hook hook, int64_t batch, int64_t seq_len) const;
     // Adds or removes the pattern from the recorded hooks.
     void set_record_pattern(bool record);
     // hook(Hook::pattern) and hook(Hook::z).
